@@ -1,0 +1,37 @@
+# Two commands on a fresh machine:
+#   make bench   the main job (until train.py exists: the attention benchmark)
+#   make test    the test suite
+# Each creates or updates the virtual environment in $(VENV) when it is missing or stale.
+VENV   ?= .venv
+PYTHON ?= python3
+PY     := $(VENV)/bin/python
+TORCH  ?= torch==2.13.0
+
+.PHONY: env env-bench test test-slow bench clean
+
+$(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python >= 3.10 is required, found " + sys.version.split()[0]'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[dev]"
+	@touch $@
+
+$(VENV)/.installed-bench: $(VENV)/.installed
+	$(PY) -m pip install -q -e ".[dev,bench]"
+	@touch $@
+
+env: $(VENV)/.installed
+env-bench: $(VENV)/.installed-bench
+
+test: $(VENV)/.installed
+	$(PY) -m pytest
+
+test-slow: $(VENV)/.installed
+	$(PY) -m pytest -m slow
+
+bench: $(VENV)/.installed-bench
+	$(PY) benchmarks/bench_attention.py $(ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache

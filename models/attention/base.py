@@ -1,0 +1,175 @@
+"""The interface every attention mechanism implements.
+
+    attn = build_attention("performer", dim=512, heads=8, features=256)
+    y = attn(x, mask=None, causal=False)              # x: (B, n, d) -> y: (B, n, d)
+    y, w = attn(x, mask, return_weights=True)          # w: (B, h, n, n), where `has_weights`
+
+`mask` is a boolean (B, n) padding mask, True for real tokens. Outputs at padding positions are
+finite but meaningless. Capabilities are class attributes, read by tests, the sweep and the CLI:
+
+    supports_mask    padding mask respected (outputs of real tokens ignore padding tokens)
+    supports_causal  causal attention available (construction or forward flag)
+    has_weights      can return the (B, h, n, n) attention matrix it applies (explicitly or
+                     implicitly; for inspection, costs O(n^2))
+    exact            computes exact softmax attention (up to float rounding)
+    max_seq_len      instance property: longest sequence accepted, None for unbounded
+
+`flops(seq_len, batch)` is the analytic count of matmul FLOPs (2 per multiply-add) of the
+mechanism as implemented, projections included; element-wise work (softmax, exp, normalisation)
+is not counted, matching what `torch.utils.flop_counter` counts.
+"""
+from __future__ import annotations
+
+from typing import ClassVar, Dict, Optional, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+from .functional import split_heads
+
+CAUSAL_ALTERNATIVES = "softmax, naive, torch_mha, local, linear, performer or hybrid"
+
+
+def _check_positive_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention on (batch, seq, dim). Subclasses implement `_attend`."""
+
+    name: ClassVar[str] = ""  # set by @register_attention
+    supports_mask: ClassVar[bool] = True
+    supports_causal: ClassVar[bool] = False
+    has_weights: ClassVar[bool] = False
+    exact: ClassVar[bool] = False
+    not_causal_reason: ClassVar[str] = "its approximation mixes every position with every other"
+
+    def __init__(self, dim: int, heads: int = 8, *, causal: bool = False, dropout: float = 0.0, bias: bool = True):
+        super().__init__()
+        _check_positive_int("dim", dim)
+        _check_positive_int("heads", heads)
+        if dim % heads:
+            raise ValueError(f"heads must divide dim, got dim={dim} and heads={heads}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        if causal and not self.supports_causal:
+            raise ValueError(
+                f"attention '{self.name}' cannot be causal: {self.not_causal_reason}; "
+                f"use one of {CAUSAL_ALTERNATIVES} for causal models"
+            )
+        self.dim, self.heads, self.head_dim = dim, heads, dim // heads
+        self.causal = bool(causal)
+        self.scale = self.head_dim**-0.5
+        self._build_projections(bias)
+        self.out_drop = nn.Dropout(dropout)
+
+    # ------------------------------------------------------------------ projections
+
+    def _build_projections(self, bias: bool) -> None:
+        """Default layout: one merged QKV projection and an output projection."""
+        self.qkv = nn.Linear(self.dim, 3 * self.dim, bias=bias)
+        self.out = nn.Linear(self.dim, self.dim, bias=bias)
+
+    def project_qkv(self, x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """(B, n, d) -> q, k, v each (B, h, n, e)"""
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        return split_heads(q, self.heads), split_heads(k, self.heads), split_heads(v, self.heads)
+
+    def get_projection_weights(self) -> Dict[str, Optional[Tensor]]:
+        """Q, K, V and output projection weights as separate (d, d) matrices and (d,) biases."""
+        d = self.dim
+        w, b = self.qkv.weight, self.qkv.bias
+        out = {"q_w": w[:d], "k_w": w[d : 2 * d], "v_w": w[2 * d :], "o_w": self.out.weight, "o_b": self.out.bias}
+        out.update(q_b=None, k_b=None, v_b=None) if b is None else out.update(q_b=b[:d], k_b=b[d : 2 * d], v_b=b[2 * d :])
+        return {k: (v.detach().clone() if v is not None else None) for k, v in out.items()}
+
+    @torch.no_grad()
+    def load_projection_weights(self, w: Dict[str, Optional[Tensor]]) -> None:
+        """Inverse of `get_projection_weights` (lets exact mechanisms share weights in tests)."""
+        self.qkv.weight.copy_(torch.cat([w["q_w"], w["k_w"], w["v_w"]]))
+        if self.qkv.bias is not None:
+            self.qkv.bias.copy_(torch.cat([w["q_b"], w["k_b"], w["v_b"]]))
+        self.out.weight.copy_(w["o_w"])
+        if self.out.bias is not None:
+            self.out.bias.copy_(w["o_b"])
+
+    # ------------------------------------------------------------------ interface
+
+    @property
+    def max_seq_len(self) -> Optional[int]:
+        return None
+
+    def forward(
+        self,
+        x: Tensor,
+        mask: Optional[Tensor] = None,
+        causal: Optional[bool] = None,
+        return_weights: bool = False,
+    ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+        """
+        Args:
+            x: (batch, seq, dim) input.
+            mask: optional (batch, seq) bool, True for real tokens, False for padding.
+            causal: attend only to positions <= i; None uses the value given at construction.
+            return_weights: also return the (batch, heads, seq, seq) attention matrix.
+        Returns:
+            (batch, seq, dim) output, or (output, weights) with `return_weights`.
+        """
+        causal = self.causal if causal is None else bool(causal)
+        self.check_input(x, mask, causal, return_weights)
+        out, weights = self._attend(x, mask, causal, return_weights)
+        out = self.out_drop(out)
+        return (out, weights) if return_weights else out
+
+    def _attend(self, x: Tensor, mask: Optional[Tensor], causal: bool, need_weights: bool) -> Tuple[Tensor, Optional[Tensor]]:
+        raise NotImplementedError
+
+    def check_input(self, x: Tensor, mask: Optional[Tensor], causal: bool, return_weights: bool = False) -> None:
+        if not isinstance(x, Tensor):
+            raise ValueError(f"x must be a torch.Tensor of shape (batch, seq, {self.dim}), got {type(x).__name__}")
+        if x.dim() != 3 or x.shape[-1] != self.dim:
+            raise ValueError(f"x must have shape (batch, seq, {self.dim}), got {tuple(x.shape)}")
+        if x.shape[1] == 0:
+            raise ValueError("x must hold at least one position, got seq = 0")
+        if not x.is_floating_point():
+            raise ValueError(f"x must be a floating-point tensor, got dtype {x.dtype}")
+        limit = self.max_seq_len
+        if limit is not None and x.shape[1] > limit:
+            raise ValueError(
+                f"sequence length {x.shape[1]} exceeds the maximum {limit} of attention '{self.name}' "
+                f"(set max_seq_len when building it)"
+            )
+        if mask is not None:
+            if not self.supports_mask:
+                raise ValueError(f"attention '{self.name}' does not support a padding mask; pass mask=None")
+            if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+                got = mask.dtype if isinstance(mask, Tensor) else type(mask).__name__
+                raise ValueError(f"mask must be a torch.bool tensor (True = real token), got {got}")
+            if tuple(mask.shape) != tuple(x.shape[:2]):
+                raise ValueError(f"mask must have shape (batch, seq) = {tuple(x.shape[:2])}, got {tuple(mask.shape)}")
+            if mask.device != x.device:
+                raise ValueError(f"mask must be on the same device as x ({x.device}), got {mask.device}")
+        if causal and not self.supports_causal:
+            raise ValueError(
+                f"attention '{self.name}' cannot be causal: {self.not_causal_reason}; "
+                f"use one of {CAUSAL_ALTERNATIVES} for causal models"
+            )
+        if return_weights and not self.has_weights:
+            raise ValueError(f"attention '{self.name}' cannot return attention weights (has_weights is False)")
+
+    # ------------------------------------------------------------------ cost model
+
+    def flops(self, seq_len: int, batch: int = 1, causal: Optional[bool] = None) -> int:
+        """Analytic forward matmul FLOPs (2 per multiply-add), projections included."""
+        causal = self.causal if causal is None else bool(causal)
+        return self.projection_flops(seq_len, batch) + self.attention_flops(seq_len, batch, causal)
+
+    def projection_flops(self, seq_len: int, batch: int = 1) -> int:
+        return 2 * batch * seq_len * self.dim * self.dim * 4  # Q, K, V and output
+
+    def attention_flops(self, seq_len: int, batch: int, causal: bool) -> int:
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, heads={self.heads}, causal={self.causal}"

@@ -1,0 +1,160 @@
+"""Shared pieces of the attention block: head split/merge, mask helpers, masked softmax and the
+kernelised (feature-map) attention used by `linear`, `performer` and `hybrid`.
+
+Axis letters used in shape comments:
+    B batch, n sequence length, d model dim, h heads, e head dim (d / h),
+    m features / landmarks / projected length, c chunks, C chunk length.
+
+Everything here depends on torch alone.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def exists(x) -> bool:
+    return x is not None
+
+
+def default(x, d):
+    return x if x is not None else d
+
+
+# --------------------------------------------------------------------------- heads
+
+
+def split_heads(x: Tensor, heads: int) -> Tensor:
+    """(B, n, h*e) -> (B, h, n, e)"""
+    B, n, d = x.shape
+    return x.view(B, n, heads, d // heads).transpose(1, 2)
+
+
+def merge_heads(x: Tensor) -> Tensor:
+    """(B, h, n, e) -> (B, n, h*e)"""
+    B, h, n, e = x.shape
+    return x.transpose(1, 2).reshape(B, n, h * e)
+
+
+# --------------------------------------------------------------------------- masks
+
+
+def key_padding_mask(mask: Optional[Tensor]) -> Optional[Tensor]:
+    """Padding mask (B, n), True = real token -> key mask (B, 1, 1, n) safe for softmax.
+
+    A batch element without any real token would give a fully masked softmax row (NaN); for such an
+    element every key is allowed instead, so its (meaningless) outputs stay finite. Rows with at
+    least one real key are unchanged.
+    """
+    if mask is None:
+        return None
+    mask = mask | ~mask.any(dim=-1, keepdim=True)
+    return mask[:, None, None, :]
+
+
+def attention_mask(mask: Optional[Tensor], causal: bool, n: int, device) -> Optional[Tensor]:
+    """Merge a padding mask (B, n) and causality into one boolean mask broadcastable to
+    (B, h, n, n) (True = may attend). Rows that would be fully masked (e.g. a padding query under
+    left padding with causal attention) are allowed to attend to themselves so they stay finite;
+    rows of real queries never change. Returns None when there is nothing to mask.
+    """
+    if mask is None and not causal:
+        return None
+    if not causal:
+        return key_padding_mask(mask)
+    allowed = torch.ones(n, n, dtype=torch.bool, device=device).tril_()  # (n, n)
+    if mask is None:
+        return allowed
+    allowed = allowed & mask[:, None, None, :]  # (B, 1, n, n)
+    empty = ~allowed.any(dim=-1, keepdim=True)  # (B, 1, n, 1)
+    eye = torch.eye(n, dtype=torch.bool, device=device)
+    return allowed | (empty & eye)
+
+
+def masked_softmax(scores: Tensor, allowed: Optional[Tensor]) -> Tensor:
+    """Softmax over the last axis where `allowed` (broadcastable bool) is True. Fully masked rows
+    give zeros instead of NaN."""
+    if allowed is None:
+        return scores.softmax(dim=-1)
+    scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
+    attn = scores.softmax(dim=-1)
+    return attn * allowed  # zero rows that had no allowed key at all
+
+
+# --------------------------------------------------------------------------- kernelised attention
+
+
+def kernel_attention(
+    qf: Tensor,
+    kf: Tensor,
+    v: Tensor,
+    causal: bool = False,
+    chunk: int = 64,
+    eps: float = 1e-6,
+) -> Tensor:
+    """Attention with a positive feature map: out_i = sum_j (qf_i . kf_j) v_j / sum_j (qf_i . kf_j).
+
+    qf, kf: (B, h, n, m) non-negative features (padding keys already zeroed); v: (B, h, n, e).
+    The normaliser rides along as an extra all-ones column of v, so numerator and denominator come
+    out of the same matmuls. Non-causal: O(n m e) time, O(n (m + e) + m e) memory.
+    Causal: chunked prefix sums, O(n C (m + e) + n m e) time and O(n C + (n / C) m e) memory, with
+    no (n, m, e) tensor and no custom kernel: inside a chunk of C positions a masked C x C product,
+    across chunks a running sum of kf^T v.
+    A row whose denominator is zero (every key masked) returns zeros.
+    """
+    B, h, n, m = qf.shape
+    e = v.shape[-1]
+    v1 = torch.cat([v, v.new_ones(B, h, n, 1)], dim=-1)  # (B, h, n, e+1)
+    if not causal:
+        kv = kf.transpose(-2, -1) @ v1  # (B, h, m, e+1)
+        out = qf @ kv  # (B, h, n, e+1)
+    else:
+        C = min(chunk, n)
+        pad = (-n) % C
+        if pad:
+            qf = F.pad(qf, (0, 0, 0, pad))
+            kf = F.pad(kf, (0, 0, 0, pad))
+            v1 = F.pad(v1, (0, 0, 0, pad))
+        c = (n + pad) // C
+        qc = qf.view(B, h, c, C, m)
+        kc = kf.view(B, h, c, C, m)
+        vc = v1.view(B, h, c, C, e + 1)
+        # within each chunk: lower-triangular (inclusive) C x C interactions
+        a = qc @ kc.transpose(-2, -1)  # (B, h, c, C, C)
+        a = a.masked_fill_(~torch.ones(C, C, dtype=torch.bool, device=a.device).tril_(), 0.0)
+        out = a @ vc  # (B, h, c, C, e+1)
+        if c > 1:
+            # across chunks: state of all strictly earlier chunks
+            kv = kc.transpose(-2, -1) @ vc  # (B, h, c, m, e+1)
+            state = kv.cumsum(dim=2)
+            state = torch.cat([torch.zeros_like(state[:, :, :1]), state[:, :, :-1]], dim=2)
+            out = out + qc @ state  # (B, h, c, C, e+1)
+        out = out.view(B, h, c * C, e + 1)[:, :, :n]
+    num, den = out[..., :e], out[..., e:]
+    return num / den.clamp_min(eps) if eps > 0 else num / den
+
+
+def kernel_attention_flops(B: int, h: int, n: int, m: int, e: int, causal: bool, chunk: int = 64) -> int:
+    """Matmul FLOPs (2 per multiply-add) of `kernel_attention` as implemented."""
+    e1 = e + 1
+    if not causal:
+        return 2 * B * h * (m * n * e1 + n * m * e1)
+    C = min(chunk, n)
+    c = -(-n // C)
+    fl = 2 * B * h * c * (C * C * m + C * C * e1)  # intra-chunk
+    if c > 1:
+        fl += 2 * B * h * c * (m * C * e1 + C * m * e1)  # chunk states + queries against them
+    return fl
+
+
+def kernel_weights(qf: Tensor, kf: Tensor, causal: bool, eps: float = 1e-6) -> Tensor:
+    """The (B, h, n, n) attention matrix a kernelised mechanism applies implicitly (O(n^2): for
+    inspection and plots only)."""
+    a = qf @ kf.transpose(-2, -1)  # (B, h, n, n)
+    if causal:
+        n = a.shape[-1]
+        a = a.masked_fill(~torch.ones(n, n, dtype=torch.bool, device=a.device).tril_(), 0.0)
+    return a / a.sum(dim=-1, keepdim=True).clamp_min(eps)

@@ -1,0 +1,47 @@
+"""`softmax`: exact multi-head attention through F.scaled_dot_product_attention (fused kernels:
+flash / memory-efficient on GPU, the flash-style kernel on CPU), merged QKV projection.
+
+A padding mask and causality are merged into one boolean mask before SDPA is called; SDPA never
+sees both a mask and is_causal=True. Time O(n^2 d), memory O(n d) with the fused kernels.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from .base import Attention
+from .functional import attention_mask, key_padding_mask, masked_softmax, merge_heads
+from .registry import register_attention
+
+
+def exact_attention_flops(batch: int, seq_len: int, dim: int, causal: bool) -> int:
+    """QK^T and AV: 2 * 2 * B * n^2 * d; under causality only the n(n+1)/2 visible pairs count."""
+    pairs = seq_len * (seq_len + 1) // 2 if causal else seq_len * seq_len
+    return 4 * batch * pairs * dim
+
+
+@register_attention("softmax")
+class SoftmaxAttention(Attention):
+    supports_mask = True
+    supports_causal = True
+    has_weights = True
+    exact = True
+
+    def _attend(self, x: Tensor, mask: Optional[Tensor], causal: bool, need_weights: bool) -> Tuple[Tensor, Optional[Tensor]]:
+        q, k, v = self.project_qkv(x)  # (B, h, n, e)
+        if need_weights:  # explicit path: the fused kernel does not expose its probabilities
+            allowed = attention_mask(mask, causal, x.shape[1], x.device)
+            attn = masked_softmax((q @ k.transpose(-2, -1)) * self.scale, allowed)  # (B, h, n, n)
+            return self.out(merge_heads(attn @ v)), attn
+        if mask is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        elif causal:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask(mask, True, x.shape[1], x.device))
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_padding_mask(mask))
+        return self.out(merge_heads(y)), None  # (B, n, d)
+
+    def attention_flops(self, seq_len: int, batch: int, causal: bool) -> int:
+        return exact_attention_flops(batch, seq_len, self.dim, causal)

@@ -1,0 +1,68 @@
+"""`torch_mha`: PyTorch's built-in nn.MultiheadAttention behind the common interface, the baseline
+the custom mechanisms are compared with. Padding mask -> key_padding_mask; causality (and causality
+merged with padding) -> a boolean attn_mask. O(n^2 d) time.
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from .base import Attention
+from .functional import attention_mask, key_padding_mask
+from .registry import register_attention
+from .softmax import exact_attention_flops
+
+
+@register_attention("torch_mha")
+class TorchMHA(Attention):
+    supports_mask = True
+    supports_causal = True
+    has_weights = True
+    exact = True
+
+    def _build_projections(self, bias: bool) -> None:
+        self.mha = nn.MultiheadAttention(self.dim, self.heads, bias=bias, batch_first=True)
+
+    def _attend(self, x: Tensor, mask: Optional[Tensor], causal: bool, need_weights: bool) -> Tuple[Tensor, Optional[Tensor]]:
+        B, n, _ = x.shape
+        kpm, attn_mask = None, None  # nn.MultiheadAttention masks are True where attention is NOT allowed
+        if causal:
+            allowed = attention_mask(mask, True, n, x.device)  # (n, n) or (B, 1, n, n)
+            attn_mask = ~allowed if allowed.dim() == 2 else (~allowed).expand(B, self.heads, n, n).reshape(B * self.heads, n, n)
+        elif mask is not None:
+            kpm = ~key_padding_mask(mask)[:, 0, 0, :]  # (B, n)
+        y, w = self.mha(
+            x, x, x,
+            key_padding_mask=kpm,
+            attn_mask=attn_mask,
+            need_weights=need_weights,
+            average_attn_weights=False,
+            is_causal=causal and attn_mask is not None and mask is None,
+        )
+        return y, w
+
+    def get_projection_weights(self) -> Dict[str, Optional[Tensor]]:
+        d, m = self.dim, self.mha
+        w, b = m.in_proj_weight.detach(), m.in_proj_bias
+        out = {"q_w": w[:d], "k_w": w[d : 2 * d], "v_w": w[2 * d :], "o_w": m.out_proj.weight.detach(), "o_b": m.out_proj.bias}
+        if b is None:
+            out.update(q_b=None, k_b=None, v_b=None)
+        else:
+            b = b.detach()
+            out.update(q_b=b[:d], k_b=b[d : 2 * d], v_b=b[2 * d :])
+        return {k: (v.detach().clone() if v is not None else None) for k, v in out.items()}
+
+    @torch.no_grad()
+    def load_projection_weights(self, w: Dict[str, Optional[Tensor]]) -> None:
+        m = self.mha
+        m.in_proj_weight.copy_(torch.cat([w["q_w"], w["k_w"], w["v_w"]]))
+        if m.in_proj_bias is not None:
+            m.in_proj_bias.copy_(torch.cat([w["q_b"], w["k_b"], w["v_b"]]))
+        m.out_proj.weight.copy_(w["o_w"])
+        if m.out_proj.bias is not None:
+            m.out_proj.bias.copy_(w["o_b"])
+
+    def attention_flops(self, seq_len: int, batch: int, causal: bool) -> int:
+        return exact_attention_flops(batch, seq_len, self.dim, causal)
