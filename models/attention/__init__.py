@@ -7,7 +7,7 @@ from .base import Attention
 from .registry import attention_options, build_attention, capabilities, get_attention, list_attentions, register_attention
 
 # importing a mechanism's module registers it
-from . import softmax, naive, torch_mha, linear, performer, local, linformer, nystromformer  # noqa: E402,F401  isort: skip
+from . import softmax, naive, torch_mha, linear, performer, local, linformer, nystromformer, hybrid  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "Attention",

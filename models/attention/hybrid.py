@@ -1,0 +1,95 @@
+"""`hybrid`: heads split between dilated local windows and global linear attention, the "hybrid" of
+the efficient-ViT study.
+
+Design: of h heads, `local_heads` (default h // 2) run sliding-window attention (see local.py)
+with radius `window`; they are divided into contiguous groups, one per entry of `dilations`, so
+e.g. dilations (1, 2) gives half the local heads a dense window and half a window that skips every
+other token (2x the reach for the same cost). The remaining h - local_heads heads run global
+linear attention (elu + 1 features, see linear.py). Local heads model fine, nearby structure
+exactly; global heads carry long-range context at linear cost.
+
+Complexity per layer: O(n (2 window + 1) e) per local head plus O(n e^2) per global head, i.e.
+linear in n in time and memory. Causal and padding masks are supported by both parts.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from .base import Attention, _check_positive_int
+from .functional import kernel_attention, kernel_attention_flops, kernel_weights, merge_heads
+from .linear import elu_features
+from .local import dense_window_weights, sliding_window_attention, window_flops
+from .registry import register_attention
+
+
+@register_attention("hybrid")
+class HybridAttention(Attention):
+    supports_mask = True
+    supports_causal = True
+    has_weights = True
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int = 8,
+        *,
+        local_heads: Optional[int] = None,
+        window: int = 64,
+        dilations: Sequence[int] = (1, 2),
+        chunk: int = 64,
+        causal: bool = False,
+        dropout: float = 0.0,
+        bias: bool = True,
+    ):
+        super().__init__(dim, heads, causal=causal, dropout=dropout, bias=bias)
+        local_heads = heads // 2 if local_heads is None else local_heads
+        if isinstance(local_heads, bool) or not isinstance(local_heads, int) or not 0 <= local_heads <= heads:
+            raise ValueError(f"local_heads must be an integer in [0, heads={heads}], got {local_heads!r}")
+        _check_positive_int("window", window)
+        _check_positive_int("chunk", chunk)
+        dilations = tuple(dilations)
+        if not dilations or any(isinstance(d, bool) or not isinstance(d, int) or d <= 0 for d in dilations):
+            raise ValueError(f"dilations must be a non-empty sequence of positive integers, got {dilations!r}")
+        if local_heads and len(dilations) > local_heads:
+            raise ValueError(f"dilations {dilations} needs at least {len(dilations)} local heads, got local_heads={local_heads}")
+        self.local_heads, self.window, self.dilations, self.chunk = local_heads, window, dilations, chunk
+        # contiguous head groups: (start, stop, dilation)
+        self.groups: List[Tuple[int, int, int]] = []
+        if local_heads:
+            base, extra = divmod(local_heads, len(dilations))
+            start = 0
+            for i, dil in enumerate(dilations):
+                stop = start + base + (1 if i < extra else 0)
+                self.groups.append((start, stop, dil))
+                start = stop
+
+    def _attend(self, x: Tensor, mask: Optional[Tensor], causal: bool, need_weights: bool) -> Tuple[Tensor, Optional[Tensor]]:
+        q, k, v = self.project_qkv(x)  # (B, h, n, e)
+        ys, ws = [], []
+        for a, b, dil in self.groups:  # local heads
+            ys.append(sliding_window_attention(q[:, a:b], k[:, a:b], v[:, a:b], self.window, mask, causal, dil, self.scale))
+            if need_weights:
+                ws.append(dense_window_weights(q[:, a:b], k[:, a:b], self.window, mask, causal, dil, self.scale))
+        g = self.local_heads
+        if g < self.heads:  # global linear heads
+            with torch.autocast(x.device.type, enabled=False):
+                qf, kf = elu_features(q[:, g:], k[:, g:], mask)
+                ys.append(kernel_attention(qf, kf, v[:, g:].float(), causal=causal, chunk=self.chunk, eps=1e-30).to(v.dtype))
+                if need_weights:
+                    ws.append(kernel_weights(qf, kf, causal, eps=1e-30))
+        y = torch.cat(ys, dim=1)  # (B, h, n, e)
+        w = torch.cat([t.to(y.dtype) for t in ws], dim=1) if need_weights else None
+        return self.out(merge_heads(y)), w
+
+    def attention_flops(self, seq_len: int, batch: int, causal: bool) -> int:
+        e = self.head_dim
+        fl = sum(window_flops(batch, b - a, seq_len, e, self.window, causal, dil) for a, b, dil in self.groups)
+        if self.local_heads < self.heads:
+            fl += kernel_attention_flops(batch, self.heads - self.local_heads, seq_len, e, e, causal, self.chunk)
+        return fl
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", local_heads={self.local_heads}, window={self.window}, dilations={self.dilations}"
