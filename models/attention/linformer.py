@@ -6,6 +6,11 @@ n). Padding: column j of E/F is chosen by the rank of token j among the real tok
 columns are zero, so real outputs do not depend on where padding sits or how much there is.
 Sharing (the paper's options within one layer): "headwise" one E and one F for all heads (default),
 "kv" E = F, "none" a pair per head. Not causal: every projected key mixes future positions.
+
+With E shared across heads the sequence projection commutes with the key/value projections:
+E (x W_k^T + 1 b_k^T) = (E x) W_k^T + (E 1) b_k^T. So x is projected along the sequence first and
+W_k, W_v act on k rows instead of n: 4 n d^2 + 4 k d^2 + 8 n k d FLOPs instead of 8 n d^2 + 8 n k d,
+with identical outputs and no (n, d) key or value tensor. Per-head E ("none") uses the plain order.
 """
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import Attention, _check_positive_int
-from .functional import merge_heads
+from .functional import merge_heads, split_heads
 from .registry import register_attention
 
 SHARING = ("headwise", "kv", "none")
@@ -67,19 +72,44 @@ class LinformerAttention(Attention):
             return (g.permute(1, 0, 2) * mask[:, None, :])[:, None]  # (B, 1, k, n)
         return g.permute(2, 0, 1, 3) * mask[:, None, None, :]  # (B, h, k, n)
 
+    def _shared_projection(self, p: Tensor, n: int, mask: Optional[Tensor], dtype) -> Tensor:
+        """A head-shared projection as (k, n), or (B, k, n) under a padding mask."""
+        E = self._projection(p, n, mask).to(dtype)
+        return E if mask is None else E[:, 0]
+
     def _attend(self, x: Tensor, mask: Optional[Tensor], causal: bool, need_weights: bool) -> Tuple[Tensor, Optional[Tensor]]:
-        n = x.shape[1]
-        q, k, v = self.project_qkv(x)  # (B, h, n, e)
-        E = self._projection(self.proj_k, n, mask).to(k.dtype)
-        Fp = E if self.sharing == "kv" else self._projection(self.proj_v, n, mask).to(v.dtype)
-        kp = E @ k  # (B, h, k, e)
-        vp = Fp @ v  # (B, h, k, e)
+        n, d = x.shape[1], self.dim
+        w, b = self.qkv.weight, self.qkv.bias
+        bq, bk, bv = (None, None, None) if b is None else (b[:d], b[d : 2 * d], b[2 * d :])
+        q = split_heads(F.linear(x, w[:d], bq), self.heads)  # (B, h, n, e)
+        if self.sharing == "none":
+            k = split_heads(F.linear(x, w[d : 2 * d], bk), self.heads)
+            v = split_heads(F.linear(x, w[2 * d :], bv), self.heads)
+            kp = self._projection(self.proj_k, n, mask).to(k.dtype) @ k  # (B, h, k, e)
+            vp = self._projection(self.proj_v, n, mask).to(v.dtype) @ v
+        else:
+            E = self._shared_projection(self.proj_k, n, mask, x.dtype)  # (k, n) or (B, k, n)
+            Fm = E if self.sharing == "kv" else self._shared_projection(self.proj_v, n, mask, x.dtype)
+            ex = E @ x  # (B, k, d): the sequence projection applied to x first
+            fx = ex if self.sharing == "kv" else Fm @ x
+            kp = F.linear(ex, w[d : 2 * d])  # (B, k, d)
+            vp = F.linear(fx, w[2 * d :])
+            if b is not None:  # E (1 b^T) = (E 1) b^T
+                kp = kp + E.sum(dim=-1, keepdim=True) * bk
+                vp = vp + Fm.sum(dim=-1, keepdim=True) * bv
+            kp, vp = split_heads(kp, self.heads), split_heads(vp, self.heads)  # (B, h, k, e)
         y = F.scaled_dot_product_attention(q, kp, vp)  # (B, h, n, e)
         return self.out(merge_heads(y)), None
 
     def attention_flops(self, seq_len: int, batch: int, causal: bool) -> int:
-        # E K and F V: 2 * 2 * B * k * n * d; Q (EK)^T and A (FV): 2 * 2 * B * n * k * d
+        # Q (EK)^T and A (FV): 2 * 2 * B * n * k * d; E K and F V: 2 * 2 * B * k * n * d
         return 8 * batch * seq_len * self.k * self.dim
+
+    def projection_flops(self, seq_len: int, batch: int = 1) -> int:
+        if self.sharing == "none":
+            return super().projection_flops(seq_len, batch)
+        n, k, d = seq_len, self.k, self.dim
+        return 2 * batch * (2 * n * d * d + 2 * k * d * d)  # Q and output on n rows, K and V on k rows
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", k={self.k}, max_seq_len={self._max_len}, sharing={self.sharing!r}"
