@@ -3,7 +3,8 @@
     softmax(Q K^T) V  ~  softmax(Q K~^T) . pinv(softmax(Q~ K~^T)) . (softmax(Q~ K^T) V)
                           (n, m)            (m, m)                    (m, e)
 
-evaluated right to left, so no (n, m) x (m, m) product is formed: O(n m e + m^3) per head.
+evaluated right to left, the two (n, m) kernels fused into scaled_dot_product_attention (never
+materialised) and no (n, m) x (m, m) product formed: O(n m e + m^3) time, O(n e + m^2) memory per head.
 pinv is the paper's iterative Moore-Penrose approximation (`pinv_iterations` steps; initial scale
 per matrix, so batch elements stay independent) or, with pinv="exact", torch.linalg.pinv with the
 whole attention evaluated in fp64 (a reference mode for checks: the (m, m) kernel is often
@@ -24,6 +25,7 @@ from __future__ import annotations
 from typing import Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import Attention, _check_positive_int
@@ -33,20 +35,28 @@ from .registry import register_attention
 PINV = ("iterative", "exact")
 
 
-def iterative_pinv(a: Tensor, iterations: int) -> Tensor:
-    """Moore-Penrose pseudo-inverse of each (m, m) matrix in `a` (Razavi et al. 2014 iteration)."""
+def iterative_pinv(a: Tensor, iterations: int, rhs: Optional[Tensor] = None) -> Tensor:
+    """Moore-Penrose pseudo-inverse of each (m, m) matrix in `a` (Razavi et al. 2014 iteration),
+    or, given `rhs` (.., m, e), pinv(a) @ rhs with the last iteration applied to rhs directly
+    (three (m, m) x (m, e) products instead of three (m, m) x (m, m) ones; same result)."""
     absa = a.abs()
     col = absa.sum(dim=-2).amax(dim=-1)  # max column sum, per matrix
     row = absa.sum(dim=-1).amax(dim=-1)  # max row sum, per matrix
     z = a.transpose(-2, -1) / (col * row)[..., None, None]
     eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
-    for _ in range(iterations):
+    for i in range(iterations):
         az = a @ z
+        if rhs is not None and i == iterations - 1:
+            # z_next @ rhs = 0.25 z (13 rhs - az (15 rhs - az (7 rhs - az rhs)))
+            t = 7 * rhs - az @ rhs
+            t = 15 * rhs - az @ t
+            t = 13 * rhs - az @ t
+            return 0.25 * (z @ t)
         t = 7 * eye - az
         t = 15 * eye - az @ t
         t = 13 * eye - az @ t
         z = 0.25 * (z @ t)
-    return z
+    return z if rhs is None else z @ rhs
 
 
 def segment_landmarks(q: Tensor, k: Tensor, m: int, mask: Optional[Tensor]) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
@@ -105,19 +115,32 @@ class NystromAttention(Attention):
         dtype = v.dtype
         if self.pinv == "exact":
             q, k, v = q.double(), k.double(), v.double()
-        q = q * self.scale
         ql, kl, lmask = segment_landmarks(q, k, self.landmarks, mask)  # (B, h, m, e), (B, m)
         lm = None if lmask is None else lmask[:, None, None, :]  # (B, 1, 1, m)
-        k1 = masked_softmax(q @ kl.transpose(-2, -1), lm)  # (B, h, n, m)
-        k2 = masked_softmax(ql @ kl.transpose(-2, -1), lm)  # (B, h, m, m)
+        k2 = masked_softmax((ql @ kl.transpose(-2, -1)) * self.scale, lm)  # (B, h, m, m)
         if lmask is not None:  # empty landmarks: identity rows, so pinv acts on the real block only
             eye = torch.eye(self.landmarks, dtype=k2.dtype, device=k2.device)
             k2 = torch.where(lmask[:, None, :, None], k2, eye)
-        k3 = masked_softmax(ql @ k.transpose(-2, -1), key_padding_mask(mask))  # (B, h, m, n)
-        z = torch.linalg.pinv(k2) if self.pinv == "exact" else iterative_pinv(k2, self.pinv_iterations)
-        y = k1 @ (z @ (k3 @ v))  # (B, h, n, e), right to left: (m,n)(n,e) -> (m,m)(m,e) -> (n,m)(m,e)
-        w = ((k1 @ z) @ k3).to(dtype) if need_weights else None  # (B, h, n, n), O(n^2): inspection only
+        kpm = key_padding_mask(mask)
+        if need_weights:  # explicit kernels, O(n^2): inspection only
+            z = torch.linalg.pinv(k2) if self.pinv == "exact" else iterative_pinv(k2, self.pinv_iterations)
+            k1 = masked_softmax((q @ kl.transpose(-2, -1)) * self.scale, lm)  # (B, h, n, m)
+            k3 = masked_softmax((ql @ k.transpose(-2, -1)) * self.scale, kpm)  # (B, h, m, n)
+            w = (k1 @ z) @ k3  # (B, h, n, n)
+            y = w @ v
+            w = w.to(dtype)
+        else:
+            # right to left, the two (n, m) kernels fused into SDPA and never materialised:
+            # softmax(Q~ K^T) V: (m, e); pinv (.): (m, e); softmax(Q K~^T) (.): (n, e)
+            t = F.scaled_dot_product_attention(ql, k, v, attn_mask=kpm)  # (B, h, m, e)
+            t = torch.linalg.pinv(k2) @ t if self.pinv == "exact" else iterative_pinv(k2, self.pinv_iterations, rhs=t)
+            if lm is not None:  # an element with no real token: allow all (zeroed below)
+                lm = lm | ~lm.any(dim=-1, keepdim=True)
+            y = F.scaled_dot_product_attention(q, kl, t, attn_mask=lm)  # (B, h, n, e)
+            w = None
         y = y.to(dtype)
+        if lmask is not None:
+            y = y * lmask.any(dim=-1)[:, None, None, None]  # all-padding element -> 0, as the explicit path
         if self.conv is not None:
             v = v.to(dtype)
             y = y + self.conv(v if mask is None else v * mask[:, None, :, None])
@@ -127,8 +150,8 @@ class NystromAttention(Attention):
         n, m, d, h = seq_len, self.landmarks, self.dim, self.heads
         fl = 2 * batch * (n * m * d + m * m * d + m * n * d)  # the three similarity matrices
         fl += 2 * batch * (m * n * d + m * m * d + n * m * d)  # k3 V, pinv (k3 V), k1 (...)
-        if self.pinv == "iterative":
-            fl += 2 * batch * h * 4 * self.pinv_iterations * m**3
+        if self.pinv == "iterative":  # 4 (m, m) products per step, the last step applied to (m, e)
+            fl += 2 * batch * h * ((4 * self.pinv_iterations - 3) * m**3 + 3 * m * m * (d // h))
         if self.conv is not None:
             fl += 2 * batch * n * d * self.conv_kernel
         return fl
