@@ -49,16 +49,16 @@ def favor_features(q: Tensor, k: Tensor, w: Tensor, mask: Optional[Tensor]) -> T
     q, k = q.float(), k.float()
     wt = w.float().t()  # (e, m)
     qw = q @ wt  # (B, h, n, m)
-    qf = qw.sub_(qw.amax(dim=-1, keepdim=True)).exp_()
+    # the shifts cancel exactly between numerator and denominator: constants, no gradient
+    qf = qw.sub_(qw.detach().amax(dim=-1, keepdim=True)).exp_()
     kw = k @ wt  # (B, h, n, m)
     e = k.shape[-1]
-    kw.sub_(k.pow(2).sum(dim=-1, keepdim=True).mul_(0.5 / math.sqrt(e)))  # - |x|^2 / 2, x = k / e^(1/4)
-    if mask is not None:
-        shift = kw.masked_fill(~mask[:, None, :, None], float("-inf")).amax(dim=(-2, -1), keepdim=True)
-        shift = shift.clamp_min(torch.finfo(kw.dtype).min)  # an element with no real key
-        kf = kw.sub_(shift).exp_().mul_(mask[:, None, :, None])
-    else:
-        kf = kw.sub_(kw.amax(dim=(-2, -1), keepdim=True)).exp_()
+    kw = kw - k.pow(2).sum(dim=-1, keepdim=True) * (0.5 / math.sqrt(e))  # - |x|^2 / 2, x = k / e^(1/4)
+    if mask is not None:  # padding keys -> -inf -> feature exactly 0 (and no inf * 0 in backward)
+        kw = kw.masked_fill(~mask[:, None, :, None], float("-inf"))
+    shift = kw.detach().amax(dim=(-2, -1), keepdim=True)
+    shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))  # element with no real key
+    kf = kw.sub_(shift).exp_()
     return qf, kf
 
 
