@@ -9,8 +9,12 @@ finite but meaningless. Capabilities are class attributes, read by tests, the sw
 
     supports_mask    padding mask respected (outputs of real tokens ignore padding tokens)
     supports_causal  causal attention available (construction or forward flag)
+    padding_anywhere real outputs are unchanged by padding anywhere in the sequence, not only at
+                     its ends (False for position-defined windows)
     has_weights      can return the (B, h, n, n) attention matrix it applies (explicitly or
                      implicitly; for inspection, costs O(n^2))
+    weights_are_distributions  those matrices are row-stochastic (non-negative, rows sum to 1);
+                     False where the approximation's matrix is not (Nystrom)
     exact            computes exact softmax attention (up to float rounding)
     max_seq_len      instance property: longest sequence accepted, None for unbounded
 
@@ -41,7 +45,9 @@ class Attention(nn.Module):
     name: ClassVar[str] = ""  # set by @register_attention
     supports_mask: ClassVar[bool] = True
     supports_causal: ClassVar[bool] = False
+    padding_anywhere: bool = True  # a class default; a mechanism may set it per instance
     has_weights: ClassVar[bool] = False
+    weights_are_distributions: ClassVar[bool] = True
     exact: ClassVar[bool] = False
     not_causal_reason: ClassVar[str] = "its approximation mixes every position with every other"
 

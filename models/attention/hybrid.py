@@ -29,6 +29,7 @@ from .registry import register_attention
 class HybridAttention(Attention):
     supports_mask = True
     supports_causal = True
+    padding_anywhere = False  # windows are defined on positions: padding must sit at the ends
     has_weights = True
 
     def __init__(

@@ -121,6 +121,7 @@ def window_flops(batch: int, heads: int, n: int, e: int, window: int, causal: bo
 class LocalAttention(Attention):
     supports_mask = True
     supports_causal = True
+    padding_anywhere = False  # windows are defined on positions: padding must sit at the ends
     has_weights = True
 
     def __init__(self, dim: int, heads: int = 8, *, window: int = 64, dilation: int = 1, causal: bool = False, dropout: float = 0.0, bias: bool = True):

@@ -81,6 +81,7 @@ class NystromAttention(Attention):
     supports_mask = True
     supports_causal = False
     has_weights = True
+    weights_are_distributions = False  # k1 pinv(k2) k3 has negative entries; rows sum to ~1
     not_causal_reason = "each landmark averages a segment that includes future positions"
 
     def __init__(
@@ -107,6 +108,7 @@ class NystromAttention(Attention):
                 raise ValueError(f"conv_kernel must be odd so the output keeps its length, got {conv_kernel}")
         self.landmarks, self.pinv_iterations, self.pinv, self.conv_kernel = landmarks, pinv_iterations, pinv, conv_kernel
         self.conv = None
+        self.padding_anywhere = conv_kernel is None  # the conv skip mixes neighbouring positions
         if conv_kernel is not None:
             self.conv = nn.Conv2d(heads, heads, (conv_kernel, 1), padding=(conv_kernel // 2, 0), groups=heads, bias=False)
 

@@ -64,8 +64,10 @@ def capabilities() -> Dict[str, Dict[str, bool]]:
     return {
         name: {
             "mask": cls.supports_mask,
+            "padding_anywhere": cls.padding_anywhere,
             "causal": cls.supports_causal,
             "weights": cls.has_weights,
+            "weights_are_distributions": cls.weights_are_distributions,
             "exact": cls.exact,
         }
         for name, cls in sorted(_REGISTRY.items())
