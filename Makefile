@@ -5,24 +5,21 @@
 VENV   ?= .venv
 PYTHON ?= python3
 PY     := $(VENV)/bin/python
+# torch goes in first, pinned, so no later requirement can pull another build (see pyproject.toml)
 TORCH  ?= torch==2.13.0
 
-.PHONY: env env-bench test test-slow bench clean
+.PHONY: env test test-slow bench clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml Makefile
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python >= 3.10 is required, found " + sys.version.split()[0]'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[dev]"
-	@touch $@
-
-$(VENV)/.installed-bench: $(VENV)/.installed
+	$(PY) -m pip install -q $(TORCH)
 	$(PY) -m pip install -q -e ".[dev,bench]"
+	@$(PY) -c 'import torch, sys; print("environment ready: torch", torch.__version__, "python", sys.version.split()[0])'
 	@touch $@
 
 env: $(VENV)/.installed
-env-bench: $(VENV)/.installed-bench
 
 test: $(VENV)/.installed
 	$(PY) -m pytest
@@ -30,7 +27,7 @@ test: $(VENV)/.installed
 test-slow: $(VENV)/.installed
 	$(PY) -m pytest -m slow
 
-bench: $(VENV)/.installed-bench
+bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_attention.py $(ARGS)
 
 clean:

@@ -1,0 +1,851 @@
+"""
+Our attention mechanisms side by side with the best public implementation of the same mechanism,
+same configuration, same process: time and peak memory ratios, plus a memory-scaling check.
+
+The committed results (benchmarks/results/attention_vs_reference.{md,json}) come from:
+
+$ python benchmarks/bench_attention.py
+
+i.e. CPU, fp32, dim 512, 8 heads (head dim 64), batch 1, n = 4096, forward only under
+torch.no_grad() with models in eval(), torch threads = os.cpu_count(), 3 warm-up runs then 10 timed
+runs per implementation, ours and the reference interleaved run by run. Other examples:
+
+$ python benchmarks/bench_attention.py --quick                    # smoke test: n=256, 2 runs
+$ python benchmarks/bench_attention.py --seq-len 8192 --threads 1 --out /tmp/bench
+$ make bench ARGS="--runs 20"
+
+Pairs (ours vs reference):
+    softmax        vs a minimal Linear(d, 3d) -> F.scaled_dot_product_attention -> Linear(d, d) module
+    softmax        vs nn.MultiheadAttention(batch_first=True), need_weights=False
+    torch_mha      vs nn.MultiheadAttention(batch_first=True), need_weights=False
+    linformer      vs linformer.LinformerSelfAttention        (lucidrains, pip linformer)
+    performer      vs performer_pytorch.SelfAttention         (lucidrains, pip performer-pytorch)
+    nystromformer  vs nystrom_attention.NystromAttention      (lucidrains, pip nystrom-attention)
+A mechanism not registered yet (see list_attentions()) or a reference package not installed gives a
+"skipped" row instead of an error.
+
+Timing: time.perf_counter around each forward call, gc collected then disabled over the timed
+region, medians reported with the interquartile range, the ratio of medians and the ratio of minima.
+Peak memory: the PyTorch CPU allocator's own accounting, read through the profiler
+(profile_memory=True): the peak of bytes allocated during one forward call, measured in a separate
+call from the timed ones. Inputs and parameters, allocated beforehand, are not included; memory that
+bypasses the PyTorch allocator (oneDNN / BLAS scratch, Python objects) is not seen.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import gc
+import json
+import math
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+_ROOT = Path(__file__).resolve().parents[1]
+if str(_ROOT) not in sys.path:
+    sys.path.insert(0, str(_ROOT))
+
+from models.attention import build_attention, list_attentions  # noqa: E402
+
+MIB = 2**20
+DEFAULT_OUT = _ROOT / "benchmarks" / "results"  # independent of the working directory
+SCALING_LENS = (1024, 2048, 4096, 8192, 16384)
+QUICK_SCALING_LENS = (256, 512)
+SCALING_MECHANISMS = ("softmax", "naive", "local", "linear", "performer", "linformer", "nystromformer")
+SCALING_CONTRAST = {"softmax", "naive"}  # shown for contrast, no target
+SLOPE_TARGET = 1.15
+
+
+# --------------------------------------------------------------------------- references
+
+
+class MinimalSDPA(nn.Module):
+    """The shortest reasonable fused-attention block: one QKV Linear, split heads, SDPA, merge, Linear."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        B, n, d = x.shape
+        q, k, v = self.qkv(x).view(B, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)  # 3 x (B, h, n, e)
+        y = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(y.transpose(1, 2).reshape(B, n, d))
+
+
+class MHAWrapper(nn.Module):
+    """nn.MultiheadAttention called as self-attention returning only the output."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.mha = nn.MultiheadAttention(dim, heads, batch_first=True)
+
+    def forward(self, x):
+        return self.mha(x, x, x, need_weights=False)[0]
+
+
+class ReferenceMissing(Exception):
+    pass
+
+
+def _import(module: str):
+    """Import a reference package quietly (they emit deprecation warnings on import)."""
+    import importlib
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return importlib.import_module(module)
+    except ImportError as exc:
+        raise ReferenceMissing(f"reference package '{module}' not installed ({exc})") from None
+
+
+def _pkg_version(dist: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def ref_minimal_sdpa(cfg):
+    return MinimalSDPA(cfg["dim"], cfg["heads"])
+
+
+def ref_mha(cfg):
+    return MHAWrapper(cfg["dim"], cfg["heads"])
+
+
+def ref_linformer(cfg):
+    mod = _import("linformer")
+    return mod.LinformerSelfAttention(
+        dim=cfg["dim"], seq_len=cfg["seq_len"], heads=cfg["heads"], k=256, one_kv_head=False, share_kv=False
+    )
+
+
+def ref_performer(cfg):
+    mod = _import("performer_pytorch")
+    # SelfAttention(dim, causal, heads, dim_head, local_heads, local_window_size, nb_features,
+    # feature_redraw_interval, generalized_attention, kernel_fn, dropout, no_projection, qkv_bias,
+    # attn_out_bias). Redraws only happen through the Performer model's ProjectionUpdater, in training
+    # mode; this module alone never redraws.
+    return mod.SelfAttention(
+        dim=cfg["dim"], heads=cfg["heads"], dim_head=cfg["dim"] // cfg["heads"], nb_features=256,
+        causal=False, local_heads=0, generalized_attention=False, no_projection=False,
+    )
+
+
+def ref_nystrom(cfg):
+    mod = _import("nystrom_attention")
+    return mod.NystromAttention(
+        dim=cfg["dim"], dim_head=cfg["dim"] // cfg["heads"], heads=cfg["heads"], num_landmarks=256,
+        pinv_iterations=6, residual=False,
+    )
+
+
+def _share_exact_weights(ours, ref) -> bool:
+    """Give an exact reference the same projection weights as ours, so outputs can be compared."""
+    if not hasattr(ours, "get_projection_weights"):
+        return False
+    w = ours.get_projection_weights()
+    if any(w[k] is None for k in ("q_b", "k_b", "v_b", "o_b")):
+        return False
+    with torch.no_grad():
+        if isinstance(ref, MinimalSDPA):
+            ref.qkv.weight.copy_(torch.cat([w["q_w"], w["k_w"], w["v_w"]]))
+            ref.qkv.bias.copy_(torch.cat([w["q_b"], w["k_b"], w["v_b"]]))
+            ref.proj.weight.copy_(w["o_w"])
+            ref.proj.bias.copy_(w["o_b"])
+            return True
+        if isinstance(ref, MHAWrapper):
+            m = ref.mha
+            m.in_proj_weight.copy_(torch.cat([w["q_w"], w["k_w"], w["v_w"]]))
+            m.in_proj_bias.copy_(torch.cat([w["q_b"], w["k_b"], w["v_b"]]))
+            m.out_proj.weight.copy_(w["o_w"])
+            m.out_proj.bias.copy_(w["o_b"])
+            return True
+    return False
+
+
+def reference_checks() -> List[str]:
+    """Small, fast checks of reference behaviours that differ from ours (run live, tiny sizes)."""
+    remarks = []
+    with torch.no_grad():
+        try:
+            mod = _import("nystrom_attention")
+            torch.manual_seed(0)
+            m = mod.NystromAttention(dim=64, dim_head=16, heads=4, num_landmarks=32, pinv_iterations=6, residual=False).eval()
+            x = torch.randn(2, 40, 64)  # 40 % 32 != 0: the reference zero-pads the front
+            d = (m(x) - m(x, mask=torch.ones(2, 40, dtype=torch.bool))).abs().max().item()
+            remarks.append(
+                f"nystrom-attention {_pkg_version('nystrom-attention')}: when n is not a multiple of num_landmarks and no mask "
+                f"is given, the zero rows it pads in front are attended to as real keys (n=40, 32 landmarks: output differs "
+                f"from the same call with an all-True mask by up to {d:.3g}). Not triggered at n=4096, 256 landmarks."
+            )
+            x2 = torch.randn(2, 64, 64)
+            x2[1] *= 10
+            d = (m(x2)[0] - m(x2[:1])[0]).abs().max().item()
+            remarks.append(
+                f"nystrom-attention: the Moore-Penrose iteration is initialised with a max over the whole batch and all "
+                f"heads, so one sequence's output depends on the other sequences in its batch (up to {d:.3g} abs. "
+                f"difference here when batched with a 10x-scaled sequence). Irrelevant at batch 1."
+            )
+        except ReferenceMissing:
+            pass
+        try:
+            mod = _import("performer_pytorch")
+            torch.manual_seed(0)
+            p = mod.SelfAttention(dim=64, heads=4, dim_head=16, nb_features=32, causal=False).eval()
+            x = torch.randn(1, 20, 64)
+            mask = torch.ones(1, 20, dtype=torch.bool)
+            mask[:, 12:] = False
+            d = (p(x, mask=mask)[:, :12] - p(x[:, :12])).abs().max().item()
+            remarks.append(
+                f"performer-pytorch {_pkg_version('performer-pytorch')}: a padding mask zeroes padded values but not the "
+                f"padded keys' features, so padding still enters the normaliser (padded+mask vs truncated input: up to "
+                f"{d:.3g} abs. difference). Its SelfAttention ignores feature_redraw_interval (only the Performer model "
+                f"redraws, in training). Unmasked benchmark calls are unaffected."
+            )
+        except ReferenceMissing:
+            pass
+        try:
+            mod = _import("linformer")
+            torch.manual_seed(0)
+            lin = mod.LinformerSelfAttention(dim=64, seq_len=20, heads=4, k=8).eval()
+            x = torch.randn(1, 20, 64)
+            mask = torch.ones(1, 20, dtype=torch.bool)
+            mask[:, 12:] = False
+            same = bool((lin(x, mask=mask) - lin(x)).abs().max().item() == 0)
+            if same:
+                remarks.append(
+                    f"linformer {_pkg_version('linformer')}: forward(x, **kwargs) silently ignores a mask= argument "
+                    f"(no padding support). Unmasked benchmark calls are unaffected."
+                )
+        except ReferenceMissing:
+            pass
+    return remarks
+
+
+def pair_specs(cfg) -> List[Dict]:
+    n = cfg["seq_len"]
+    return [
+        dict(ours="softmax", opts={}, ref="minimal SDPA module (in this script)", build_ref=ref_minimal_sdpa,
+             ref_version=f"torch {torch.__version__}", exact=True, target_time=1.05, target_mem=None,
+             notes="Same computation, weights shared; checks our wrapper adds no overhead."),
+        dict(ours="softmax", opts={}, ref="nn.MultiheadAttention(batch_first=True)", build_ref=ref_mha,
+             ref_version=f"torch {torch.__version__}", exact=True, target_time=None, target_mem=None,
+             notes="need_weights=False; weights shared."),
+        dict(ours="torch_mha", opts={}, ref="nn.MultiheadAttention(batch_first=True)", build_ref=ref_mha,
+             ref_version=f"torch {torch.__version__}", exact=True, target_time=None, target_mem=None,
+             notes="Ours wraps nn.MultiheadAttention; need_weights=False; weights shared."),
+        dict(ours="linformer", opts=dict(k=256, max_seq_len=n, sharing="headwise"),
+             ref=f"linformer.LinformerSelfAttention(seq_len={n}, k=256, one_kv_head=False, share_kv=False)",
+             build_ref=ref_linformer, ref_version=f"linformer {_pkg_version('linformer')}", exact=False,
+             target_time=0.8, target_mem=1.0,
+             notes="Reference: q/k/v Linear without bias (to_out with bias); separate E and F, each shared across heads."),
+        dict(ours="performer", opts=dict(features=256, redraw_interval=None),
+             ref="performer_pytorch.SelfAttention(nb_features=256, causal=False, local_heads=0)",
+             build_ref=ref_performer, ref_version=f"performer-pytorch {_pkg_version('performer-pytorch')}",
+             exact=False, target_time=0.8, target_mem=1.0,
+             notes="Reference: q/k/v Linear without bias; SelfAttention alone never redraws its features "
+                   "(its feature_redraw_interval only acts through the Performer model, in training)."),
+        dict(ours="nystromformer", opts=dict(landmarks=256, pinv_iterations=6, conv_kernel=None),
+             ref="nystrom_attention.NystromAttention(num_landmarks=256, pinv_iterations=6, residual=False)",
+             build_ref=ref_nystrom, ref_version=f"nystrom-attention {_pkg_version('nystrom-attention')}",
+             exact=False, target_time=0.8, target_mem=1.0,
+             notes="Reference: qkv Linear without bias; no depthwise-conv residual on either side."),
+    ]
+
+
+def scaling_options(name: str, max_n: int) -> Dict:
+    return {
+        "linformer": dict(k=256, max_seq_len=max_n, sharing="headwise"),
+        "performer": dict(features=256, redraw_interval=None),
+        "nystromformer": dict(landmarks=256, pinv_iterations=6, conv_kernel=None),
+    }.get(name, {})
+
+
+# --------------------------------------------------------------------------- measurement
+
+
+@contextmanager
+def _quiet_stderr():
+    """Silence the profiler's C++ start/stop lines on fd 2 (Python exceptions still propagate)."""
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def peak_alloc_bytes(fn: Callable[[], object]) -> int:
+    """Peak bytes allocated by the PyTorch CPU allocator during fn(), above the level at its start.
+
+    The allocator's `total_allocated` counter runs across profiling sessions (tensors allocated while
+    profiling and freed afterwards are never subtracted), so the level just before the first
+    allocation of this session is taken as the baseline.
+    """
+    from torch._C._profiler import _EventType
+    from torch.profiler import ProfilerActivity, profile
+
+    with _quiet_stderr():
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as p:
+            fn()
+    events = []
+    stack = list(p.profiler.kineto_results.experimental_event_tree())
+    while stack:
+        node = stack.pop()
+        if node.tag == _EventType.Allocation:
+            ef = node.extra_fields
+            events.append((node.start_time_ns, ef.alloc_size, ef.total_allocated))
+        stack.extend(node.children)
+    if not events:
+        return 0
+    events.sort(key=lambda e: e[0])
+    baseline = events[0][2] - events[0][1]
+    return max(0, max(e[2] for e in events) - baseline)
+
+
+def time_interleaved(fns: Sequence[Callable[[], object]], warmup: int, runs: int):
+    """Seconds per call for each fn, calling them in turn (a, b, a, b, ...) so noise hits all alike.
+
+    Returns (wall times, process CPU times) per fn; CPU / (wall * threads) well below 1 means other
+    processes were competing for the cores (hypervisor steal is tracked separately, from /proc/stat)."""
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    times: List[List[float]] = [[] for _ in fns]
+    cpu: List[List[float]] = [[] for _ in fns]
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(runs):
+            for i, fn in enumerate(fns):
+                c0 = time.process_time()
+                t0 = time.perf_counter()
+                fn()
+                times[i].append(time.perf_counter() - t0)
+                cpu[i].append(time.process_time() - c0)
+    finally:
+        gc.enable()
+    return times, cpu
+
+
+def _quartiles(xs: Sequence[float]):
+    if len(xs) < 2:
+        return xs[0], xs[0]
+    q = statistics.quantiles(xs, n=4, method="inclusive")
+    return q[0], q[2]
+
+
+def summarize(ts: Sequence[float]) -> Dict:
+    ms = [t * 1e3 for t in ts]
+    q1, q3 = _quartiles(ms)
+    return dict(median_ms=statistics.median(ms), min_ms=min(ms), q1_ms=q1, q3_ms=q3, iqr_ms=q3 - q1, runs_ms=ms)
+
+
+def loglog_slope(ns: Sequence[int], ys: Sequence[float]) -> Optional[float]:
+    pts = [(math.log(n), math.log(y)) for n, y in zip(ns, ys) if y and y > 0]
+    if len(pts) < 2:
+        return None
+    mx = sum(p[0] for p in pts) / len(pts)
+    my = sum(p[1] for p in pts) / len(pts)
+    sxx = sum((p[0] - mx) ** 2 for p in pts)
+    return sum((p[0] - mx) * (p[1] - my) for p in pts) / sxx
+
+
+def _mem_available() -> Optional[int]:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+# --------------------------------------------------------------------------- machine
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def physical_cores() -> Optional[int]:
+    try:
+        cores = set()
+        phys = core = None
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("physical id"):
+                    phys = line.split(":")[1].strip()
+                elif line.startswith("core id"):
+                    core = line.split(":")[1].strip()
+                elif not line.strip():
+                    if core is not None:
+                        cores.add((phys, core))
+                    phys = core = None
+        return len(cores) or None
+    except OSError:
+        return None
+
+
+def machine_info(threads: int, command: str) -> Dict:
+    return dict(
+        cpu_model=cpu_model(),
+        logical_cpus=os.cpu_count(),
+        physical_cores=physical_cores(),
+        torch_threads=threads,
+        torch_version=torch.__version__,
+        python=platform.python_version(),
+        platform=platform.platform(),
+        mkldnn=torch.backends.mkldnn.is_available(),
+        date_utc=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        command=command,
+        load_avg_start=_loadavg(),
+    )
+
+
+def _cpu_stat() -> Optional[List[int]]:
+    """Aggregate CPU jiffies from /proc/stat (user nice system idle iowait irq softirq steal ...)."""
+    try:
+        with open("/proc/stat") as f:
+            return [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+
+
+def _steal_fraction(a, b) -> Optional[float]:
+    if not a or not b or len(a) < 8 or len(b) < 8:
+        return None
+    total = sum(b[:8]) - sum(a[:8])
+    return (b[7] - a[7]) / total if total > 0 else None
+
+
+def _loadavg() -> Optional[List[float]]:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+# --------------------------------------------------------------------------- output
+
+
+def _fmt(x, digits=1, suffix=""):
+    if x is None:
+        return "n/a"
+    if isinstance(x, float) and (math.isnan(x) or math.isinf(x)):
+        return "n/a"
+    return f"{x:.{digits}f}{suffix}"
+
+
+def _ms(x):
+    if x is None:
+        return "n/a"
+    return f"{x:.2f}" if x < 10 else f"{x:.1f}"
+
+
+def _target_str(row) -> str:
+    parts = []
+    if row.get("target_time") is not None:
+        parts.append(f"time <= {row['target_time']:g}")
+    if row.get("target_mem") is not None:
+        parts.append(f"mem <= {row['target_mem']:g}")
+    return ", ".join(parts) if parts else "report"
+
+
+def _met_str(met) -> str:
+    return {True: "yes", False: "**NO**", None: "-"}[met]
+
+
+def render_markdown(report: Dict) -> str:
+    m, c = report["machine"], report["config"]
+    L = [
+        "# Our attention vs reference implementations",
+        "",
+        f"- command: `{m['command']}`",
+        f"- date: {m['date_utc']}{'' if report['complete'] else '  (run in progress / incomplete)'}",
+        f"- CPU: {m['cpu_model']}; {m['logical_cpus']} logical CPUs ({m['physical_cores'] or '?'} physical cores); "
+        f"torch threads used: {m['torch_threads']}",
+        f"- system load average (1, 5, 15 min) at start {m.get('load_avg_start')}, at end {m.get('load_avg_end', 'n/a')} "
+        f"(this run itself adds about its thread count; other processes competing for the CPUs add noise, which interleaving spreads over both sides)",
+        f"- torch {m['torch_version']}, Python {m['python']}, {m['platform']}",
+        f"- config: CPU, fp32, dim {c['dim']}, {c['heads']} heads (head dim {c['dim'] // c['heads']}), batch {c['batch']}, "
+        f"n = {c['seq_len']}, forward only under torch.no_grad(), eval(); "
+        f"{c['warmup']} warm-up + {c['runs']} timed runs each, ours and reference interleaved run by run",
+        f"- references: {', '.join(report['reference_versions'])}",
+        "",
+        "Times: median of the timed runs (IQR in brackets); *time ratio* = ours median / ref median, "
+        "*min ratio* = ours min / ref min (the two agreeing means noise is small). "
+        "Peak MiB: peak bytes allocated by the PyTorch CPU allocator during one forward call (profiler, "
+        "separate call from the timed ones), inputs and parameters excluded; oneDNN/BLAS scratch outside "
+        "the PyTorch allocator is not seen. Ratios < 1 mean ours is faster / smaller.",
+        "",
+        "| mechanism | reference | ours ms (median) | ref ms (median) | time ratio | min ratio | ours peak MiB | ref peak MiB | memory ratio | target | met? |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["pairs"]:
+        mech = r["ours"] + (f" ({', '.join(f'{k}={v}' for k, v in r['opts'].items())})" if r["opts"] else "")
+        if r["status"] != "ok":
+            L.append(f"| {mech} | {r['ref']} | {r['status']} | | | | | | | {_target_str(r)} | - |")
+            continue
+        o, f_ = r["ours_time"], r["ref_time"]
+        L.append(
+            f"| {mech} | {r['ref']} | {_ms(o['median_ms'])} [{_ms(o['iqr_ms'])}] | {_ms(f_['median_ms'])} [{_ms(f_['iqr_ms'])}] "
+            f"| {_fmt(r['time_ratio'], 3)} | {_fmt(r['time_ratio_min'], 3)} | {_fmt(r['ours_peak_mib'])} | "
+            f"{_fmt(r['ref_peak_mib'])} | {_fmt(r['mem_ratio'], 3)} | {_target_str(r)} | {_met_str(r['met'])} |"
+        )
+    notes = [r for r in report["pairs"] if r.get("notes") or r.get("check")]
+    if notes:
+        L += ["", "Notes per row:", ""]
+        for r in notes:
+            extra = []
+            if r.get("params_ours") is not None:
+                extra.append(f"parameters ours {r['params_ours']:,} / ref {r['params_ref']:,}")
+            if r.get("check"):
+                extra.append(r["check"])
+            if r.get("cpu_util") is not None:
+                extra.append(f"CPU use while timed {r['cpu_util']:.2f} of {m['torch_threads']} threads"
+                             f"{' (other processes competing: noisy)' if r['cpu_util'] < 0.85 else ''}")
+            if r.get("cpu_steal") is not None and r["cpu_steal"] > 0.02:
+                extra.append(f"hypervisor steal {100 * r['cpu_steal']:.0f}% of CPU time (noisy)")
+            L.append(f"- {r['ours']} vs {r['ref']}: {r.get('notes', '')} {'; '.join(extra)}".rstrip())
+    s = report.get("scaling")
+    if s:
+        lens = s["lens"]
+        L += [
+            "",
+            f"## Memory scaling (peak MiB of one forward call, batch {c['batch']}, dim {c['dim']}, {c['heads']} heads)",
+            "",
+            f"Slope: least-squares fit of log(peak bytes) on log(n) over the lengths measured. "
+            f"Target slope <= {SLOPE_TARGET} for the sub-quadratic mechanisms; softmax and naive are shown for contrast.",
+            "",
+            "| mechanism | options | " + " | ".join(f"n={n}" for n in lens) + " | slope | target | met? |",
+            "|---|---|" + "---|" * len(lens) + "---|---|---|",
+        ]
+        for r in s["rows"]:
+            opts = ", ".join(f"{k}={v}" for k, v in r["opts"].items()) or "defaults"
+            if r["status"] != "ok":
+                L.append(f"| {r['name']} | {opts} | {r['status']} |" + " |" * (len(lens) + 2))
+                continue
+            cells = []
+            for n in lens:
+                v = r["peak_mib"].get(str(n))
+                cells.append(_fmt(v) if isinstance(v, (int, float)) else (v or "n/a"))
+            target = "contrast" if r["name"] in SCALING_CONTRAST else f"<= {SLOPE_TARGET}"
+            L.append(f"| {r['name']} | {opts} | " + " | ".join(cells) + f" | {_fmt(r['slope'], 3)} | {target} | {_met_str(r['met'])} |")
+    if report.get("remarks"):
+        L += ["", "## Remarks", ""] + [f"- {x}" for x in report["remarks"]]
+    return "\n".join(L) + "\n"
+
+
+def write_report(report: Dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    for name, text in (
+        ("attention_vs_reference.md", render_markdown(report)),
+        ("attention_vs_reference.json", json.dumps(report, indent=2) + "\n"),
+    ):
+        tmp = out / (name + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, out / name)
+
+
+# --------------------------------------------------------------------------- running
+
+
+def _n_params(m: nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+def run_pair(spec: Dict, cfg: Dict, log) -> Dict:
+    row = dict(ours=spec["ours"], opts=spec["opts"], ref=spec["ref"], ref_version=spec["ref_version"],
+               target_time=spec["target_time"], target_mem=spec["target_mem"], notes=spec["notes"], met=None)
+    if spec["ours"] not in list_attentions():
+        row["status"] = f"skipped: '{spec['ours']}' not registered yet"
+        return row
+    B, n, d, h = cfg["batch"], cfg["seq_len"], cfg["dim"], cfg["heads"]
+    try:
+        torch.manual_seed(0)
+        ours = build_attention(spec["ours"], d, h, **spec["opts"]).eval()
+        torch.manual_seed(0)
+        ref = spec["build_ref"](cfg).eval()
+    except ReferenceMissing as exc:
+        row["status"] = f"skipped: {exc}"
+        return row
+    except Exception as exc:  # a configuration one side rejects: report, keep going
+        row["status"] = f"error building: {type(exc).__name__}: {exc}"
+        return row
+    row["params_ours"], row["params_ref"] = _n_params(ours), _n_params(ref)
+    torch.manual_seed(1)
+    x = torch.randn(B, n, d)
+
+    def f_ours():
+        with torch.no_grad():
+            return ours(x)
+
+    def f_ref():
+        with torch.no_grad():
+            return ref(x)
+
+    try:
+        y_ours, y_ref = f_ours(), f_ref()
+        if tuple(y_ours.shape) != tuple(y_ref.shape):
+            raise RuntimeError(f"output shapes differ: ours {tuple(y_ours.shape)}, ref {tuple(y_ref.shape)}")
+        if spec["exact"] and _share_exact_weights(ours, ref):
+            y_ours, y_ref = f_ours(), f_ref()
+            diff = (y_ours - y_ref).abs().max().item()
+            row["max_abs_diff"] = diff
+            row["check"] = f"same weights: max |ours - ref| = {diff:.2e}"
+        del y_ours, y_ref
+        row["load_avg_before"], stat0 = _loadavg(), _cpu_stat()
+        (t_ours, t_ref), (c_ours, c_ref) = time_interleaved([f_ours, f_ref], cfg["warmup"], cfg["runs"])
+        row["load_avg_after"], row["cpu_steal"] = _loadavg(), _steal_fraction(stat0, _cpu_stat())
+        row["ours_time"], row["ref_time"] = summarize(t_ours), summarize(t_ref)
+        threads = torch.get_num_threads()
+        row["cpu_util"] = sum(c_ours + c_ref) / (sum(t_ours + t_ref) * threads)
+        row["time_ratio"] = row["ours_time"]["median_ms"] / row["ref_time"]["median_ms"]
+        row["time_ratio_min"] = row["ours_time"]["min_ms"] / row["ref_time"]["min_ms"]
+        row["ours_peak_bytes"] = peak_alloc_bytes(f_ours)
+        row["ref_peak_bytes"] = peak_alloc_bytes(f_ref)
+    except Exception as exc:
+        row["status"] = f"error: {type(exc).__name__}: {exc}"
+        return row
+    row["ours_peak_mib"] = row["ours_peak_bytes"] / MIB
+    row["ref_peak_mib"] = row["ref_peak_bytes"] / MIB
+    row["mem_ratio"] = row["ours_peak_bytes"] / row["ref_peak_bytes"] if row["ref_peak_bytes"] else None
+    checks = []
+    if spec["target_time"] is not None:
+        checks.append(row["time_ratio"] <= spec["target_time"])
+    if spec["target_mem"] is not None:
+        checks.append(row["mem_ratio"] is not None and row["mem_ratio"] <= spec["target_mem"])
+    row["met"] = all(checks) if checks else None
+    row["status"] = "ok"
+    return row
+
+
+def run_scaling(name: str, lens: Sequence[int], cfg: Dict, log) -> Dict:
+    opts = scaling_options(name, max(lens))
+    row = dict(name=name, opts=opts, peak_mib={}, met=None)
+    if name not in list_attentions():
+        row["status"] = f"skipped: '{name}' not registered yet"
+        return row
+    B, d, h = cfg["batch"], cfg["dim"], cfg["heads"]
+    try:
+        torch.manual_seed(0)
+        model = build_attention(name, d, h, **opts).eval()
+    except Exception as exc:
+        row["status"] = f"error building: {type(exc).__name__}: {exc}"
+        return row
+    measured_n, measured_b = [], []
+    avail = _mem_available()
+    for n in lens:
+        if len(measured_n) >= 1 and avail is not None:
+            # extrapolate from the last two points (quadratic if only one) and skip what cannot fit
+            if len(measured_n) >= 2:
+                s = max(1.0, loglog_slope(measured_n[-2:], measured_b[-2:]) or 2.0)
+            else:
+                s = 2.0
+            predicted = measured_b[-1] * (n / measured_n[-1]) ** s
+            if predicted > 0.6 * avail:
+                row["peak_mib"][str(n)] = f"skipped (~{predicted / 2**30:.0f} GiB predicted)"
+                log(f"    {name} n={n}: skipped, ~{predicted / 2**30:.1f} GiB predicted > 60% of available memory")
+                continue
+        torch.manual_seed(1)
+        x = torch.randn(B, n, d)
+
+        def fwd():
+            with torch.no_grad():
+                return model(x)
+
+        try:
+            t0 = time.perf_counter()
+            fwd()  # warm-up: lazily built buffers are not counted as per-call memory
+            b = peak_alloc_bytes(fwd)
+        except Exception as exc:
+            row["peak_mib"][str(n)] = f"error: {type(exc).__name__}"
+            log(f"    {name} n={n}: {type(exc).__name__}: {exc}")
+            continue
+        finally:
+            del x
+        measured_n.append(n)
+        measured_b.append(b)
+        row["peak_mib"][str(n)] = b / MIB
+        log(f"    {name} n={n}: peak {b / MIB:.1f} MiB ({time.perf_counter() - t0:.1f} s)")
+    row["slope"] = loglog_slope(measured_n, measured_b)
+    row["slope_range"] = [measured_n[0], measured_n[-1]] if measured_n else None
+    if row["slope"] is not None and name not in SCALING_CONTRAST:
+        row["met"] = row["slope"] <= SLOPE_TARGET and len(measured_n) == len(lens)
+    row["status"] = "ok" if measured_n else "error: nothing measured"
+    return row
+
+
+def _positive(name):
+    def parse(s):
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a positive integer, got {s!r}") from None
+        if v <= 0:
+            raise argparse.ArgumentTypeError(f"{name} must be a positive integer, got {s!r}")
+        return v
+
+    return parse
+
+
+def _non_negative(name):
+    def parse(s):
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a non-negative integer, got {s!r}") from None
+        if v < 0:
+            raise argparse.ArgumentTypeError(f"{name} must be a non-negative integer, got {s!r}")
+        return v
+
+    return parse
+
+
+def _lens(s):
+    try:
+        vals = [int(v) for v in s.split(",") if v.strip()]
+    except ValueError:
+        vals = []
+    if len(vals) < 2 or any(v <= 0 for v in vals):
+        raise argparse.ArgumentTypeError(f"--scaling-lens must be at least two positive integers separated by commas, got {s!r}")
+    return sorted(set(vals))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="bench_attention.py",
+        description="Benchmark our attention mechanisms against public reference implementations (CPU, fp32, forward).",
+    )
+    p.add_argument("--seq-len", type=_positive("--seq-len"), default=None, help="sequence length n (default 4096; --quick: 256)")
+    p.add_argument("--dim", type=_positive("--dim"), default=512, help="model dim (default 512)")
+    p.add_argument("--heads", type=_positive("--heads"), default=8, help="heads (default 8)")
+    p.add_argument("--batch", type=_positive("--batch"), default=1, help="batch size (default 1)")
+    p.add_argument("--runs", type=_positive("--runs"), default=None, help="timed runs per implementation (default 10; --quick: 2)")
+    p.add_argument("--warmup", type=_non_negative("--warmup"), default=None, help="warm-up runs (default 3; --quick: 1)")
+    p.add_argument("--threads", type=_positive("--threads"), default=None, help="torch CPU threads (default os.cpu_count())")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default benchmarks/results)")
+    p.add_argument("--scaling-lens", type=_lens, default=None,
+                   help="comma-separated lengths for the memory-scaling table (default 1024,...,16384; --quick: 256,512)")
+    p.add_argument("--no-scaling", action="store_true", help="skip the memory-scaling table")
+    p.add_argument("--quick", action="store_true", help="tiny smoke-test config: n=256, 2 runs, 1 warm-up")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.dim % args.heads:
+        parser.error(f"--dim ({args.dim}) must be divisible by --heads ({args.heads})")
+    seq_len = args.seq_len or (256 if args.quick else 4096)
+    runs = args.runs or (2 if args.quick else 10)
+    warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
+    threads = args.threads or os.cpu_count() or 1
+    lens = args.scaling_lens or (QUICK_SCALING_LENS if args.quick else SCALING_LENS)
+
+    torch.set_num_threads(threads)
+    command = "python benchmarks/bench_attention.py" + (" " + shlex.join(argv) if argv else "")
+    cfg = dict(seq_len=seq_len, dim=args.dim, heads=args.heads, batch=args.batch, runs=runs, warmup=warmup,
+               dtype="float32", device="cpu", quick=args.quick)
+    specs = pair_specs(cfg)
+    report = dict(
+        machine=machine_info(torch.get_num_threads(), command),
+        config=cfg,
+        reference_versions=sorted({s["ref_version"] for s in specs}),
+        registered=list_attentions(),
+        pairs=[],
+        scaling=None if args.no_scaling else dict(lens=list(lens), rows=[]),
+        remarks=[
+            "Ours are built with their default bias=True; the lucidrains references have bias-free q/k/v projections "
+            "(their output projection has a bias), a negligible difference in work (one bias add per projection).",
+        ],
+        complete=False,
+    )
+    out = args.out
+
+    def log(msg):
+        print(msg, flush=True)
+
+    m = report["machine"]
+    log(f"bench_attention: {m['cpu_model']}, {m['logical_cpus']} CPUs, torch {m['torch_version']}, "
+        f"{m['torch_threads']} threads; n={seq_len} dim={args.dim} heads={args.heads} batch={args.batch} "
+        f"runs={runs} warmup={warmup}")
+    log(f"registered mechanisms: {', '.join(report['registered'])}")
+    write_report(report, out)
+    for spec in specs:
+        log(f"[pair] {spec['ours']} vs {spec['ref']}")
+        t0 = time.perf_counter()
+        row = run_pair(spec, cfg, log)
+        report["pairs"].append(row)
+        write_report(report, out)
+        if row["status"] == "ok":
+            log(f"    ours {row['ours_time']['median_ms']:.2f} ms, ref {row['ref_time']['median_ms']:.2f} ms, "
+                f"time ratio {row['time_ratio']:.3f} (min {row['time_ratio_min']:.3f}); "
+                f"peak {row['ours_peak_mib']:.1f} vs {row['ref_peak_mib']:.1f} MiB, ratio {row['mem_ratio']:.3f}; "
+                f"target {_target_str(row)}: {_met_str(row['met'])}; CPU use {row['cpu_util']:.2f}  "
+                f"({time.perf_counter() - t0:.1f} s)")
+        else:
+            log(f"    {row['status']}")
+        gc.collect()
+    if not args.no_scaling:
+        for name in SCALING_MECHANISMS:
+            log(f"[scaling] {name} at n = {', '.join(map(str, lens))}")
+            row = run_scaling(name, lens, cfg, log)
+            report["scaling"]["rows"].append(row)
+            write_report(report, out)
+            if row["status"] != "ok":
+                log(f"    {row['status']}")
+            else:
+                log(f"    slope {_fmt(row['slope'], 3)}" + ("" if row["met"] is None else f", target <= {SLOPE_TARGET}: {_met_str(row['met'])}"))
+            gc.collect()
+    try:
+        report["remarks"] += reference_checks()
+    except Exception as exc:  # the checks are informative only
+        report["remarks"].append(f"reference checks failed: {type(exc).__name__}: {exc}")
+    report["complete"] = True
+    report["machine"]["finished_utc"] = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    report["machine"]["load_avg_end"] = _loadavg()
+    write_report(report, out)
+    log(f"wrote {out / 'attention_vs_reference.md'} and {out / 'attention_vs_reference.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
