@@ -31,7 +31,12 @@ from torch import Tensor, nn
 
 from .functional import split_heads
 
-CAUSAL_ALTERNATIVES = "softmax, naive, torch_mha, local, linear, performer or hybrid"
+def causal_alternatives() -> str:
+    """The registered mechanisms that declare supports_causal, for error messages."""
+    from .registry import capabilities  # the registry imports this module; look it up when needed
+
+    names = [name for name, caps in capabilities().items() if caps["causal"]]
+    return ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else "".join(names)
 
 
 def _check_positive_int(name: str, value) -> None:
@@ -62,7 +67,7 @@ class Attention(nn.Module):
         if causal and not self.supports_causal:
             raise ValueError(
                 f"attention '{self.name}' cannot be causal: {self.not_causal_reason}; "
-                f"use one of {CAUSAL_ALTERNATIVES} for causal models"
+                f"use one of {causal_alternatives()} for causal models"
             )
         self.dim, self.heads, self.head_dim = dim, heads, dim // heads
         self.causal = bool(causal)
@@ -159,7 +164,7 @@ class Attention(nn.Module):
         if causal and not self.supports_causal:
             raise ValueError(
                 f"attention '{self.name}' cannot be causal: {self.not_causal_reason}; "
-                f"use one of {CAUSAL_ALTERNATIVES} for causal models"
+                f"use one of {causal_alternatives()} for causal models"
             )
         if return_weights and not self.has_weights:
             raise ValueError(f"attention '{self.name}' cannot return attention weights (has_weights is False)")
