@@ -1,18 +1,14 @@
-"""Each mechanism's analytic FLOP formula against an independent count: torch.utils.flop_counter.
-
-The counter sees every matmul/bmm/addmm/convolution. It does not count the fused CPU SDPA kernel
-(it counts zero), so the test supplies that op's formula, 2 * 2 * B * h * Lq * Lk * e, the same one
-the counter uses for the CUDA kernels. Non-causal only: the counter charges causal attention as if
-it were full, while the analytic formula counts the visible n(n+1)/2 pairs (checked separately).
-Tolerance: exact equality (both are integer counts of the same matmuls).
+"""Each mechanism's analytic FLOP formula against an independent count (profiling.counted_flops:
+torch.utils.flop_counter plus formulas for the fused SDPA / MHA kernels it misses).
+Tolerance: exact equality (both are integer counts of the same matmuls). The one expected gap is
+`naive` under causality: it computes the full n x n product and masks it, while the analytic figure
+charges the n(n+1)/2 visible pairs; the sweep flags that gap rather than hiding it.
 """
 import pytest
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from models.attention import build_attention, list_attentions
-
-aten = torch.ops.aten
+from profiling import counted_flops, flop_report
 
 SMALL = {
     "linformer": dict(k=24, max_seq_len=512),
@@ -23,30 +19,50 @@ SMALL = {
 }
 
 
-def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, out_val=None, **kwargs):
-    B, h, Lq, e = query_shape  # the counter passes shapes
-    Lk = key_shape[-2]
-    return 2 * 2 * B * h * Lq * Lk * e
-
-
-def counted_flops(module, x):
-    mapping = {aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops}
-    with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
-        module(x)  # grad mode: nn.MultiheadAttention takes its composite (countable) path
-    return counter.get_total_flops()
+def build(name, **kw):
+    torch.manual_seed(0)
+    return build_attention(name, 64, 4, **SMALL.get(name, {}), **kw)
 
 
 @pytest.mark.parametrize("name", list_attentions())
 @pytest.mark.parametrize("n", [100, 256])
-def test_analytic_flops_match_counter(name, n):
-    torch.manual_seed(0)
-    attn = build_attention(name, 64, 4, **SMALL.get(name, {}))
-    assert counted_flops(attn, torch.randn(2, n, 64)) == attn.flops(n, batch=2)
+def test_forward_flops_match_counter(name, n):
+    attn = build(name)
+    assert counted_flops(lambda: attn(torch.randn(2, n, 64))) == attn.flops(n, batch=2)
+
+
+@pytest.mark.parametrize("name", list_attentions())
+def test_inference_mode_flops_match_counter(name):
+    """Under no_grad/eval nn.MultiheadAttention takes a fused fast path; it is counted too."""
+    attn = build(name).eval()
+    with torch.no_grad():
+        assert counted_flops(lambda: attn(torch.randn(2, 100, 64))) == attn.flops(100, batch=2)
+
+
+@pytest.mark.parametrize("name", list_attentions())
+def test_forward_backward_flops_match_counter(name):
+    attn = build(name)
+    x = torch.randn(2, 100, 64, requires_grad=True)
+    assert counted_flops(lambda: attn(x), backward=True) == attn.flops(100, batch=2, backward=True)
+
+
+@pytest.mark.parametrize("name", list_attentions())
+def test_causal_flops_match_counter(name):
+    try:
+        attn = build(name, causal=True)
+    except ValueError:
+        pytest.skip(f"{name} is not causal")
+    counted, analytic = counted_flops(lambda: attn(torch.randn(2, 128, 64))), attn.flops(128, batch=2)
+    if name == "naive":  # computes the full product, then masks: flagged, never hidden
+        report = flop_report(analytic, counted)
+        assert report.flagged and counted > analytic
+    else:
+        assert counted == analytic
 
 
 @pytest.mark.parametrize("name", list_attentions())
 def test_causal_flops_formula(name):
-    attn = build_attention(name, 64, 4, **SMALL.get(name, {}))
+    attn = build(name)
     if not attn.supports_causal:
         pytest.skip(f"{name} is not causal")
     n, B = 128, 2
@@ -56,3 +72,10 @@ def test_causal_flops_formula(name):
         proj = attn.projection_flops(n, B)
         assert causal - proj == 4 * B * 64 * n * (n + 1) // 2
         assert full - proj == 4 * B * 64 * n * n
+
+
+def test_flop_report_flags_beyond_tolerance():
+    assert not flop_report(1000, 1019).flagged
+    assert flop_report(1000, 1021).flagged
+    assert flop_report(1000, 979).flagged
+    assert flop_report(1000, 0).flagged

@@ -171,10 +171,17 @@ class Attention(nn.Module):
 
     # ------------------------------------------------------------------ cost model
 
-    def flops(self, seq_len: int, batch: int = 1, causal: Optional[bool] = None) -> int:
-        """Analytic forward matmul FLOPs (2 per multiply-add), projections included."""
+    def flops(self, seq_len: int, batch: int = 1, causal: Optional[bool] = None, backward: bool = False) -> int:
+        """Analytic matmul FLOPs (2 per multiply-add), projections included: the forward pass, plus
+        the backward pass (input and parameter gradients) when `backward`."""
         causal = self.causal if causal is None else bool(causal)
-        return self.projection_flops(seq_len, batch) + self.attention_flops(seq_len, batch, causal)
+        fwd = self.projection_flops(seq_len, batch) + self.attention_flops(seq_len, batch, causal)
+        return fwd + self.backward_flops(seq_len, batch, causal) if backward else fwd
+
+    def backward_flops(self, seq_len: int, batch: int, causal: bool) -> int:
+        """Each matmul's backward is two matmuls of its size (one per operand gradient), so 2x the
+        forward. A mechanism with a constant operand (no gradient) overrides this."""
+        return 2 * (self.projection_flops(seq_len, batch) + self.attention_flops(seq_len, batch, causal))
 
     def projection_flops(self, seq_len: int, batch: int = 1) -> int:
         return 2 * batch * seq_len * self.dim * self.dim * 4  # Q, K, V and output

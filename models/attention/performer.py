@@ -110,10 +110,16 @@ class PerformerAttention(Attention):
             w = kernel_weights(qf, kf, causal, eps=1e-30) if need_weights else None
         return self.out(merge_heads(y.to(v.dtype))), w
 
+    def _feature_map_flops(self, seq_len: int, batch: int) -> int:
+        return 2 * 2 * batch * self.heads * seq_len * self.head_dim * self.features  # q and k onto the m directions
+
     def attention_flops(self, seq_len: int, batch: int, causal: bool) -> int:
         h, e, m = self.heads, self.head_dim, self.features
-        feature_map = 2 * 2 * batch * h * seq_len * e * m  # q and k onto the m directions
-        return feature_map + kernel_attention_flops(batch, h, seq_len, m, e, causal, self.chunk)
+        return self._feature_map_flops(seq_len, batch) + kernel_attention_flops(batch, h, seq_len, m, e, causal, self.chunk)
+
+    def backward_flops(self, seq_len: int, batch: int, causal: bool) -> int:
+        # the random directions are a buffer: the feature-map matmul backpropagates to q and k only
+        return super().backward_flops(seq_len, batch, causal) - self._feature_map_flops(seq_len, batch)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", features={self.features}, ortho={self.ortho}, redraw_interval={self.redraw_interval}"

@@ -1,0 +1,150 @@
+"""Wall-clock timing with honest statistics.
+
+    stats = time_fn(lambda: model(x), warmup=3, runs=10, device="cpu", threads=2)
+    stats.median_ms, stats.sem_ms, stats.p95_ms
+
+Warm-up runs first (lazy initialisation, allocator and cache warm-up), then `runs` timed runs, each
+timed on its own: on CUDA with events recorded around the call (the device is synchronised before the
+first and after the last), elsewhere with time.perf_counter. Garbage is collected before the timed
+loop and the collector is disabled during it. On CPU the thread count is set on purpose for the call
+(and restored afterwards) and recorded in the result.
+"""
+from __future__ import annotations
+
+import gc
+import math
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, List, Optional, Sequence
+
+import torch
+
+
+class TimeBudgetExceeded(RuntimeError):
+    """A measurement ran past its time budget (recorded by the sweep, which then moves on)."""
+
+
+def _percentile(sorted_xs: Sequence[float], q: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default), q in [0, 100]."""
+    if len(sorted_xs) == 1:
+        return sorted_xs[0]
+    pos = (len(sorted_xs) - 1) * q / 100.0
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(sorted_xs) - 1)
+    return sorted_xs[lo] + (sorted_xs[hi] - sorted_xs[lo]) * (pos - lo)
+
+
+@dataclass
+class TimingStats:
+    runs: int
+    mean_ms: float
+    std_ms: float  # sample standard deviation (n - 1)
+    sem_ms: float  # standard error of the mean: std / sqrt(runs)
+    min_ms: float
+    median_ms: float
+    p95_ms: float
+    p99_ms: float
+    max_ms: float
+    device: str = "cpu"
+    threads: Optional[int] = None  # CPU threads used (None on CUDA)
+    clock: str = "perf_counter"
+    times_ms: List[float] = field(default_factory=list)
+
+    def to_dict(self, with_times: bool = False) -> dict:
+        d = asdict(self)
+        if not with_times:
+            d.pop("times_ms")
+        return d
+
+
+def summarize_times(times_ms: Sequence[float], **meta) -> TimingStats:
+    if not times_ms:
+        raise ValueError("summarize_times needs at least one time")
+    xs = sorted(times_ms)
+    n = len(xs)
+    mean = statistics.fmean(xs)
+    std = statistics.stdev(xs) if n > 1 else 0.0
+    return TimingStats(
+        runs=n,
+        mean_ms=mean,
+        std_ms=std,
+        sem_ms=std / math.sqrt(n),
+        min_ms=xs[0],
+        median_ms=statistics.median(xs),
+        p95_ms=_percentile(xs, 95),
+        p99_ms=_percentile(xs, 99),
+        max_ms=xs[-1],
+        times_ms=list(times_ms),
+        **meta,
+    )
+
+
+def _is_cuda(device) -> bool:
+    return torch.device(device).type == "cuda"
+
+
+def time_fn(
+    fn: Callable[[], object],
+    *,
+    warmup: int = 3,
+    runs: int = 10,
+    device="cpu",
+    threads: Optional[int] = None,
+    max_seconds: Optional[float] = None,
+) -> TimingStats:
+    """Time `fn()` after `warmup` untimed calls. Raises TimeBudgetExceeded once warm-up plus timed
+    runs have taken longer than `max_seconds` (checked after every call, so one call may overrun)."""
+    if runs < 1:
+        raise ValueError(f"runs must be >= 1, got {runs}")
+    if warmup < 0:
+        raise ValueError(f"warmup must be >= 0, got {warmup}")
+    cuda = _is_cuda(device)
+    prev_threads = torch.get_num_threads()
+    if not cuda and threads is not None:
+        torch.set_num_threads(threads)
+    start = time.perf_counter()
+
+    def check_budget(stage: str, done: int) -> None:
+        if max_seconds is not None and time.perf_counter() - start > max_seconds:
+            raise TimeBudgetExceeded(f"over the {max_seconds:g} s budget during {stage} (after {done} calls)")
+
+    gc_was_enabled = gc.isenabled()
+    try:
+        for i in range(warmup):
+            fn()
+            if cuda:
+                torch.cuda.synchronize(device)
+            check_budget("warm-up", i + 1)
+        gc.collect()
+        gc.disable()
+        times: List[float] = []
+        if cuda:
+            torch.cuda.synchronize(device)
+            events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(runs)]
+            for i, (a, b) in enumerate(events):
+                a.record()
+                fn()
+                b.record()
+                if max_seconds is not None:
+                    torch.cuda.synchronize(device)
+                    check_budget("timed runs", i + 1)
+            torch.cuda.synchronize(device)
+            times = [a.elapsed_time(b) for a, b in events]
+        else:
+            for i in range(runs):
+                t0 = time.perf_counter()
+                fn()
+                times.append((time.perf_counter() - t0) * 1e3)
+                check_budget("timed runs", i + 1)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+        if not cuda:
+            torch.set_num_threads(prev_threads)
+    return summarize_times(
+        times,
+        device=str(torch.device(device)),
+        threads=None if cuda else (threads if threads is not None else prev_threads),
+        clock="cuda events" if cuda else "perf_counter",
+    )
