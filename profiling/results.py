@@ -1,0 +1,100 @@
+"""The sweep's results schema, shared by the runner (writes), the report and the plots (read).
+
+One point = one JSON object per line in results.jsonl (nested, complete), and one flat row in
+results.csv (CSV_COLUMNS). `flatten` turns the first into the second; readers (report, plots) take
+flat rows, so they work the same from a finished results.csv or a live results.jsonl.
+
+Point (nested):
+    key            "attention|device|seq_len|batch|dim|heads|dtype|mode|causal" (resume identity)
+    attention, device ("cpu" | "cuda"), device_name, seq_len, batch, dim, heads,
+    dtype ("fp32" | "bf16" | "fp16"), mode ("fwd" | "fwd+bwd"), causal (bool), options (dict)
+    status         "ok" | "oom" | "timeout" | "unsupported" | "error"
+    reason         why a point is not "ok" (one sentence), else null
+    time           TimingStats.to_dict() (ms) or null
+    memory         MemoryStats.to_dict() or null
+    flops          FlopReport.to_dict() or null (analytic, counted, ptflops MACs, ratio, flagged)
+    achieved_gflops  analytic FLOPs / median time, or null
+    elapsed_s      wall time spent on the point
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional
+
+STATUSES = ("ok", "oom", "timeout", "unsupported", "error")
+FINISHED = ("ok", "oom", "timeout", "unsupported")  # not re-run on --resume ("error" is retried)
+
+CSV_COLUMNS = [
+    "attention", "device", "device_name", "seq_len", "batch", "dim", "heads", "dtype", "mode", "causal",
+    "status", "reason",
+    "median_ms", "mean_ms", "std_ms", "sem_ms", "min_ms", "p95_ms", "p99_ms", "max_ms", "runs", "threads", "clock",
+    "peak_mib", "module_mib", "memory_method",
+    "analytic_gflop", "counted_gflop", "ptflops_gmac", "counted_over_analytic", "flops_flagged", "flops_note",
+    "achieved_gflops", "options", "elapsed_s",
+]  # fmt: skip
+
+
+def point_key(attention: str, device: str, seq_len: int, batch: int, dim: int, heads: int, dtype: str, mode: str, causal: bool) -> str:
+    return "|".join(map(str, (attention, device, seq_len, batch, dim, heads, dtype, mode, int(bool(causal)))))
+
+
+def flatten(point: Dict) -> Dict:
+    t, m, f = point.get("time") or {}, point.get("memory") or {}, point.get("flops") or {}
+    g = lambda v, s=1.0: None if v is None else v / s  # noqa: E731
+    row = {k: point.get(k) for k in ("attention", "device", "device_name", "seq_len", "batch", "dim", "heads", "dtype", "mode", "causal", "status", "reason", "achieved_gflops", "elapsed_s")}
+    row.update({k: t.get(k) for k in ("median_ms", "mean_ms", "std_ms", "sem_ms", "min_ms", "p95_ms", "p99_ms", "max_ms", "runs", "threads", "clock")})
+    row.update(
+        peak_mib=g(m.get("peak_bytes"), 2**20),
+        module_mib=g(m.get("module_bytes"), 2**20),
+        memory_method=m.get("method"),
+        analytic_gflop=g(f.get("analytic_flops"), 1e9),
+        counted_gflop=g(f.get("counted_flops"), 1e9),
+        ptflops_gmac=g(f.get("ptflops_macs"), 1e9),
+        counted_over_analytic=f.get("counted_over_analytic"),
+        flops_flagged=f.get("flagged"),
+        flops_note=f.get("note") or None,
+        options=json.dumps(point.get("options") or {}, sort_keys=True),
+    )
+    return {c: row.get(c) for c in CSV_COLUMNS}
+
+
+def read_points(path: Path) -> List[Dict]:
+    """Points from results.jsonl; a truncated last line (a killed run) is ignored."""
+    points = []
+    if not Path(path).exists():
+        return points
+    for line in Path(path).read_text().splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            points.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return points
+
+
+def latest_by_key(points: Iterable[Dict]) -> Dict[str, Dict]:
+    out: Dict[str, Dict] = {}
+    for p in points:
+        out[p["key"]] = p
+    return out
+
+
+def _num(v: Optional[str]):
+    if v in (None, ""):
+        return None
+    for cast in (int, float):
+        try:
+            return cast(v)
+        except ValueError:
+            pass
+    return {"True": True, "False": False}.get(v, v)
+
+
+def read_csv_rows(path: Path) -> List[Dict]:
+    import csv
+
+    with open(path, newline="") as fh:
+        return [{k: _num(v) for k, v in r.items()} for r in csv.DictReader(fh)]
