@@ -45,7 +45,6 @@ import statistics
 import sys
 import time
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -57,6 +56,7 @@ _ROOT = Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
+from profiling import peak_allocated_bytes  # noqa: E402
 from models.attention import build_attention, list_attentions  # noqa: E402
 
 MIB = 2**20
@@ -283,51 +283,10 @@ def scaling_options(name: str, max_n: int) -> Dict:
 # --------------------------------------------------------------------------- measurement
 
 
-@contextmanager
-def _quiet_stderr():
-    """Silence the profiler's C++ start/stop lines on fd 2 (Python exceptions still propagate)."""
-    sys.stderr.flush()
-    try:
-        saved = os.dup(2)
-    except OSError:
-        yield
-        return
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
 def peak_alloc_bytes(fn: Callable[[], object]) -> int:
-    """Peak bytes allocated by the PyTorch CPU allocator during fn(), above the level at its start.
-
-    The allocator's `total_allocated` counter runs across profiling sessions (tensors allocated while
-    profiling and freed afterwards are never subtracted), so the level just before the first
-    allocation of this session is taken as the baseline.
-    """
-    from torch._C._profiler import _EventType
-    from torch.profiler import ProfilerActivity, profile
-
-    with _quiet_stderr():
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as p:
-            fn()
-    events = []
-    stack = list(p.profiler.kineto_results.experimental_event_tree())
-    while stack:
-        node = stack.pop()
-        if node.tag == _EventType.Allocation:
-            ef = node.extra_fields
-            events.append((node.start_time_ns, ef.alloc_size, ef.total_allocated))
-        stack.extend(node.children)
-    if not events:
-        return 0
-    events.sort(key=lambda e: e[0])
-    baseline = events[0][2] - events[0][1]
-    return max(0, max(e[2] for e in events) - baseline)
+    """Peak bytes allocated by the PyTorch CPU allocator during fn(), above the level at its start
+    (profiling.memory: the allocator's running total read from profiler events)."""
+    return peak_allocated_bytes(fn, "cpu")
 
 
 def time_interleaved(fns: Sequence[Callable[[], object]], warmup: int, runs: int):
