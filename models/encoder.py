@@ -1,0 +1,218 @@
+"""A small pre-norm transformer encoder built on the attention registry, shared by the task models
+(ViT, text classifier, language model) and by `profile.py --breakdown encoder`.
+
+    enc = TransformerEncoder(vocab_size=1000, dim=256, depth=4, heads=4, attention="performer",
+                             num_classes=2, max_len=512, attention_options={"features": 128})
+    logits = enc(tokens, mask)             # tokens: (B, n) int64, mask: (B, n) bool -> (B, num_classes)
+    h = enc.encode(tokens, mask)           # (B, n, dim), before pooling
+
+Axis letters in shape comments: B batch, n sequence length, d model width, c input channels.
+
+Module names are stable, so per-component tools (profiling/breakdown.py) can select them:
+`embed`, `blocks.<i>.norm1`, `blocks.<i>.attn`, `blocks.<i>.norm2`, `blocks.<i>.mlp`, `norm`, `head`.
+"""
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any, Dict, List, Optional, Tuple, Type, Union
+
+import torch
+from torch import Tensor, nn
+
+from models.attention import Attention, build_attention
+from models.attention import attention_options as attention_options_of
+
+AttentionSpec = Union[str, Type[Attention]]
+
+
+def exists(v) -> bool:
+    return v is not None
+
+
+def default(v, d):
+    return v if exists(v) else d
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop a whole residual branch per sample with probability `p` in training,
+    scaling the kept ones by 1 / (1 - p) so the expectation is unchanged."""
+
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"drop_path must be in [0, 1), got {p!r}")
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.p
+        shape = (x.shape[0],) + (1,) * (x.dim() - 1)  # (B, 1, 1): one draw per sample
+        return x * x.new_empty(shape).bernoulli_(keep) / keep
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class MLP(nn.Sequential):
+    """Linear -> GELU -> (dropout) -> Linear -> (dropout): (B, n, d) -> (B, n, d)."""
+
+    def __init__(self, dim: int, hidden: int, dropout: float = 0.0):
+        super().__init__(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim), nn.Dropout(dropout))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm block: x + attn(norm1(x)), then x + mlp(norm2(x)).
+
+    `attention` is a registered name ("softmax", "performer", ...) or an Attention subclass;
+    `attention_options` go to its constructor (e.g. {"features": 128}, {"max_seq_len": 1024}).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        attention: AttentionSpec = "softmax",
+        mlp_ratio: float = 4.0,
+        dropout: float = 0.0,
+        drop_path: float = 0.0,
+        attention_options: Optional[Dict[str, Any]] = None,
+        causal: bool = False,
+    ):
+        super().__init__()
+        options = dict(attention_options or {})
+        if causal:
+            options["causal"] = True
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = build_attention(attention, dim, heads, **options)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = MLP(dim, int(dim * mlp_ratio), dropout)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: Tensor, mask: Optional[Tensor] = None, causal: Optional[bool] = None) -> Tensor:
+        """
+        Args:
+            x: (batch, seq, dim) input.
+            mask: optional (batch, seq) bool, True for real tokens.
+            causal: attend only to earlier positions; None uses the attention's construction value.
+        Returns:
+            (batch, seq, dim).
+        """
+        x = x + self.drop_path(self.attn(self.norm1(x), mask=mask, causal=causal))  # (B, n, d)
+        x = x + self.drop_path(self.mlp(self.norm2(x)))  # (B, n, d)
+        return x
+
+
+class TransformerEncoder(nn.Module):
+    """Embedding (token ids, or a linear projection of features) + learned positions -> `depth`
+    pre-norm blocks -> final LayerNorm -> mean pool over real tokens -> linear head.
+
+    Args:
+        vocab_size: number of token ids; None means inputs are (B, n, in_dim) features.
+        dim, depth, heads: width, number of blocks, attention heads.
+        attention: registered name or Attention subclass, used in every block.
+        num_classes: outputs of the head; None (or 0) leaves the head out (forward returns pooled features).
+        max_len: longest sequence (size of the learned position table).
+        in_dim: feature width when vocab_size is None (defaults to dim).
+    """
+
+    def __init__(
+        self,
+        vocab_size: Optional[int],
+        dim: int,
+        depth: int,
+        heads: int,
+        attention: AttentionSpec = "softmax",
+        num_classes: Optional[int] = None,
+        max_len: int = 512,
+        *,
+        in_dim: Optional[int] = None,
+        mlp_ratio: float = 4.0,
+        dropout: float = 0.0,
+        drop_path: float = 0.0,
+        attention_options: Optional[Dict[str, Any]] = None,
+        causal: bool = False,
+    ):
+        super().__init__()
+        self.vocab_size, self.dim, self.max_len = vocab_size, dim, max_len
+        self.embed = nn.Embedding(vocab_size, dim) if exists(vocab_size) else nn.Linear(default(in_dim, dim), dim)
+        self.pos = nn.Parameter(torch.zeros(1, max_len, dim))
+        nn.init.trunc_normal_(self.pos, std=0.02)
+        self.drop = nn.Dropout(dropout)
+        rates = torch.linspace(0, drop_path, depth).tolist() if depth > 1 else [drop_path] * depth  # deeper blocks drop more
+        self.blocks = nn.ModuleList(
+            TransformerBlock(dim, heads, attention, mlp_ratio, dropout, rate, attention_options, causal) for rate in rates
+        )
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes) if num_classes else nn.Identity()
+
+    def encode(self, x: Tensor, mask: Optional[Tensor] = None, causal: Optional[bool] = None) -> Tensor:
+        """
+        Args:
+            x: (batch, seq) token ids, or (batch, seq, in_dim) features when vocab_size is None.
+            mask: optional (batch, seq) bool, True for real tokens.
+            causal: passed to every block's attention.
+        Returns:
+            (batch, seq, dim) normalised token features.
+        """
+        n = x.shape[1]
+        if n > self.max_len:
+            raise ValueError(f"sequence length {n} exceeds max_len={self.max_len} of the position table")
+        h = self.drop(self.embed(x) + self.pos[:, :n])  # (B, n, d)
+        for block in self.blocks:
+            h = block(h, mask, causal)  # (B, n, d)
+        return self.norm(h)
+
+    def forward(self, x: Tensor, mask: Optional[Tensor] = None, causal: Optional[bool] = None) -> Tensor:
+        """
+        Args:
+            x: (batch, seq) token ids, or (batch, seq, in_dim) features when vocab_size is None.
+            mask: optional (batch, seq) bool, True for real tokens; padding is left out of the pool.
+            causal: passed to every block's attention.
+        Returns:
+            (batch, num_classes) logits (or (batch, dim) pooled features without a head).
+        """
+        h = self.encode(x, mask, causal)  # (B, n, d)
+        if mask is None:
+            pooled = h.mean(dim=1)  # (B, d)
+        else:
+            w = mask.unsqueeze(-1).to(h.dtype)  # (B, n, 1)
+            pooled = (h * w).sum(dim=1) / w.sum(dim=1).clamp_min(1.0)  # (B, d)
+        return self.head(pooled)
+
+    def components(self) -> Dict[str, List[nn.Module]]:
+        """The model's parts by role (for per-component profiling and parameter tables)."""
+        return {
+            "embeddings": [self.embed],
+            "attention": [b.attn for b in self.blocks],
+            "mlp": [b.mlp for b in self.blocks],
+            "norm": [m for b in self.blocks for m in (b.norm1, b.norm2)] + [self.norm],
+            "head": [self.head],
+        }
+
+
+def breakdown_target(
+    *,
+    dim: int,
+    heads: int,
+    depth: int = 4,
+    attention: AttentionSpec = "softmax",
+    attention_options: Optional[Dict[str, Any]] = None,
+    max_len: int = 1024,
+    batch: int = 1,
+    vocab_size: int = 1000,
+    num_classes: int = 2,
+) -> SimpleNamespace:
+    """`profile.py --breakdown encoder`: a token classifier, random ids as input, and its components
+    (the fields profiling.breakdown.BreakdownTarget reads: model, make_input, components)."""
+    options = dict(attention_options or {})
+    name = attention if isinstance(attention, str) else attention.name
+    if "max_seq_len" in attention_options_of(name) and "max_seq_len" not in options:
+        options["max_seq_len"] = max_len  # fixed-length mechanisms (Linformer) must cover the longest n
+    model = TransformerEncoder(vocab_size, dim, depth, heads, attention, num_classes, max_len, attention_options=options)
+
+    def make_input(seq_len: int) -> Tuple[Tensor]:
+        return (torch.randint(0, vocab_size, (batch, seq_len)),)  # (B, n) token ids
+
+    return SimpleNamespace(model=model, make_input=make_input, components=model.components(),
+                           description=f"TransformerEncoder(depth={depth}, dim={dim}, heads={heads}, attention={name})")

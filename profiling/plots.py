@@ -1,0 +1,340 @@
+"""Publication-quality figures of a sweep, from flat result rows (profiling.results.CSV_COLUMNS).
+
+    from profiling.plots import plot_sweep
+    plot_sweep(read_csv_rows("runs/sweep/results.csv"), Path("runs/sweep/figures"))
+
+Figures (each as .png at 200 dpi and .pdf): time, memory, flops, throughput, speedup and combined.
+Rows whose status is not "ok" are left out. One panel per device, side by side; one line per
+mechanism, with the same colour and marker for a mechanism in every figure (a fixed mapping over
+the sorted registry names plus any other name in the rows). Log-log axes; error bars are standard
+errors (sem_ms), propagated as relative errors into throughput and speed-up. When the rows hold
+several configurations (dim, heads, batch, dtype, mode, causal), each gets its own set of figures
+with the configuration appended to the file names.
+"""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter, NullLocator  # noqa: E402
+
+BASELINE = "softmax"
+FIGURES = ("time", "memory", "flops", "throughput", "speedup", "combined")
+CONFIG_FIELDS = ("batch", "dim", "heads", "dtype", "mode", "causal")
+
+STYLE = {
+    "font.family": "serif",
+    "font.serif": ["DejaVu Serif", "Times New Roman", "Times", "Nimbus Roman", "serif"],
+    "mathtext.fontset": "dejavuserif",
+    "font.size": 9,
+    "axes.titlesize": 10,
+    "axes.labelsize": 9,
+    "legend.fontsize": 8.5,
+    "xtick.labelsize": 8,
+    "ytick.labelsize": 8,
+    "axes.grid": True,
+    "axes.grid.which": "major",
+    "grid.alpha": 0.3,
+    "grid.linewidth": 0.6,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "lines.linewidth": 1.4,
+    "lines.markersize": 4.5,
+    "errorbar.capsize": 2.0,
+    "savefig.dpi": 200,
+    "pdf.fonttype": 42,  # embed TrueType: editable text, no Type 3 fonts in the PDF
+    "ps.fonttype": 42,
+}
+
+# Okabe-Ito (colour-blind safe) first, then darker tab colours; markers differ too, for greyscale print
+PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#8C564B", "#7F7F7F", "#BCBD22", "#17BECF", "#9467BD"]
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">", "p", "h", "*"]
+
+
+def apply_style() -> None:
+    """Make STYLE the process-wide default (plot_sweep itself only applies it inside a context)."""
+    plt.rcParams.update(STYLE)
+
+
+def mechanism_styles(names: Iterable[str]) -> Dict[str, Tuple[str, str]]:
+    """name -> (colour, marker), fixed over the sorted registry names plus the given names, so a
+    mechanism looks the same in every figure and every sweep."""
+    try:
+        from models.attention import list_attentions  # same floor as profiling
+
+        known = set(list_attentions())
+    except Exception:  # plotting a results file must not need the models importable
+        known = set()
+    ordered = sorted(known | set(names))
+    return {n: (PALETTE[i % len(PALETTE)], MARKERS[i % len(MARKERS)]) for i, n in enumerate(ordered)}
+
+
+# ------------------------------------------------------------------------------ pure helpers
+
+
+def ok_rows(rows: Iterable[Dict]) -> List[Dict]:
+    return [r for r in rows if r.get("status") == "ok"]
+
+
+def _truthy(v) -> bool:
+    return v in (True, 1, "1", "True", "true")
+
+
+def config_of(row: Dict) -> Tuple:
+    return tuple(_truthy(row.get(k)) if k == "causal" else row.get(k) for k in CONFIG_FIELDS)
+
+
+def config_title(cfg: Tuple) -> str:
+    c = dict(zip(CONFIG_FIELDS, cfg))
+    return (f"dim {c['dim']}, {c['heads']} heads, batch {c['batch']}, {c['dtype']}, "
+            f"{c['mode']}, {'causal' if c['causal'] else 'non-causal'}")
+
+
+def config_suffix(cfg: Tuple) -> str:
+    c = dict(zip(CONFIG_FIELDS, cfg))
+    return f"d{c['dim']}_h{c['heads']}_b{c['batch']}_{c['dtype']}_{str(c['mode']).replace('+', '')}" + ("_causal" if c["causal"] else "")
+
+
+def speedups(rows: Iterable[Dict], baseline: str = BASELINE) -> List[Dict]:
+    """Speed-up of each "ok" row over `baseline` at the same device, length and configuration:
+    s = t_baseline / t (ratio of medians), with standard error s * sqrt((sem_b/t_b)^2 + (sem/t)^2)
+    (relative errors of independent measurements add in quadrature). Rows without a baseline at
+    their point are left out; the baseline's own rows are included (s = 1)."""
+    rows = ok_rows(rows)
+    base = {(r["device"], r["seq_len"], config_of(r)): r for r in rows if r["attention"] == baseline}
+    out = []
+    for r in rows:
+        b = base.get((r["device"], r["seq_len"], config_of(r)))
+        if b is None or not r.get("median_ms") or not b.get("median_ms"):
+            continue
+        t, tb = float(r["median_ms"]), float(b["median_ms"])
+        s = tb / t
+        rel = math.hypot(float(b.get("sem_ms") or 0.0) / tb, float(r.get("sem_ms") or 0.0) / t)
+        out.append(dict(attention=r["attention"], device=r["device"], seq_len=r["seq_len"], config=config_of(r), speedup=s, speedup_sem=s * rel))
+    return out
+
+
+def throughput_sem(row: Dict) -> float:
+    """Standard error of achieved GFLOP/s (= analytic / time): the time's relative SEM carried over."""
+    g, t, sem = row.get("achieved_gflops"), row.get("median_ms"), row.get("sem_ms")
+    if not g or not t or sem is None:
+        return 0.0
+    return float(g) * float(sem) / float(t)
+
+
+# ----------------------------------------------------------------------------------- metrics
+
+# metric -> (y label, panel title, y(row), yerr(row) or None)
+METRICS = {
+    "time": ("median time per call (ms)", "Time", lambda r: r.get("median_ms"), lambda r: r.get("sem_ms") or 0.0),
+    "memory": ("peak memory (MiB)", "Peak memory", lambda r: r.get("peak_mib"), None),
+    "flops": ("FLOPs per call (GFLOP)", "FLOPs", lambda r: r.get("analytic_gflop"), None),
+    "throughput": ("achieved throughput (GFLOP/s)", "Throughput", lambda r: r.get("achieved_gflops"), throughput_sem),
+    "speedup": (f"speed-up over {BASELINE} ($t_{{\\mathrm{{{BASELINE}}}}}/t$)", f"Speed-up over {BASELINE}", lambda r: r.get("speedup"), lambda r: r.get("speedup_sem") or 0.0),
+}
+
+
+def _device_title(device: str, rows: Sequence[Dict]) -> str:
+    names = {r.get("device_name") for r in rows if r.get("device") == device and r.get("device_name")}
+    if len(names) == 1:
+        name = names.pop()
+        name = name if len(name) <= 38 else name[:36] + "…"
+        return f"{device.upper()}: {name}"
+    return device.upper()
+
+
+def _format_x(ax, seq_lens: Sequence[int]) -> None:
+    ax.set_xscale("log", base=2)
+    ticks = sorted(set(seq_lens))
+    if len(ticks) > 7:  # keep labels apart: every other length
+        ticks = ticks[:: math.ceil(len(ticks) / 7)]
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{int(v):d}" if v < 10000 else f"{v / 1024:g}k"))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("sequence length $n$")
+
+
+def _plain(v: float, _=None) -> str:
+    if v <= 0:
+        return ""
+    if 1e-3 <= v < 1e5:
+        return f"{v:.4g}"
+    exp = math.floor(math.log10(v))
+    mant = v / 10**exp
+    return f"$10^{{{exp}}}$" if abs(mant - 1) < 1e-9 else f"${mant:.2g}\\times10^{{{exp}}}$"
+
+
+def _format_log_y(ax) -> None:
+    """Log y axis; up to ~2.5 decades the ticks are plain numbers in 1-2-5 steps (0.5, 1, 2, 5, ...;
+    every integer step when that leaves fewer than 3), which reads better than 6x10^-1 labels;
+    wider ranges keep decade ticks only."""
+    ax.set_yscale("log")
+    lo, hi = ax.get_ylim()
+    if hi / lo < 10**2.5:
+        ax.yaxis.set_major_formatter(FuncFormatter(_plain))
+        ax.yaxis.set_minor_formatter(NullFormatter())
+        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_minor_locator(LogLocator(base=10, subs=(1.5, 3.0, 4.0, 6.0, 7.0, 8.0, 9.0)))
+        if len([t for t in ax.get_yticks() if lo <= t <= hi]) < 3:
+            ax.yaxis.set_major_locator(LogLocator(base=10, subs=tuple(range(1, 10))))
+            ax.yaxis.set_minor_locator(NullLocator())
+    else:
+        ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.set_ylim(lo, hi)
+
+
+def _counted_differs(r: Dict) -> bool:
+    c, a = r.get("counted_gflop"), r.get("analytic_gflop")
+    return c not in (None, "") and bool(a) and abs(float(c) / float(a) - 1.0) > 1e-3
+
+
+def _series(rows: Sequence[Dict], metric: str, device: str) -> Dict[str, List[Dict]]:
+    out: Dict[str, List[Dict]] = defaultdict(list)
+    y = METRICS[metric][2]
+    for r in rows:
+        if r["device"] == device and y(r) not in (None, "") and float(y(r)) > 0:
+            out[r["attention"]].append(r)
+    for v in out.values():
+        v.sort(key=lambda r: r["seq_len"])
+    return out
+
+
+def _draw_panel(ax, rows: Sequence[Dict], metric: str, device: str, styles: Dict[str, Tuple[str, str]], seq_lens: Sequence[int]) -> None:
+    ylabel, _, y, yerr = METRICS[metric]
+    for name, series in sorted(_series(rows, metric, device).items()):
+        color, marker = styles[name]
+        xs = [r["seq_len"] for r in series]
+        ys = [float(y(r)) for r in series]
+        errs = [float(yerr(r)) for r in series] if yerr else None
+        if errs is not None:
+            errs = [min(e, 0.999 * v) for e, v in zip(errs, ys)]  # a log axis cannot show a bar below 0
+        ax.errorbar(xs, ys, yerr=errs, color=color, marker=marker, label=name, markeredgewidth=0.8, elinewidth=0.9, zorder=3)
+        if metric == "flops":  # counted FLOPs, hollow, where they differ from the analytic figure
+            pts = [(r["seq_len"], float(r["counted_gflop"])) for r in series if _counted_differs(r)]
+            if pts:
+                ax.plot(*zip(*pts), linestyle="none", marker=marker, markersize=7, markerfacecolor="none", markeredgecolor=color, markeredgewidth=1.0, zorder=4)
+    if metric == "speedup":
+        ax.axhline(1.0, color="0.3", linestyle="--", linewidth=0.9, zorder=2)
+    ax.set_yscale("log")
+    _format_log_y(ax)
+    _format_x(ax, seq_lens)
+    ax.set_ylabel(ylabel)
+
+
+def _legend_handles(names: Sequence[str], styles: Dict[str, Tuple[str, str]], metric: Optional[str] = None, counted: bool = True) -> List[Line2D]:
+    handles = [Line2D([], [], color=styles[n][0], marker=styles[n][1], label=n) for n in names]
+    if metric in ("flops", None) and counted:
+        handles.append(Line2D([], [], color="0.35", marker="o", linestyle="none", markerfacecolor="none", markersize=7, label="counted (where ≠ analytic)"))
+    if metric in ("speedup", None):
+        handles.append(Line2D([], [], color="0.3", linestyle="--", linewidth=0.9, label=f"{BASELINE} (= 1)"))
+    return handles
+
+
+def save_figure(fig, stem: Path) -> List[Path]:
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for ext in ("png", "pdf"):
+        p = stem.with_suffix(f".{ext}")
+        fig.savefig(p, dpi=200, bbox_inches="tight", pad_inches=0.05)
+        paths.append(p)
+    return paths
+
+
+def _metric_rows(rows: Sequence[Dict], metric: str) -> List[Dict]:
+    if metric != "speedup":
+        return list(rows)
+    by_key = {(s["attention"], s["device"], s["seq_len"]): s for s in speedups(rows)}
+    out = []
+    for r in rows:
+        s = by_key.get((r["attention"], r["device"], r["seq_len"]))
+        if s is not None and r["attention"] != BASELINE:
+            out.append(dict(r, speedup=s["speedup"], speedup_sem=s["speedup_sem"]))
+    return out
+
+
+def _single_figure(rows: Sequence[Dict], metric: str, devices: Sequence[str], styles, title: str, stem: Path) -> List[Path]:
+    mrows = _metric_rows(rows, metric)
+    seq_lens = sorted({r["seq_len"] for r in rows})
+    fig, axes = plt.subplots(1, len(devices), figsize=(max(4.6, 3.9 * len(devices)), 3.4), squeeze=False)
+    for ax, dev in zip(axes[0], devices):
+        _draw_panel(ax, mrows, metric, dev, styles, seq_lens)
+        ax.set_title(_device_title(dev, rows))
+    names = sorted({r["attention"] for r in mrows})
+    fig.suptitle(f"{METRICS[metric][1]}\n{title}" if len(devices) == 1 else f"{METRICS[metric][1]} — {title}", fontsize=10.5)
+    fig.tight_layout()
+    fig.legend(handles=_legend_handles(names, styles, metric, any(map(_counted_differs, rows))), loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, title="mechanism")
+    paths = save_figure(fig, stem)
+    plt.close(fig)
+    return paths
+
+
+def _combined_figure(rows: Sequence[Dict], devices: Sequence[str], styles, title: str, stem: Path) -> List[Path]:
+    metrics = [m for m in METRICS]
+    seq_lens = sorted({r["seq_len"] for r in rows})
+    names = sorted({r["attention"] for r in rows})
+    if len(devices) == 1:  # 2 x 3 grid, the sixth cell holds the legend
+        fig, grid = plt.subplots(2, 3, figsize=(11.0, 6.4))
+        cells = [(grid.flat[i], m, devices[0]) for i, m in enumerate(metrics)]
+        legend_ax = grid.flat[5]
+        legend_ax.axis("off")
+    else:  # one row per device, one column per metric
+        fig, grid = plt.subplots(len(devices), len(metrics), figsize=(3.1 * len(metrics), 2.8 * len(devices)), squeeze=False)
+        cells = [(grid[i, j], m, d) for i, d in enumerate(devices) for j, m in enumerate(metrics)]
+        legend_ax = None
+    for ax, metric, dev in cells:
+        _draw_panel(ax, _metric_rows(rows, metric), metric, dev, styles, seq_lens)
+        ax.set_title(METRICS[metric][1])
+    if len(devices) > 1:
+        for i, d in enumerate(devices):
+            name = _device_title(d, rows).split(": ", 1)
+            label = name[0] + (f"\n{name[1]}" if len(name) > 1 else "")
+            grid[i, 0].annotate(label, xy=(-0.36, 0.5), xycoords="axes fraction", rotation=90, va="center", ha="right",
+                                ma="center", fontsize=9.5, fontweight="bold")
+    fig.suptitle(f"{title}" + (f" — {_device_title(devices[0], rows)}" if len(devices) == 1 else ""), fontsize=11)
+    fig.tight_layout()
+    handles = _legend_handles(names, styles, None, any(map(_counted_differs, rows)))
+    if legend_ax is not None:
+        legend_ax.legend(handles=handles, loc="center", frameon=False, title="mechanism", ncol=1 if len(handles) <= 12 else 2)
+    else:
+        fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(len(handles), 6), frameon=False)
+    paths = save_figure(fig, stem)
+    plt.close(fig)
+    return paths
+
+
+def plot_sweep(rows: List[Dict], out_dir: Path, figures: Sequence[str] = FIGURES) -> List[Path]:
+    """Write the figures (PNG + PDF; all of FIGURES by default) of the "ok" rows to out_dir;
+    returns the paths written."""
+    unknown = sorted(set(figures) - set(FIGURES))
+    if unknown:
+        raise ValueError(f"unknown figure(s) {', '.join(unknown)}; choose from {', '.join(FIGURES)}")
+    rows = ok_rows(rows)
+    if not rows:
+        return []
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    styles = mechanism_styles(r["attention"] for r in rows)
+    by_cfg: Dict[Tuple, List[Dict]] = defaultdict(list)
+    for r in rows:
+        by_cfg[config_of(r)].append(r)
+    order = {"cpu": 0, "cuda": 1}
+    paths: List[Path] = []
+    with plt.rc_context(STYLE):
+        for cfg, cfg_rows in by_cfg.items():
+            devices = sorted({r["device"] for r in cfg_rows}, key=lambda d: (order.get(d, 2), d))
+            suffix = "" if len(by_cfg) == 1 else "_" + config_suffix(cfg)
+            title = config_title(cfg)
+            for metric in (m for m in METRICS if m in figures):
+                paths += _single_figure(cfg_rows, metric, devices, styles, title, out_dir / f"{metric}{suffix}")
+            if "combined" in figures:
+                paths += _combined_figure(cfg_rows, devices, styles, title, out_dir / f"combined{suffix}")
+    return paths

@@ -1,0 +1,237 @@
+"""The sweep's summary: per device, one row per mechanism -- median time and peak memory at every
+length, the fitted scaling exponents, and where it overtakes exact `softmax` attention.
+
+    rows = read_csv_rows("results/sweep-.../results.csv")   # or [flatten(p) for p in points]
+    print_summary(rows); write_summary(rows, out_dir)       # console tables, summary.md
+    scaling_exponent(rows_of_one_mechanism, "time")         # 2.0 for t = c * n^2
+    crossover(rows_of_one_mechanism, softmax_rows, "time")  # 1234.5 | "always" | "never" | "n/a"
+
+Everything here takes the flat rows of profiling.results (results.csv or flattened results.jsonl).
+
+Scaling exponent: least-squares slope of log(metric) on log(n) over the top decade of the measured
+lengths -- the "ok" points with n >= max_n / 10 (max_n: the longest "ok" length) -- so that constant
+overheads at short lengths do not pull the slope down; at least two points, else "n/a".
+
+Crossover: over the lengths both rows measured ("ok"), the length from which the mechanism stays
+faster (smaller) than the baseline up to the longest compared length, interpolated log-log between the
+last length where it is not and the next one (where log(metric / baseline) changes sign).
+"always": faster at every compared length; "never": not faster at the longest one; "n/a": no length
+to compare (or no baseline in the sweep).
+"""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+BASELINE = "softmax"
+METRICS = {"time": "median_ms", "memory": "peak_mib", "gflops": "achieved_gflops"}
+STATUS_CELL = {"oom": "oom", "timeout": "timeout", "unsupported": "unsup.", "error": "error"}
+CONFIG_FIELDS = ("device", "device_name", "batch", "dim", "heads", "dtype", "mode", "causal")
+
+Crossover = Union[float, str]
+
+
+def _column(metric: str) -> str:
+    return METRICS.get(metric, metric)
+
+
+def _ok_values(rows: Iterable[Dict], metric: str) -> Dict[int, float]:
+    """seq_len -> metric value of the "ok" rows with a positive value (a log needs one)."""
+    col = _column(metric)
+    out = {}
+    for r in rows:
+        v = r.get(col)
+        if r.get("status") == "ok" and isinstance(v, (int, float)) and v > 0 and r.get("seq_len"):
+            out[int(r["seq_len"])] = float(v)
+    return out
+
+
+def scaling_exponent(rows: Iterable[Dict], metric: str = "time") -> Optional[float]:
+    """Log-log least-squares slope over the top decade of the "ok" lengths; None with < 2 points."""
+    vals = _ok_values(rows, metric)
+    if not vals:
+        return None
+    top = max(vals)
+    pts = [(math.log(n), math.log(v)) for n, v in sorted(vals.items()) if n * 10 >= top]
+    if len(pts) < 2:
+        return None
+    mx = sum(p[0] for p in pts) / len(pts)
+    my = sum(p[1] for p in pts) / len(pts)
+    sxx = sum((p[0] - mx) ** 2 for p in pts)
+    sxy = sum((p[0] - mx) * (p[1] - my) for p in pts)
+    return sxy / sxx if sxx > 0 else None
+
+
+def crossover(rows: Iterable[Dict], baseline_rows: Iterable[Dict], metric: str = "time") -> Crossover:
+    """Length from which `rows` stay below `baseline_rows` on `metric` (see the module docstring)."""
+    mine, base = _ok_values(rows, metric), _ok_values(baseline_rows, metric)
+    lens = sorted(set(mine) & set(base))
+    if not lens:
+        return "n/a"
+    r = [math.log(mine[n] / base[n]) for n in lens]  # < 0: below the baseline
+    if r[-1] >= 0:
+        return "never"
+    last_not_below = max((i for i, v in enumerate(r) if v >= 0), default=None)
+    if last_not_below is None:
+        return "always"
+    i = last_not_below
+    x0, x1 = math.log(lens[i]), math.log(lens[i + 1])
+    frac = r[i] / (r[i] - r[i + 1])  # r[i] >= 0 > r[i + 1]
+    return math.exp(x0 + frac * (x1 - x0))
+
+
+# ---------------------------------------------------------------------------------------------- tables
+
+
+def group_rows(rows: Iterable[Dict]) -> Dict[Tuple, Dict[str, List[Dict]]]:
+    """(device, device_name, batch, dim, heads, dtype, mode, causal) -> attention -> its rows."""
+    groups: Dict[Tuple, Dict[str, List[Dict]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        groups[tuple(r.get(k) for k in CONFIG_FIELDS)][r["attention"]].append(r)
+    return {k: dict(v) for k, v in groups.items()}
+
+
+def fmt_num(v: Optional[float]) -> str:
+    if v is None:
+        return "—"
+    a = abs(v)
+    if a >= 100:
+        return f"{v:,.0f}"
+    if a >= 10:
+        return f"{v:.1f}"
+    if a >= 1:
+        return f"{v:.2f}"
+    if a >= 0.001 or a == 0:
+        return f"{v:.3f}"
+    return f"{v:.1e}"
+
+
+def fmt_crossover(c: Crossover) -> str:
+    return f"≈{c:,.0f}" if isinstance(c, float) else c
+
+
+def _cell(r: Optional[Dict], metric: str) -> str:
+    if r is None:
+        return "—"
+    if r.get("status") != "ok":
+        return STATUS_CELL.get(r.get("status"), str(r.get("status")))
+    return fmt_num(r.get(_column(metric)))
+
+
+def _flops_flag(rows: Sequence[Dict]) -> str:
+    flagged = [r for r in rows if r.get("flops_flagged") in (True, "True", 1)]
+    if not flagged:
+        return ""
+    ratios = [r["counted_over_analytic"] for r in flagged if isinstance(r.get("counted_over_analytic"), (int, float))]
+    lens = sorted(int(r["seq_len"]) for r in flagged)
+    where = f"n={lens[0]}" if len(lens) == 1 else f"n={lens[0]}..{lens[-1]}"
+    span = f"×{min(ratios):.2f}" if ratios and min(ratios) == max(ratios) else (f"×{min(ratios):.2f}–{max(ratios):.2f}" if ratios else "")
+    return f"FLOPs flagged {span} ({where})".replace("  ", " ")
+
+
+def _title(config: Tuple, threads: Optional[int]) -> str:
+    c = dict(zip(CONFIG_FIELDS, config))
+    parts = [f"{c['device']} ({c['device_name']})", c["dtype"], c["mode"], "causal" if c["causal"] in (True, "True", 1) else "non-causal",
+             f"batch {c['batch']}", f"dim {c['dim']}", f"heads {c['heads']}"]  # fmt: skip
+    if c["device"] == "cpu" and threads:
+        parts.append(f"{threads} threads")
+    return " · ".join(str(p) for p in parts)
+
+
+def summary_tables(rows: Iterable[Dict]) -> List[Dict]:
+    """The summary as data: one entry per (device, config), each with a header and body rows for the
+    time table and the memory table (and achieved GFLOP/s for the markdown)."""
+    out = []
+    for config, by_attn in sorted(group_rows(rows).items(), key=lambda kv: tuple(str(x) for x in kv[0])):
+        lens = sorted({int(r["seq_len"]) for rs in by_attn.values() for r in rs})
+        threads = next((r.get("threads") for rs in by_attn.values() for r in rs if r.get("threads")), None)
+        base = by_attn.get(BASELINE)
+        tables = {}
+        for metric, unit, word in (("time", "median ms", "faster"), ("memory", "peak MiB", "smaller"), ("gflops", "GFLOP/s", None)):
+            header = ["attention"] + [f"n={n:,}" for n in lens]
+            if word:
+                header += ["k (∝ n^k)", f"{word} than {BASELINE} from n"]
+            if metric == "time":
+                header.append("notes")
+            body = []
+            for name in sorted(by_attn, key=lambda a: (a != BASELINE, a)):  # the baseline first
+                rs = by_attn[name]
+                at = {int(r["seq_len"]): r for r in rs}
+                line = [name] + [_cell(at.get(n), metric) for n in lens]
+                if word:
+                    e = scaling_exponent(rs, metric)
+                    line.append("n/a" if e is None else f"{e:.2f}")
+                    if base is None:
+                        line.append("n/a")
+                    elif name == BASELINE:
+                        line.append("(baseline)")
+                    else:
+                        line.append(fmt_crossover(crossover(rs, base, metric)))
+                if metric == "time":
+                    line.append(_flops_flag(rs))
+                body.append(line)
+            if metric == "time" and not any(line[-1] for line in body):  # no flags: no notes column
+                header.pop()
+                body = [line[:-1] for line in body]
+            tables[metric] = {"unit": unit, "header": header, "rows": body}
+        out.append({"title": _title(config, threads), "config": dict(zip(CONFIG_FIELDS, config)), "tables": tables})
+    return out
+
+
+def print_summary(rows: Iterable[Dict], console=None) -> None:
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:  # plain text, same content
+        print(to_markdown(rows))
+        return
+    if console is None:
+        console = Console()
+        if not console.is_terminal:  # a pipe or a log file: do not squeeze the tables into 80 columns
+            console = Console(width=max(console.width, 200))
+    for group in summary_tables(rows):
+        for metric in ("time", "memory"):
+            t = group["tables"][metric]
+            table = Table(title=f"{group['title']} — {t['unit']}", title_justify="left")
+            for i, h in enumerate(t["header"]):
+                wrap = h == "notes" or h.endswith("from n")
+                table.add_column(h, justify="left" if i == 0 or h == "notes" else "right", no_wrap=not wrap)
+            for line in t["rows"]:
+                table.add_row(*line)
+            console.print(table)
+
+
+NOTES = (
+    "Exponent: least-squares log-log slope over the top decade of the measured lengths (\"ok\" points with "
+    "n >= max_n/10). Crossover: the length from which the mechanism stays below `softmax` up to the longest "
+    "compared length, interpolated log-log; \"always\" = below at every compared length, \"never\" = not below "
+    "at the longest one. Cells: oom / timeout / unsup. (unsupported) / error = the point's status "
+    "(reasons in results.csv); — = not measured. Memory: peak bytes allocated during one call above the level "
+    "before it (parameters and input excluded; see env.json for the method)."
+)
+
+
+def to_markdown(rows: Iterable[Dict]) -> str:
+    lines = ["# Sweep summary", ""]
+    for group in summary_tables(rows):
+        lines += [f"## {group['title']}", ""]
+        for metric in ("time", "memory", "gflops"):
+            t = group["tables"][metric]
+            lines += [f"**{t['unit']}**", ""]
+            lines.append("| " + " | ".join(t["header"]) + " |")
+            lines.append("|" + "|".join("---" if h in ("attention", "notes") else "---:" for h in t["header"]) + "|")
+            for line in t["rows"]:
+                lines.append("| " + " | ".join(c.replace("|", "\\|") for c in line) + " |")
+            lines.append("")
+    lines += [NOTES, ""]
+    return "\n".join(lines)
+
+
+def write_summary(rows: Iterable[Dict], out_dir: Path) -> Path:
+    path = Path(out_dir) / "summary.md"
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(to_markdown(list(rows)))
+    tmp.replace(path)
+    return path

@@ -1,0 +1,240 @@
+"""The sweep runner (profiling/sweep.py) and its report (profiling/report.py), on tiny configs."""
+import csv
+import json
+import time
+
+import pytest
+import torch
+
+import profiling.sweep as sw
+from models.attention import get_attention
+from profiling.report import crossover, scaling_exponent, summary_tables, to_markdown
+from profiling.results import CSV_COLUMNS, point_key, read_csv_rows, read_points
+
+
+def tiny(**kw) -> sw.SweepConfig:
+    base = dict(attentions=["softmax"], devices=["cpu"], seq_lens=[8, 16], dim=32, heads=4, runs=2, warmup=1, threads=1, max_seconds=60.0)
+    base.update(kw)
+    return sw.SweepConfig(**base)
+
+
+def run(cfg, out, **kw):
+    return sw.run_sweep(cfg, out, command=["test"], **kw)
+
+
+def by_key(rows):
+    return {(r["attention"], r["seq_len"]): r for r in rows}
+
+
+def patch_forward(monkeypatch, name, fn):
+    """Replace `name`'s forward by fn(original, self, x, *args, **kw)."""
+    cls = get_attention(name)
+    original = cls.forward
+    monkeypatch.setattr(cls, "forward", lambda self, x, *a, **k: fn(original, self, x, *a, **k))
+
+
+def test_tiny_sweep_writes_every_file(tmp_path):
+    cfg = tiny(attentions=["softmax", "linformer", "performer"])
+    rows = run(cfg, tmp_path)
+    assert len(rows) == 6 and {r["status"] for r in rows} == {"ok"}
+    with open(tmp_path / "results.csv", newline="") as fh:
+        assert next(csv.reader(fh)) == CSV_COLUMNS
+    csv_rows = read_csv_rows(tmp_path / "results.csv")
+    assert len(csv_rows) == 6
+    for r in csv_rows:
+        assert r["median_ms"] > 0 and r["peak_mib"] >= 0 and r["threads"] == 1 and r["runs"] == 2
+        assert r["analytic_gflop"] > 0 and r["achieved_gflops"] > 0 and r["memory_method"]
+        assert r["counted_over_analytic"] == pytest.approx(1.0, abs=0.02) and r["flops_flagged"] is False
+    points = read_points(tmp_path / "results.jsonl")
+    assert len(points) == 6 and all(p["key"] == point_key(p["attention"], "cpu", p["seq_len"], 1, 32, 4, "fp32", "fwd", False) for p in points)
+    # the generic rule: a mechanism with a max_seq_len option gets the longest swept length
+    lin = [p for p in points if p["attention"] == "linformer"]
+    assert all(p["options"] == {"max_seq_len": 16} for p in lin)
+    env = json.loads((tmp_path / "env.json").read_text())
+    for key in ("torch", "python", "platform", "cpu_model", "cuda_devices", "threads", "dtype", "dtype_note", "mode", "git_commit", "command", "start_time", "end_time", "memory_methods", "flop_conventions"):
+        assert key in env, key
+    assert env["threads"] == 1 and env["end_time"] and env["command"] == ["test"]
+    summary = (tmp_path / "summary.md").read_text()
+    assert "| linformer |" in summary and "n=16" in summary and "faster than softmax" in summary
+
+
+def test_fwd_bwd_bf16_counts_the_backward(tmp_path):
+    rows = run(tiny(seq_lens=[8], mode="fwd+bwd", dtype="bf16"), tmp_path)
+    (r,) = rows
+    assert r["status"] == "ok" and r["dtype"] == "bf16" and r["mode"] == "fwd+bwd"
+    assert r["ptflops_gmac"] is None and "forward pass only" in r["flops_note"]
+    attn = get_attention("softmax")(32, 4)
+    assert r["analytic_gflop"] == pytest.approx(attn.flops(8, 1, False, backward=True) / 1e9)
+    assert r["counted_over_analytic"] == pytest.approx(1.0, abs=0.02)
+
+
+def test_unsupported_points_say_why(tmp_path):
+    rows = by_key(run(tiny(attentions=["linformer", "softmax"], causal=True), tmp_path / "causal"))
+    assert rows["softmax", 8]["status"] == "ok"
+    assert rows["linformer", 8]["status"] == "unsupported" and "cannot be causal" in rows["linformer", 8]["reason"]
+
+    rows = by_key(run(tiny(attentions=["linformer"], options={"linformer": {"max_seq_len": 8}}), tmp_path / "maxlen"))
+    assert rows["linformer", 8]["status"] == "ok"
+    assert rows["linformer", 16]["status"] == "unsupported" and "max_seq_len=8" in rows["linformer", 16]["reason"]
+    assert json.loads(rows["linformer", 16]["options"]) == {"max_seq_len": 8}  # the user's value wins
+
+
+def test_construction_error_is_unsupported(tmp_path, monkeypatch):
+    real = sw.build_attention
+
+    def build(name, *a, **k):
+        if name == "naive":
+            raise ValueError("naive cannot be built like this; use softmax")
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(sw, "build_attention", build)
+    rows = by_key(run(tiny(attentions=["naive", "softmax"], seq_lens=[8]), tmp_path))
+    assert rows["naive", 8]["status"] == "unsupported" and rows["naive", 8]["reason"] == "naive cannot be built like this; use softmax"
+    assert rows["softmax", 8]["status"] == "ok"
+
+
+def test_oom_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
+    def fwd(original, self, x, *a, **k):
+        if x.shape[1] == 16:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return original(self, x, *a, **k)
+
+    patch_forward(monkeypatch, "softmax", fwd)
+    rows = by_key(run(tiny(attentions=["softmax", "naive"]), tmp_path))
+    assert rows["softmax", 16]["status"] == "oom" and "out of memory" in rows["softmax", 16]["reason"]
+    assert rows["softmax", 16]["median_ms"] is None
+    assert [rows[k]["status"] for k in (("softmax", 8), ("naive", 8), ("naive", 16))] == ["ok"] * 3
+
+
+def test_oom_messages_are_recognised():
+    assert sw.is_oom(torch.OutOfMemoryError("x"))
+    assert sw.is_oom(RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you tried to allocate 80000000000 bytes"))
+    assert sw.is_oom(RuntimeError("not enough memory: you tried to allocate 1 GB"))
+    assert not sw.is_oom(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+
+
+def test_timeout_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
+    def slow(original, self, x, *a, **k):
+        if x.shape[1] == 16:
+            time.sleep(0.3)
+        return original(self, x, *a, **k)
+
+    patch_forward(monkeypatch, "softmax", slow)
+    t0 = time.perf_counter()
+    rows = by_key(run(tiny(max_seconds=0.5), tmp_path))
+    assert rows["softmax", 16]["status"] == "timeout"
+    assert "--max-seconds-per-point budget of 0.5 s" in rows["softmax", 16]["reason"]
+    assert rows["softmax", 16]["elapsed_s"] < 2.0  # stopped, not run to the end (2 + 1 calls + 2 counts)
+    assert rows["softmax", 8]["status"] == "ok"
+    assert time.perf_counter() - t0 < 10
+
+
+def test_killed_sweep_resumes_only_the_missing_points(tmp_path, monkeypatch):
+    cfg = tiny(attentions=["softmax", "naive"])
+    run(cfg, tmp_path)
+    jsonl = tmp_path / "results.jsonl"
+    lines = jsonl.read_text().splitlines(keepends=True)
+    assert len(lines) == 4
+    # a run killed while writing its third point: two full lines and half of the third
+    jsonl.write_text("".join(lines[:2]) + lines[2][: len(lines[2]) // 2])
+    (tmp_path / "results.csv").unlink()
+    measured = []
+    real = sw.run_point
+    monkeypatch.setattr(sw, "run_point", lambda spec, c: measured.append(spec.key(c)) or real(spec, c))
+    rows = run(cfg, tmp_path, resume=True)
+    expected_missing = [json.loads(line)["key"] for line in lines[2:]]
+    assert measured == expected_missing
+    keys = [r["attention"] + str(r["seq_len"]) for r in read_csv_rows(tmp_path / "results.csv")]
+    assert sorted(keys) == sorted(["softmax8", "softmax16", "naive8", "naive16"]) and len(rows) == 4
+    assert len(read_points(jsonl)) == 4  # the broken half-line is skipped, the new points start their own lines
+    env = json.loads((tmp_path / "env.json").read_text())
+    assert len(env["previous_sessions"]) == 1
+
+
+def test_error_points_are_retried_on_resume(tmp_path, monkeypatch):
+    def boom(original, self, x, *a, **k):
+        if x.shape[1] == 16:
+            raise RuntimeError("boom\nsecond line")
+        return original(self, x, *a, **k)
+
+    cfg = tiny()
+    with monkeypatch.context() as m:
+        patch_forward(m, "softmax", boom)
+        rows = by_key(run(cfg, tmp_path))
+    assert rows["softmax", 16]["status"] == "error" and rows["softmax", 16]["reason"] == "RuntimeError: boom"
+    measured = []
+    real = sw.run_point
+    monkeypatch.setattr(sw, "run_point", lambda spec, c: measured.append(spec.seq_len) or real(spec, c))
+    rows = run(cfg, tmp_path, resume=True)
+    assert measured == [16]
+    assert sorted((r["seq_len"], r["status"]) for r in rows) == [(8, "ok"), (16, "ok")]
+
+
+def test_a_missing_gpu_is_one_warning(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    warnings = []
+    rows = run(tiny(devices=["cpu", "cuda"], seq_lens=[8]), tmp_path, warn=warnings.append)
+    assert len(warnings) == 1 and "GPU" in warnings[0]
+    assert [r["device"] for r in rows] == ["cpu"]
+
+
+def test_opts_are_parsed_and_validated():
+    assert sw.parse_opts(["linformer.k=64", "linformer.sharing=kv", "performer.features=16"]) == {
+        "linformer": {"k": 64, "sharing": "kv"},
+        "performer": {"features": 16},
+    }
+    for bad in ("linformer.k", "linformer=3", "nosuch.k=1", "linformer.nosuch=1", "linformer.causal=True", "linformer.k="):
+        with pytest.raises(sw.ConfigError):
+            sw.parse_opts([bad])
+    with pytest.raises(sw.ConfigError, match="invalid"):
+        sw.validate(tiny(attentions=["linformer"], options={"linformer": {"k": -1}}))
+
+
+# ---------------------------------------------------------------------------------------------- report
+
+
+def rows_of(name, values, metric="median_ms", status=None):
+    return [{"attention": name, "seq_len": n, "status": (status or {}).get(n, "ok"), metric: v} for n, v in values.items()]
+
+
+def test_scaling_exponent_fits_the_top_decade():
+    lens = [10, 100, 1000, 10000]
+    assert scaling_exponent(rows_of("a", {n: 3e-6 * n**2 for n in lens}), "time") == pytest.approx(2.0)
+    assert scaling_exponent(rows_of("a", {n: 0.5 * n for n in lens}, "peak_mib"), "memory") == pytest.approx(1.0)
+    # constant overhead at short lengths is outside the top decade and does not bend the slope
+    overhead = {10: 5.0, 100: 5.0, 1000: 1e-6 * 1000**2, 10000: 1e-6 * 10000**2}
+    assert scaling_exponent(rows_of("a", overhead), "time") == pytest.approx(2.0)
+    # the longest point ran out of memory: the top decade is that of the longest "ok" one
+    r = rows_of("a", {10: 1.0, 100: 10.0, 1000: 100.0, 10000: None}, status={10000: "oom"})
+    assert scaling_exponent(r, "time") == pytest.approx(1.0)
+    assert scaling_exponent(rows_of("a", {10: 1.0, 1000: 4.0}), "time") is None  # one point in the top decade
+    assert scaling_exponent([], "time") is None
+
+
+def test_crossover_interpolates_log_log():
+    lens = [10, 100, 500, 2000, 10000]
+    base = rows_of("softmax", {n: 1e-6 * n**2 for n in lens})
+    linear = rows_of("lin", {n: 1e-3 * n for n in lens})  # equal at n = 1000
+    assert crossover(linear, base, "time") == pytest.approx(1000.0, rel=1e-9)
+    assert crossover(rows_of("x", {n: 0.5e-6 * n**2 for n in lens}), base, "time") == "always"
+    assert crossover(rows_of("x", {n: 2e-6 * n**2 for n in lens}), base, "time") == "never"
+    assert crossover(linear, [], "time") == "n/a"
+    # a failed baseline point is not compared
+    base_oom = rows_of("softmax", {10: 1e-4, 100: 1e-2, 500: 0.25, 2000: None, 10000: None}, status={2000: "oom", 10000: "oom"})
+    assert crossover(linear, base_oom, "time") == "never"
+
+
+def test_summary_tables_show_statuses_and_flags():
+    common = dict(device="cpu", device_name="cpu", batch=1, dim=32, heads=4, dtype="fp32", mode="fwd", causal=False, threads=2)
+    rows = []
+    for name, times in (("softmax", {10: 1.0, 100: 10.0, 1000: 100.0}), ("linear", {10: 2.0, 100: 4.0, 1000: 8.0})):
+        for n, t in times.items():
+            rows.append(dict(common, attention=name, seq_len=n, status="ok", median_ms=t, peak_mib=t / 10, flops_flagged=False))
+    rows[-1].update(status="oom", median_ms=None, peak_mib=None)
+    rows[0].update(flops_flagged=True, counted_over_analytic=0.5)
+    (group,) = summary_tables(rows)
+    time_rows = {r[0]: r for r in group["tables"]["time"]["rows"]}
+    assert time_rows["linear"][3] == "oom"
+    assert time_rows["linear"][5] == "≈27"  # 2·(n/10)^log10(2) = n/10 at n = 10·2^(1/(1 - log10 2)) ≈ 27
+    assert "FLOPs flagged" in time_rows["softmax"][-1]
+    assert "| linear |" in to_markdown(rows)
