@@ -156,7 +156,7 @@ def _format_x(ax, seq_lens: Sequence[int]) -> None:
     if len(ticks) > 7:  # keep labels apart: every other length
         ticks = ticks[:: math.ceil(len(ticks) / 7)]
     ax.xaxis.set_major_locator(FixedLocator(ticks))
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{int(v):d}" if v < 10000 else f"{v / 1024:g}k"))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{int(round(v)):,}"))  # the exact swept lengths
     ax.xaxis.set_minor_locator(NullLocator())
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("sequence length $n$")
