@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 # torch goes in first, pinned, so no later requirement can pull another build (see pyproject.toml)
 TORCH  ?= torch==2.13.0
 
-.PHONY: env test test-slow bench clean
+.PHONY: env test test-slow bench profile clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python >= 3.10 is required, found " + sys.version.split()[0]'
@@ -29,6 +29,9 @@ test-slow: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_attention.py $(ARGS)
+
+profile: $(VENV)/.installed
+	$(PY) profile.py --devices cpu,gpu $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
