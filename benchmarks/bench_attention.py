@@ -56,6 +56,7 @@ _ROOT = Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
+from profiling.machine import cpu_model  # noqa: E402
 from profiling import peak_allocated_bytes  # noqa: E402
 from models.attention import build_attention, list_attentions  # noqa: E402
 
@@ -349,17 +350,6 @@ def _mem_available() -> Optional[int]:
 
 
 # --------------------------------------------------------------------------- machine
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
 
 
 def physical_cores() -> Optional[int]:

@@ -21,6 +21,7 @@ from torch.utils.benchmark import Timer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from models.attention import build_attention  # noqa: E402
+from profiling.machine import cpu_model  # noqa: E402
 from profiling import time_fn  # noqa: E402
 
 
@@ -37,16 +38,6 @@ def cases():
                 return attn(x)
 
         yield f"{name} attention, n={n}, d=512, h=8, fwd", fwd
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> int:

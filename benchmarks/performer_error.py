@@ -27,6 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from models.attention import build_attention  # noqa: E402
+from profiling.machine import cpu_model  # noqa: E402
 
 
 def errors(n: int, dim: int, heads: int, features: int, seed: int, qk_scale: float):
@@ -65,16 +66,8 @@ def attention_context(n: int, dim: int, heads: int, qk_scale: float, seed: int =
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:  # a readable CPU model on Linux
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     return (
-        f"{cpu}, {os.cpu_count()} logical cores ({torch.get_num_threads()} torch threads); "
+        f"{cpu_model()}, {os.cpu_count()} logical cores ({torch.get_num_threads()} torch threads); "
         f"Python {platform.python_version()}, torch {torch.__version__}, {platform.system()} {platform.release()}"
     )
 

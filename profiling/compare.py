@@ -21,6 +21,7 @@ import torch
 
 from models.attention import build_attention
 
+from .machine import cpu_model, device_name
 from .timing import time_fn
 
 REFERENCE = "naive"
@@ -59,21 +60,6 @@ def cli_list(args, name: str, default: Sequence, cast=str) -> list:
         return list(default)
     items = [t.strip() for t in value.split(",") if t.strip()] if isinstance(value, str) else list(value)
     return [cast(v) for v in items] or list(default)
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
-
-
-def device_name(device: str) -> str:
-    dev = torch.device(device)
-    return torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_model()
 
 
 def agreement(out: torch.Tensor, ref: torch.Tensor) -> Tuple[float, float]:

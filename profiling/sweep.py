@@ -39,6 +39,7 @@ import torch
 
 from models.attention import attention_options, build_attention, get_attention, list_attentions
 
+from .machine import cpu_model, device_name
 from .flops import FLOP_TOLERANCE, counted_flops, flop_report, ptflops_macs
 from .memory import CPU_MEMORY_METHOD, CUDA_MEMORY_METHOD, measure_peak_memory
 from .results import CSV_COLUMNS, FINISHED, flatten, latest_by_key, point_key, read_points
@@ -241,22 +242,6 @@ def resolved_options(name: str, cfg: SweepConfig) -> Dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------- environment
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
-
-
-def device_name(device: str) -> str:
-    if device == "cuda":
-        return torch.cuda.get_device_name(0)
-    return cpu_model()
 
 
 def git_commit() -> Optional[str]:
