@@ -58,6 +58,7 @@ if str(_ROOT) not in sys.path:
 
 from profiling.machine import cpu_model  # noqa: E402
 from profiling import peak_allocated_bytes  # noqa: E402
+from profiling.report import loglog_slope  # noqa: E402
 from models.attention import build_attention, list_attentions  # noqa: E402
 
 MIB = 2**20
@@ -326,16 +327,6 @@ def summarize(ts: Sequence[float]) -> Dict:
     ms = [t * 1e3 for t in ts]
     q1, q3 = _quartiles(ms)
     return dict(median_ms=statistics.median(ms), min_ms=min(ms), q1_ms=q1, q3_ms=q3, iqr_ms=q3 - q1, runs_ms=ms)
-
-
-def loglog_slope(ns: Sequence[int], ys: Sequence[float]) -> Optional[float]:
-    pts = [(math.log(n), math.log(y)) for n, y in zip(ns, ys) if y and y > 0]
-    if len(pts) < 2:
-        return None
-    mx = sum(p[0] for p in pts) / len(pts)
-    my = sum(p[1] for p in pts) / len(pts)
-    sxx = sum((p[0] - mx) ** 2 for p in pts)
-    return sum((p[0] - mx) * (p[1] - my) for p in pts) / sxx
 
 
 def _mem_available() -> Optional[int]:

@@ -48,20 +48,27 @@ def _ok_values(rows: Iterable[Dict], metric: str) -> Dict[int, float]:
     return out
 
 
+def loglog_slope(ns: Sequence[float], ys: Sequence[float]) -> Optional[float]:
+    """Least-squares slope of log(y) on log(n) over the positive pairs; None with < 2 of them."""
+    pts = [(math.log(n), math.log(y)) for n, y in zip(ns, ys) if n and y and n > 0 and y > 0]
+    if len(pts) < 2:
+        return None
+    mx = sum(p[0] for p in pts) / len(pts)
+    my = sum(p[1] for p in pts) / len(pts)
+    sxx = sum((p[0] - mx) ** 2 for p in pts)
+    if sxx == 0:
+        return None
+    return sum((p[0] - mx) * (p[1] - my) for p in pts) / sxx
+
+
 def scaling_exponent(rows: Iterable[Dict], metric: str = "time") -> Optional[float]:
     """Log-log least-squares slope over the top decade of the "ok" lengths; None with < 2 points."""
     vals = _ok_values(rows, metric)
     if not vals:
         return None
     top = max(vals)
-    pts = [(math.log(n), math.log(v)) for n, v in sorted(vals.items()) if n * 10 >= top]
-    if len(pts) < 2:
-        return None
-    mx = sum(p[0] for p in pts) / len(pts)
-    my = sum(p[1] for p in pts) / len(pts)
-    sxx = sum((p[0] - mx) ** 2 for p in pts)
-    sxy = sum((p[0] - mx) * (p[1] - my) for p in pts)
-    return sxy / sxx if sxx > 0 else None
+    ns = [n for n in sorted(vals) if n * 10 >= top]
+    return loglog_slope(ns, [vals[n] for n in ns])
 
 
 def crossover(rows: Iterable[Dict], baseline_rows: Iterable[Dict], metric: str = "time") -> Crossover:
