@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -7,3 +9,14 @@ def _seed():
     """Every test starts from the same RNG state, so tolerances are checked on fixed data."""
     torch.manual_seed(0)
     yield
+
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data():
+    """../shared/data (real WikiText-2, IMDB, CIFAR-10 copies) when present; skip otherwise."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data not present at {SHARED_DATA}")
+    return SHARED_DATA

@@ -1,0 +1,64 @@
+"""Source selection and seeded splits shared by every DataModule."""
+from pathlib import Path
+
+import pytest
+import torch
+
+from datamodules.common import DataUnavailableError, SourcedDataModule, seeded_split
+
+
+class Toy(SourcedDataModule):
+    name = "Toy"
+    local_hint = "a folder holding toy.txt"
+
+    def __init__(self, hub=False, **kw):
+        super().__init__(**kw)
+        self._hub = hub
+
+    def find_local(self, data_dir: Path):
+        return data_dir if (data_dir / "toy.txt").is_file() else None
+
+    def hub_available(self):
+        return self._hub
+
+
+def test_seeded_split_is_disjoint_complete_and_repeatable():
+    a = seeded_split(100, [0.8, 0.2], seed=3)
+    b = seeded_split(100, [0.8, 0.2], seed=3)
+    c = seeded_split(100, [0.8, 0.2], seed=4)
+    assert [len(t) for t in a] == [80, 20]
+    assert sorted(torch.cat(a).tolist()) == list(range(100))
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert not torch.equal(a[1], c[1])
+    assert [len(t) for t in seeded_split(10, [3, 2], seed=0)] == [3, 2]
+    with pytest.raises(ValueError):
+        seeded_split(10, [8, 5], seed=0)
+
+
+def test_auto_prefers_local_then_hub(tmp_path):
+    (tmp_path / "toy.txt").write_text("x")
+    dm = Toy(data_source="auto", data_dir=str(tmp_path), hub=True)
+    assert dm.resolve_source() == "local" and dm.local_root == tmp_path
+    assert Toy(data_source="auto", data_dir=str(tmp_path / "nowhere"), hub=True).resolve_source() == "hub"
+
+
+def test_auto_without_any_source_names_three_ways_and_never_goes_synthetic(tmp_path):
+    dm = Toy(data_source="auto", data_dir=str(tmp_path), hub=False)
+    with pytest.raises(DataUnavailableError) as e:
+        dm.resolve_source()
+    msg = str(e.value)
+    assert "--data-dir" in msg and "download" in msg and "--data-source synthetic" in msg
+    assert dm.source_used is None
+
+
+def test_local_missing_says_what_layout_is_expected(tmp_path):
+    with pytest.raises(DataUnavailableError, match="toy.txt"):
+        Toy(data_source="local", data_dir=str(tmp_path)).resolve_source()
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="data_source"):
+        Toy(data_source="web")
+    with pytest.raises(ValueError, match="batch_size"):
+        Toy(batch_size=0)
+    assert Toy(data_source="synthetic").resolve_source() == "synthetic"
