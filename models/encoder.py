@@ -21,16 +21,9 @@ from torch import Tensor, nn
 
 from models.attention import Attention, build_attention
 from models.attention import attention_options as attention_options_of
+from models.attention.functional import default, exists
 
 AttentionSpec = Union[str, Type[Attention]]
-
-
-def exists(v) -> bool:
-    return v is not None
-
-
-def default(v, d):
-    return v if exists(v) else d
 
 
 class DropPath(nn.Module):
