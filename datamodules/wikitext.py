@@ -1,0 +1,425 @@
+"""WikiText-2 / WikiText-103 language modelling (Merity et al., 2016) as a Lightning DataModule.
+
+Usage:
+    from datamodules.wikitext import WikiTextDataModule
+
+    dm = WikiTextDataModule(name="wikitext-2", data_source="auto", data_dir="~/data/wikitext-2",
+                            tokenizer="word", seq_len=256, batch_size=32)
+    dm.prepare_data()           # reads/downloads the text, builds the vocabulary, caches int32 streams
+    dm.setup("fit")             # loads the cached streams, cuts them into blocks
+    dm.vocab_size, dm.tokens_per_split, dm.source_used
+    x, y = next(iter(dm.train_dataloader()))   # (batch, seq_len) LongTensors, y = x shifted by one
+    print(dm.decode(x[0]))
+
+Variants: `name` "wikitext-2" | "wikitext-103"; `raw=False` reads the tokenized files
+(`wiki.{train,valid,test}.tokens`, rare words already replaced by `<unk>`), `raw=True` the raw ones
+(`wiki.{train,valid,test}.raw`).
+
+Sources (see common.py): a local folder holding the three official files, either directly
+(`<data_dir>/wiki.train.tokens`) or in a subfolder named like the official zips
+(`<data_dir>/wikitext-2/wiki.train.tokens`, `<data_dir>/wikitext-2-raw/wiki.train.raw`); the hub
+(`datasets.load_dataset("Salesforce/wikitext", "wikitext-2-v1")` and the -raw-/-103- configs); or
+synthetic text drawn from a small seeded Markov chain (learnable, deterministic by `seed`).
+
+Lines: the text is handled one line at a time, exactly as the files are read (universal newlines).
+The hub holds one row per file line, with the trailing "\\n", and "" for the whitespace-only lines
+(" \\n" in the files); so a whitespace-only line counts as an empty line everywhere, and local and
+hub copies give the same token streams.
+
+Tokenizers:
+    "word"  the classic benchmark counting: each line is split on whitespace and followed by one
+            end-of-line token `<eos>` (WikiText-2 train: 2,088,628 tokens, vocabulary 33,278).
+            The vocabulary comes from the training split: `<eos>`, `<unk>` first, then the words by
+            falling frequency, ties in code-point order. The files' own `<unk>` is that same token;
+            a word of valid/test that is not in the vocabulary maps to `<unk>`.
+    "bpe"   a byte-level BPE (`tokenizers` library) trained on the training split's lines, of
+            `bpe_vocab_size` entries including `<eos>`; every line's pieces are followed by `<eos>`.
+
+Blocks: each split's stream is cut into contiguous blocks of `seq_len + 1` tokens taken every
+`seq_len` tokens (one token of overlap), so that every token after the first is a target exactly
+once; item i = (input_ids = block[:-1], targets = block[1:]). The trailing remainder that does
+not fill a block is dropped. All blocks are full, so no padding is needed and `pad_id` is None.
+The training blocks are shuffled by a generator seeded with `seed`; valid/test keep stream order.
+
+Cache: `<cache_dir>/wikitext/<key>/` with `vocab.json` (word) or `tokenizer.json` (bpe), the
+streams `{train,valid,test}.pt` (int32) and `meta.json` (written last: a complete entry). The key
+hashes the variant, the tokenizer settings and the source (a local copy's path, sizes, mtimes;
+the hub config; the synthetic settings), so a second run reuses the entry.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .common import SourcedDataModule, settings_key
+
+log = logging.getLogger(__name__)
+
+NAMES = ("wikitext-2", "wikitext-103")
+TOKENIZERS = ("word", "bpe")
+SPLITS = ("train", "valid", "test")
+HUB_SPLITS = {"train": "train", "valid": "validation", "test": "test"}
+HUB_PATH = "Salesforce/wikitext"
+EOS, UNK = "<eos>", "<unk>"
+CACHE_FORMAT = 1
+
+
+def normalize_line(line: str) -> str:
+    """One line's content as it is tokenized: without its line break; a blank line becomes ""."""
+    line = line.rstrip("\r\n")
+    return line if line.strip() else ""
+
+
+def read_lines(path: Path) -> List[str]:
+    with open(path, encoding="utf-8") as f:  # universal newlines, as the hub's builder read them
+        return [normalize_line(line) for line in f]
+
+
+def split_text(text: str):
+    """(complete lines, unterminated tail or None): the lines of `text` as a file would give them."""
+    parts = re.split(r"\r\n|\r|\n", text)
+    tail = parts.pop()
+    return [normalize_line(p) for p in parts], (tail if tail else None)
+
+
+class LMBlocks(Dataset):
+    """Contiguous next-token blocks over one token stream: block i = stream[i*L : i*L + L + 1]."""
+
+    def __init__(self, stream: torch.Tensor, seq_len: int):
+        self.stream, self.seq_len = stream, seq_len
+        self.n = max(0, (len(stream) - 1) // seq_len)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        block = self.stream[i * self.seq_len : (i + 1) * self.seq_len + 1].long()
+        return block[:-1], block[1:]
+
+
+class _WordVocab:
+    kind = "word"
+
+    def __init__(self, itos: Sequence[str]):
+        self.itos = list(itos)
+        self.stoi = {w: i for i, w in enumerate(self.itos)}
+        self.eos_id, self.unk_id = self.stoi[EOS], self.stoi[UNK]
+
+    @classmethod
+    def build(cls, lines: Iterable[str]) -> "_WordVocab":
+        counts = Counter(w for line in lines for w in line.split())
+        counts.pop(EOS, None)
+        counts.pop(UNK, None)
+        return cls([EOS, UNK] + sorted(counts, key=lambda w: (-counts[w], w)))
+
+    def save(self, folder: Path):
+        (folder / "vocab.json").write_text(json.dumps(self.itos, ensure_ascii=False))
+
+    @classmethod
+    def load(cls, folder: Path) -> "_WordVocab":
+        return cls(json.loads((folder / "vocab.json").read_text()))
+
+    def __len__(self):
+        return len(self.itos)
+
+    def encode_piece(self, text: str) -> List[int]:
+        get, unk = self.stoi.get, self.unk_id
+        return [get(w, unk) for w in text.split()]
+
+    def encode_lines(self, lines: Sequence[str]) -> List[int]:
+        get, unk, eos = self.stoi.get, self.unk_id, self.eos_id
+        out: List[int] = []
+        for line in lines:
+            out.extend(get(w, unk) for w in line.split())
+            out.append(eos)
+        return out
+
+    def decode_piece(self, ids: Sequence[int]) -> str:
+        return " ".join(self.itos[i] for i in ids)
+
+
+class _BPEVocab:
+    kind = "bpe"
+
+    def __init__(self, tok):
+        self.tok = tok
+        self.eos_id = tok.token_to_id(EOS)
+        self.unk_id = None
+
+    @classmethod
+    def build(cls, lines: Sequence[str], vocab_size: int) -> "_BPEVocab":
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS], show_progress=False,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        tok.train_from_iterator(lines, trainer=trainer, length=len(lines))
+        return cls(tok)
+
+    def save(self, folder: Path):
+        self.tok.save(str(folder / "tokenizer.json"))
+
+    @classmethod
+    def load(cls, folder: Path) -> "_BPEVocab":
+        from tokenizers import Tokenizer
+
+        return cls(Tokenizer.from_file(str(folder / "tokenizer.json")))
+
+    def __len__(self):
+        return self.tok.get_vocab_size()
+
+    def encode_piece(self, text: str) -> List[int]:
+        return self.tok.encode(text, add_special_tokens=False).ids if text else []
+
+    def encode_lines(self, lines: Sequence[str]) -> List[int]:
+        out: List[int] = []
+        for enc in self.tok.encode_batch(list(lines), add_special_tokens=False):
+            out.extend(enc.ids)
+            out.append(self.eos_id)
+        return out
+
+    def decode_piece(self, ids: Sequence[int]) -> str:
+        return self.tok.decode(list(ids), skip_special_tokens=False) if ids else ""
+
+
+def markov_lines(n_tokens: int, vocab: int, seed: int, branching: int = 3) -> List[str]:
+    """Lines of words "w0".."w{vocab-1}" from a seeded Markov chain whose states each lead to
+    `branching` successors with fixed, unequal probabilities (so the next word is well predictable);
+    about `n_tokens` tokens counting one end-of-line per line."""
+    g = torch.Generator().manual_seed(seed)
+    succ = torch.stack([torch.randperm(vocab, generator=g)[:branching] for _ in range(vocab)])
+    probs = torch.rand(vocab, branching, generator=g) + 0.2
+    probs = (probs ** 3) / (probs ** 3).sum(1, keepdim=True)
+    succ, cum = succ.tolist(), probs.cumsum(1).tolist()
+    n_lines = n_tokens // 4 + 1  # enough draws: lines are at least 4 words + 1 end-of-line long
+    lengths = torch.randint(4, 17, (n_lines,), generator=g).tolist()
+    draws = iter(torch.rand(n_tokens + 16, generator=g).tolist())
+    lines, total = [], 0
+    state = int(torch.randint(vocab, (1,), generator=g))
+    for length in lengths:
+        if total >= n_tokens:
+            break
+        words = []
+        for _ in range(length):
+            words.append(f"w{state}")
+            u, row = next(draws), cum[state]
+            state = succ[state][next((k for k, c in enumerate(row) if u < c), branching - 1)]
+        lines.append(" " + " ".join(words) + " ")
+        total += length + 1
+    return lines
+
+
+class WikiTextDataModule(SourcedDataModule):
+    """WikiText-2/-103 next-token blocks; see the module docstring."""
+
+    def __init__(self, name: str = "wikitext-2", raw: bool = False, tokenizer: str = "word",
+                 bpe_vocab_size: int = 8192, seq_len: int = 256,
+                 synthetic_tokens: int = 40_000, synthetic_vocab: int = 64,
+                 data_source: str = "auto", data_dir: Optional[str] = None, cache_dir: Optional[str] = None,
+                 batch_size: int = 32, num_workers: int = 0, seed: int = 0):
+        super().__init__(data_source=data_source, data_dir=data_dir, cache_dir=cache_dir,
+                         batch_size=batch_size, num_workers=num_workers, seed=seed)
+        if name not in NAMES:
+            raise ValueError(f"name must be one of {', '.join(NAMES)}, got {name!r}")
+        if tokenizer not in TOKENIZERS:
+            raise ValueError(f"tokenizer must be one of {', '.join(TOKENIZERS)}, got {tokenizer!r}")
+        for arg, value, low in (("seq_len", seq_len, 1), ("bpe_vocab_size", bpe_vocab_size, 257),
+                                ("synthetic_tokens", synthetic_tokens, 10), ("synthetic_vocab", synthetic_vocab, 4)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{arg} must be an integer >= {low}, got {value!r}")
+        self.save_hyperparameters()
+        self.variant, self.raw, self.tokenizer = name, bool(raw), tokenizer
+        self.bpe_vocab_size, self.seq_len = bpe_vocab_size, seq_len
+        self.synthetic_tokens, self.synthetic_vocab = synthetic_tokens, synthetic_vocab
+        self.ext = "raw" if self.raw else "tokens"
+        self.hub_config = f"{name}{'-raw' if self.raw else ''}-v1"
+        # for the base class's messages
+        self.name = f"WikiText-{name.split('-')[1]}{' (raw)' if self.raw else ''}"
+        self.local_hint = (f"the files wiki.train.{self.ext}, wiki.valid.{self.ext}, wiki.test.{self.ext} "
+                           f"in the folder or in a {self.folder_names()[0]}/ subfolder")
+        self.pad_id: Optional[int] = None  # blocks are always full: nothing to pad
+        self.tokens_per_split: Dict[str, int] = {}
+        self.cache_path: Optional[Path] = None
+        self._vocab = None
+        self.train_set = self.val_set = self.test_set = None
+
+    # -- sources
+    def folder_names(self) -> List[str]:
+        return [f"{self.variant}-raw", self.variant] if self.raw else [self.variant]
+
+    def find_local(self, data_dir: Path) -> Optional[Path]:
+        for root in [data_dir] + [data_dir / n for n in self.folder_names()]:
+            if all((root / f"wiki.{s}.{self.ext}").is_file() for s in SPLITS):
+                return root
+        return None
+
+    def _source_identity(self) -> dict:
+        if self.source_used == "local":
+            files = [self.local_root / f"wiki.{s}.{self.ext}" for s in SPLITS]
+            return {"root": str(self.local_root.resolve()),
+                    "files": [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]}
+        if self.source_used == "hub":
+            return {"hub": HUB_PATH, "config": self.hub_config}
+        return {"synthetic_tokens": self.synthetic_tokens, "synthetic_vocab": self.synthetic_vocab, "seed": self.seed}
+
+    def _read_split_lines(self) -> Dict[str, List[str]]:
+        if self.source_used == "local":
+            return {s: read_lines(self.local_root / f"wiki.{s}.{self.ext}") for s in SPLITS}
+        if self.source_used == "hub":
+            import datasets
+
+            ds = self.hub_load(lambda: datasets.load_dataset(HUB_PATH, self.hub_config))
+            try:
+                return {s: [normalize_line(t) for t in ds[HUB_SPLITS[s]]["text"]] for s in SPLITS}
+            except (KeyError, TypeError) as e:
+                raise self.unavailable(f"the hub copy lacks a split or its text column ({e})") from e
+        sizes = {"train": self.synthetic_tokens, "valid": max(10, self.synthetic_tokens // 10),
+                 "test": max(10, self.synthetic_tokens // 10)}
+        lines = markov_lines(sum(sizes.values()), self.synthetic_vocab, self.seed)
+        out, start = {}, 0
+        for s in SPLITS:  # consecutive stretches of one chain run, cut at line ends
+            stop, count = start, 0
+            while stop < len(lines) and (count < sizes[s] or s == "test"):
+                count += len(lines[stop].split()) + 1
+                stop += 1
+            out[s], start = lines[start:stop], stop
+        return out
+
+    # -- cache
+    def _cache_key(self) -> str:
+        return settings_key(format=CACHE_FORMAT, variant=self.variant, raw=self.raw, tokenizer=self.tokenizer,
+                            bpe_vocab_size=self.bpe_vocab_size if self.tokenizer == "bpe" else None,
+                            source=self.source_used, identity=self._source_identity())
+
+    def _cache_folder(self) -> Path:
+        self.resolve_source()
+        return self.cache_dir / "wikitext" / self._cache_key()
+
+    def prepare_data(self):
+        """Read or download the text, build the vocabulary, write the cache entry (once)."""
+        folder = self._cache_folder()
+        if (folder / "meta.json").is_file():
+            return
+        lines = self._read_split_lines()
+        vocab = (_WordVocab.build(lines["train"]) if self.tokenizer == "word"
+                 else _BPEVocab.build(lines["train"], self.bpe_vocab_size))
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".tmp", dir=folder.parent))
+        try:
+            vocab.save(tmp)
+            counts = {}
+            for s in SPLITS:
+                ids = torch.tensor(vocab.encode_lines(lines[s]), dtype=torch.int32)
+                torch.save(ids, tmp / f"{s}.pt")
+                counts[s] = len(ids)
+            meta = {"variant": self.variant, "raw": self.raw, "tokenizer": self.tokenizer, "source": self.source_used,
+                    "vocab_size": len(vocab), "tokens_per_split": counts, "lines_per_split": {s: len(lines[s]) for s in SPLITS}}
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+            try:
+                os.replace(tmp, folder)
+            except OSError:  # another process finished the same entry first
+                if not (folder / "meta.json").is_file():
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def setup(self, stage: Optional[str] = None):
+        folder = self._cache_folder()
+        if not (folder / "meta.json").is_file():
+            self.prepare_data()
+        self.cache_path = folder
+        meta = json.loads((folder / "meta.json").read_text())
+        if self._vocab is None:
+            self._vocab = _WordVocab.load(folder) if self.tokenizer == "word" else _BPEVocab.load(folder)
+        self.tokens_per_split = dict(meta["tokens_per_split"])
+        self.hparams["source_used"] = self.source_used
+
+        def load(split):
+            return LMBlocks(torch.load(folder / f"{split}.pt", weights_only=True), self.seq_len)
+
+        if stage in (None, "fit"):
+            self.train_set = load("train")
+        if stage in (None, "fit", "validate"):
+            self.val_set = load("valid")
+        if stage in (None, "test"):
+            self.test_set = load("test")
+        msg = (f"{self.name} [{self.source_used}, {self.tokenizer}]: vocabulary {self.vocab_size:,}; tokens "
+               + ", ".join(f"{s} {n:,}" for s, n in self.tokens_per_split.items())
+               + f"; blocks of {self.seq_len} + 1")
+        log.info(msg)
+        try:
+            from lightning.pytorch.utilities import rank_zero_info
+            rank_zero_info(msg)
+        except ImportError:  # pragma: no cover
+            print(msg)
+
+    # -- vocabulary
+    @property
+    def vocab(self):
+        if self._vocab is None:
+            raise RuntimeError("call setup() first: the vocabulary is built in prepare_data and loaded in setup")
+        return self._vocab
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    @property
+    def eos_id(self) -> int:
+        return self.vocab.eos_id
+
+    def encode(self, text: str) -> List[int]:
+        """Ids of `text` tokenized as the files are: each complete line followed by `<eos>`; an
+        unterminated last piece (a prompt) gets no `<eos>`."""
+        lines, tail = split_text(text)
+        ids = self.vocab.encode_lines(lines)
+        if tail is not None:
+            ids.extend(self.vocab.encode_piece(tail))
+        return ids
+
+    def decode(self, ids) -> str:
+        """Text of a sequence of ids (list or tensor); `<eos>` becomes a line break."""
+        if isinstance(ids, torch.Tensor):
+            ids = ids.reshape(-1).tolist()
+        eos, out, piece = self.eos_id, [], []
+        for i in ids:
+            if i == eos:
+                out.append(self.vocab.decode_piece(piece) + "\n")
+                piece = []
+            else:
+                piece.append(int(i))
+        if piece:
+            out.append(self.vocab.decode_piece(piece))
+        return "".join(out)
+
+    # -- loaders
+    def _loader(self, dataset, shuffle: bool) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError("call setup() with the matching stage first")
+        kw = self.loader_kwargs(shuffle=shuffle)
+        if shuffle:
+            kw["generator"] = torch.Generator().manual_seed(self.seed)
+        return DataLoader(dataset, **kw)
+
+    def train_dataloader(self):
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self):
+        return self._loader(self.val_set, shuffle=False)
+
+    def test_dataloader(self):
+        return self._loader(self.test_set, shuffle=False)
