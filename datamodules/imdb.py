@@ -1,0 +1,469 @@
+"""IMDB movie-review sentiment (Maas et al., ACL 2011): 25,000 train + 25,000 test reviews, 2 classes.
+
+Usage:
+    from datamodules.imdb import IMDBDataModule
+
+    dm = IMDBDataModule(data_dir="~/data", tokenizer="bpe", vocab_size=16000, max_len=512, batch_size=32)
+    dm.prepare_data()            # find/download, train the tokenizer (train split only), tokenize: all cached
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    # batch["input_ids"] (B, L) long, batch["mask"] (B, L) bool (True = real token), batch["labels"] (B,) long
+    # model: EncoderClassifier(vocab_size=dm.vocab_size, num_classes=dm.num_classes, max_len=dm.seq_len, ...)
+
+Sources (`data_source`, see common.py): "local" reads the official `aclImdb` layout under `data_dir`:
+`<data_dir>/aclImdb/{train,test}/{pos,neg}/<id>_<rating>.txt` (or `<data_dir>/train/pos/...`), or the
+official tarball `<data_dir>/aclImdb_v1.tar.gz` / `<data_dir>/aclImdb.tar.gz` (also under `<data_dir>/imdb/`),
+which is streamed with `tarfile` member by member, never extracted. "hub" loads `stanfordnlp/imdb`
+through `datasets` (ratings are not in that copy: they read -1). "synthetic" generates random token ids
+with a class-dependent signal a model can learn (deterministic by seed). `train/unsup` is ignored.
+
+Tokenizers (`tokenizer`):
+    "bpe"   a byte-pair-encoding subword tokenizer (`tokenizers` library) trained on the official train
+            split only (never on test text), `vocab_size` entries, specials [PAD]=0 [UNK]=1 [CLS]=2,
+            optional lowercasing (default on)
+    "byte"  LRA-style byte level: id = utf-8 byte + 3, vocab 259 (the same three specials), no training,
+            no lowercasing by default
+
+Caches under `<cache_dir>/imdb/<key>/` where key = settings_key(source, data identity, tokenizer,
+vocab size, lowercase): `tokenizer.json` (bpe) and `tokens-L<max_len>[-cls].pt` (flat token ids +
+offsets + labels + ratings for both splits). A second prepare/setup with the same settings reuses both.
+
+Splits: validation is `val_fraction` of the official train split, drawn with `seeded_split(seed)`;
+test is the official test split. Batches are padded dynamically to the longest sequence in the batch
+(at most `max_len`); `bucket_by_length=True` groups similar lengths into batches to cut padding.
+"""
+from __future__ import annotations
+
+import math
+import re
+import tarfile
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from .common import SourcedDataModule, seeded_split, settings_key
+
+PAD, UNK, CLS = "[PAD]", "[UNK]", "[CLS]"
+SPECIALS = (PAD, UNK, CLS)
+PAD_ID, UNK_ID, CLS_ID = 0, 1, 2
+BYTE_OFFSET = len(SPECIALS)
+TOKENIZERS = ("bpe", "byte")
+HUB_NAME = "stanfordnlp/imdb"
+TARBALL_NAMES = ("aclImdb_v1.tar.gz", "aclImdb.tar.gz")
+
+_REVIEW_RE = re.compile(r"(?:^|/)(train|test)/(pos|neg)/(\d+)_(\d+)\.txt$")
+_BR_RE = re.compile(r"<br\s*/?>", re.IGNORECASE)
+
+
+def clean_review(text: str) -> str:
+    """Replace the `<br />` line breaks of the raw reviews by spaces."""
+    return _BR_RE.sub(" ", text).strip()
+
+
+def _empty_split() -> Dict[str, list]:
+    return {"text": [], "label": [], "rating": [], "id": []}
+
+
+def _add_review(out: Dict[str, Dict[str, list]], rel_path: str, raw: bytes) -> None:
+    m = _REVIEW_RE.search(rel_path)
+    if m is None:  # README, imdb.vocab, train/unsup/..., *.feat
+        return
+    split, polarity, rid, rating = m.groups()
+    d = out[split]
+    d["text"].append(clean_review(raw.decode("utf-8", errors="replace")))
+    d["label"].append(1 if polarity == "pos" else 0)
+    d["rating"].append(int(rating))
+    d["id"].append(int(rid))
+
+
+def _sorted(out: Dict[str, Dict[str, list]]) -> Dict[str, Dict[str, list]]:
+    """A fixed order whatever the archive/file-system order: neg before pos, then by id."""
+    for split, d in out.items():
+        order = sorted(range(len(d["id"])), key=lambda i: (d["label"][i], d["id"][i]))
+        out[split] = {k: [v[i] for i in order] for k, v in d.items()}
+    return out
+
+
+def read_aclimdb(root: Path) -> Dict[str, Dict[str, list]]:
+    """Read the official layout from a folder (holding train/ and test/) or from a .tar.gz, streamed.
+
+    Returns {"train": {...}, "test": {...}}, each with lists text, label (pos=1, neg=0), rating, id."""
+    root = Path(root)
+    out = {"train": _empty_split(), "test": _empty_split()}
+    if root.is_file():
+        with tarfile.open(root, "r:*") as tf:
+            for member in tf:  # streaming: one pass over the gzip stream, nothing written to disk
+                if member.isfile() and member.name.endswith(".txt"):
+                    f = tf.extractfile(member)
+                    if f is not None:
+                        _add_review(out, member.name, f.read())
+    else:
+        for split in ("train", "test"):
+            for polarity in ("neg", "pos"):
+                folder = root / split / polarity
+                if folder.is_dir():
+                    for p in folder.iterdir():
+                        if p.suffix == ".txt":
+                            _add_review(out, f"{split}/{polarity}/{p.name}", p.read_bytes())
+    return _sorted(out)
+
+
+def _tarball_has_aclimdb(path: Path) -> bool:
+    try:
+        with tarfile.open(path, "r:*") as tf:
+            for _, member in zip(range(50), tf):
+                if "aclImdb/" in member.name or member.name.rstrip("/") == "aclImdb" or _REVIEW_RE.search(member.name):
+                    return True
+    except (tarfile.TarError, OSError):
+        return False
+    return False
+
+
+# ----------------------------------------------------------------------------------------------- tokenizers
+class ByteTokenizer:
+    """LRA-style byte-level ids: utf-8 byte + 3; [PAD]=0 [UNK]=1 [CLS]=2; vocab 259."""
+
+    vocab_size = 256 + BYTE_OFFSET
+
+    def __init__(self, lowercase: bool = False):
+        self.lowercase = lowercase
+
+    def encode_batch(self, texts: Sequence[str]) -> List[np.ndarray]:
+        out = []
+        for t in texts:
+            if self.lowercase:
+                t = t.lower()
+            out.append(np.frombuffer(t.encode("utf-8"), dtype=np.uint8).astype(np.int32) + BYTE_OFFSET)
+        return out
+
+
+def train_bpe(texts: Sequence[str], vocab_size: int, lowercase: bool):
+    """A BPE tokenizer trained on `texts` with [PAD]=0, [UNK]=1, [CLS]=2."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE(unk_token=UNK))
+    norm = [normalizers.NFD(), normalizers.StripAccents()]
+    if lowercase:
+        norm.insert(1, normalizers.Lowercase())
+    tok.normalizer = normalizers.Sequence(norm)
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIALS), show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer, length=len(texts))
+    assert [tok.token_to_id(s) for s in SPECIALS] == [PAD_ID, UNK_ID, CLS_ID]
+    return tok
+
+
+def _bpe_encode(tok, texts: Sequence[str], chunk: int = 2000) -> List[np.ndarray]:
+    out = []
+    for i in range(0, len(texts), chunk):
+        out.extend(np.asarray(e.ids, dtype=np.int32) for e in tok.encode_batch(list(texts[i : i + chunk]), add_special_tokens=False))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- data
+class TokenizedReviews(Dataset):
+    """Variable-length token sequences stored flat (ids + offsets); items are dicts of tensors."""
+
+    def __init__(self, ids: torch.Tensor, offsets: torch.Tensor, labels: torch.Tensor,
+                 index: Optional[torch.Tensor] = None):
+        self.ids, self.offsets, self.labels = ids, offsets, labels
+        self.index = index if index is not None else torch.arange(len(labels))
+        all_lengths = offsets[1:] - offsets[:-1]
+        self.lengths = all_lengths[self.index]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> dict:
+        j = int(self.index[i])
+        a, b = int(self.offsets[j]), int(self.offsets[j + 1])
+        return {"input_ids": self.ids[a:b].long(), "label": int(self.labels[j])}
+
+
+def collate(batch: List[dict], pad_id: int = PAD_ID) -> dict:
+    """Pad to the longest sequence in the batch: input_ids (B, L) long, mask (B, L) bool, labels (B,)."""
+    lengths = [len(b["input_ids"]) for b in batch]
+    L = max(max(lengths), 1)
+    ids = torch.full((len(batch), L), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), L), dtype=torch.bool)
+    for i, (b, n) in enumerate(zip(batch, lengths)):
+        ids[i, :n] = b["input_ids"]
+        mask[i, :n] = True
+    return {"input_ids": ids, "mask": mask, "labels": torch.tensor([b["label"] for b in batch], dtype=torch.long)}
+
+
+class _Collate:  # picklable for worker processes
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, batch):
+        return collate(batch, self.pad_id)
+
+
+class BucketBatchSampler(Sampler[List[int]]):
+    """Batches of similar lengths. With shuffle: a seeded permutation is cut into pools of
+    `batch_size * pool_batches`, each pool sorted by length and cut into batches, and the batches
+    are shuffled (new order each epoch: seed + epoch). Without shuffle: sorted by length throughout.
+    `num_replicas`/`rank` shard the batches for multi-process runs (each process keeps every
+    num_replicas-th batch; the batch count is rounded down to a multiple of num_replicas)."""
+
+    def __init__(self, lengths: torch.Tensor, batch_size: int, shuffle: bool, seed: int = 0,
+                 pool_batches: int = 50, drop_last: bool = False, num_replicas: int = 1, rank: int = 0):
+        self.lengths = torch.as_tensor(lengths)
+        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
+        self.pool_batches, self.drop_last = pool_batches, drop_last
+        self.num_replicas, self.rank = num_replicas, rank
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _batches(self) -> List[List[int]]:
+        n, bs = len(self.lengths), self.batch_size
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            perm = torch.randperm(n, generator=g)
+            pool = bs * self.pool_batches
+            batches = []
+            for s in range(0, n, pool):
+                chunk = perm[s : s + pool]
+                chunk = chunk[torch.argsort(self.lengths[chunk], stable=True)]
+                batches.extend(chunk[i : i + bs].tolist() for i in range(0, len(chunk), bs))
+            if self.drop_last:
+                batches = [b for b in batches if len(b) == bs]
+            batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
+        else:
+            order = torch.argsort(self.lengths, stable=True)
+            batches = [order[i : i + bs].tolist() for i in range(0, n, bs)]
+            if self.drop_last:
+                batches = [b for b in batches if len(b) == bs]
+        if self.num_replicas > 1:
+            usable = len(batches) - len(batches) % self.num_replicas
+            batches = batches[self.rank : usable : self.num_replicas]
+        return batches
+
+    def __iter__(self) -> Iterator[List[int]]:
+        batches = self._batches()
+        if self.shuffle:
+            self.epoch += 1  # a fresh order next epoch even when nobody calls set_epoch
+        return iter(batches)
+
+    def __len__(self) -> int:
+        return len(self._batches()) if (self.drop_last or self.num_replicas > 1) else math.ceil(len(self.lengths) / self.batch_size)
+
+
+# ----------------------------------------------------------------------------------------------- module
+class IMDBDataModule(SourcedDataModule):
+    """IMDB sentiment (2 classes), BPE or byte-level tokens, dynamic padding; see the module docstring."""
+
+    name = "IMDB"
+    local_hint = ("the official aclImdb folder (<data-dir>/aclImdb/{train,test}/{pos,neg}/<id>_<rating>.txt) "
+                  "or aclImdb_v1.tar.gz in <data-dir>")
+    num_classes = 2
+    pad_id = PAD_ID
+
+    def __init__(self, data_source: str = "auto", data_dir: Optional[str] = None, cache_dir: Optional[str] = None,
+                 tokenizer: str = "bpe", vocab_size: int = 16000, lowercase: Optional[bool] = None,
+                 max_len: int = 512, add_cls: bool = False, val_fraction: float = 0.1,
+                 bucket_by_length: bool = False, batch_size: int = 32, num_workers: int = 0, seed: int = 0,
+                 synthetic_sizes: Sequence[int] = (2000, 500)):
+        super().__init__(data_source=data_source, data_dir=data_dir, cache_dir=cache_dir,
+                         batch_size=batch_size, num_workers=num_workers, seed=seed)
+        if tokenizer not in TOKENIZERS:
+            raise ValueError(f"tokenizer must be one of {', '.join(TOKENIZERS)}, got {tokenizer!r}")
+        if tokenizer == "bpe" and (not isinstance(vocab_size, int) or vocab_size <= len(SPECIALS) + 1):
+            raise ValueError(f"vocab_size must be an integer above {len(SPECIALS) + 1}, got {vocab_size!r}")
+        if not isinstance(max_len, int) or max_len < 1:
+            raise ValueError(f"max_len must be a positive integer, got {max_len!r}")
+        if not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
+        self.tokenizer_kind = tokenizer
+        self.lowercase = (tokenizer == "bpe") if lowercase is None else bool(lowercase)
+        self.max_len, self.seq_len, self.add_cls = max_len, max_len, add_cls
+        self.val_fraction, self.bucket_by_length = val_fraction, bucket_by_length
+        self.synthetic_sizes = tuple(int(s) for s in synthetic_sizes)
+        # the BPE vocabulary may come out smaller than asked on tiny corpora: updated after training
+        self.requested_vocab_size = vocab_size
+        self.vocab_size = ByteTokenizer.vocab_size if tokenizer == "byte" else vocab_size
+        self.tokenizer = None
+        self.train_set = self.val_set = self.test_set = None
+        self.save_hyperparameters(ignore=["data_dir", "cache_dir", "num_workers"])
+
+    # -- source discovery
+    def find_local(self, data_dir: Path) -> Optional[Path]:
+        for root in (data_dir / "aclImdb", data_dir, data_dir / "imdb" / "aclImdb"):
+            if (root / "train" / "pos").is_dir() and (root / "test" / "pos").is_dir():
+                return root
+        for folder in (data_dir, data_dir / "imdb"):
+            for name in TARBALL_NAMES:
+                if (folder / name).is_file() and _tarball_has_aclimdb(folder / name):
+                    return folder / name
+        for folder in (data_dir, data_dir / "imdb"):
+            if folder.is_dir():
+                for p in sorted(folder.glob("*.tar.gz")):
+                    if p.name not in TARBALL_NAMES and _tarball_has_aclimdb(p):
+                        return p
+        return None
+
+    # -- caches
+    def _data_identity(self) -> dict:
+        if self.source_used == "local":
+            p = self.local_root.resolve()
+            st = p.stat()
+            return {"path": str(p), "size": st.st_size if p.is_file() else None, "mtime_ns": st.st_mtime_ns}
+        return {"hub": HUB_NAME}
+
+    def cache_key(self) -> str:
+        return settings_key(source=self.source_used, data=self._data_identity(), tokenizer=self.tokenizer_kind,
+                            vocab_size=self.requested_vocab_size if self.tokenizer_kind == "bpe" else None,
+                            lowercase=self.lowercase)
+
+    @property
+    def cache_path(self) -> Path:
+        return self.cache_dir / "imdb" / self.cache_key()
+
+    @property
+    def tokenizer_path(self) -> Path:
+        return self.cache_path / "tokenizer.json"
+
+    @property
+    def tokens_path(self) -> Path:
+        return self.cache_path / f"tokens-L{self.max_len}{'-cls' if self.add_cls else ''}.pt"
+
+    # -- raw data
+    def _read_raw(self) -> Dict[str, Dict[str, list]]:
+        if self.source_used == "local":
+            raw = read_aclimdb(self.local_root)
+            if not raw["train"]["text"] or not raw["test"]["text"]:
+                raise self.unavailable(f"no reviews were found in {self.local_root}")
+            return raw
+
+        def load():
+            import datasets
+            return datasets.load_dataset(HUB_NAME)
+
+        ds = self.hub_load(load)
+        raw = {}
+        for split in ("train", "test"):
+            d = ds[split]
+            texts = [clean_review(t) for t in d["text"]]
+            raw[split] = {"text": texts, "label": [int(x) for x in d["label"]], "rating": [-1] * len(texts),
+                          "id": list(range(len(texts)))}
+        return raw
+
+    def _load_tokenizer(self):
+        if self.tokenizer_kind == "byte":
+            return ByteTokenizer(self.lowercase)
+        from tokenizers import Tokenizer
+        return Tokenizer.from_file(str(self.tokenizer_path))
+
+    def _encode(self, tok, texts: Sequence[str]) -> List[np.ndarray]:
+        return tok.encode_batch(texts) if isinstance(tok, ByteTokenizer) else _bpe_encode(tok, texts)
+
+    def _pack(self, seqs: List[np.ndarray], d: Dict[str, list]) -> dict:
+        keep = self.max_len - (1 if self.add_cls else 0)
+        seqs = [s[:keep] for s in seqs]
+        if self.add_cls:
+            seqs = [np.concatenate([np.array([CLS_ID], dtype=np.int32), s]) for s in seqs]
+        lengths = np.array([len(s) for s in seqs], dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(lengths)])
+        flat = np.concatenate(seqs) if seqs else np.zeros(0, dtype=np.int32)
+        dtype = torch.int16 if max(self.vocab_size, self.requested_vocab_size) <= 32767 else torch.int32
+        return {"ids": torch.from_numpy(flat.astype(np.int32)).to(dtype), "offsets": torch.from_numpy(offsets),
+                "labels": torch.tensor(d["label"], dtype=torch.int8), "ratings": torch.tensor(d["rating"], dtype=torch.int8)}
+
+    # -- lightning hooks
+    def prepare_data(self) -> None:
+        """Find or download the reviews, train the tokenizer (bpe), tokenize both splits: all cached."""
+        source = self.resolve_source()
+        if source == "synthetic" or self.tokens_path.is_file():
+            return
+        raw = self._read_raw()
+        self.cache_path.mkdir(parents=True, exist_ok=True)
+        if self.tokenizer_kind == "bpe" and not self.tokenizer_path.is_file():
+            tok = train_bpe(raw["train"]["text"], self.requested_vocab_size, self.lowercase)  # train split only
+            tmp = self.tokenizer_path.with_suffix(".json.tmp")
+            tok.save(str(tmp))
+            tmp.replace(self.tokenizer_path)
+        tok = self._load_tokenizer()
+        packed = {split: self._pack(self._encode(tok, raw[split]["text"]), raw[split]) for split in ("train", "test")}
+        packed["vocab_size"] = tok.get_vocab_size() if self.tokenizer_kind == "bpe" else ByteTokenizer.vocab_size
+        tmp = self.tokens_path.with_suffix(".pt.tmp")
+        torch.save(packed, tmp)
+        tmp.replace(self.tokens_path)
+
+    def _synthetic(self) -> dict:
+        """Random ids with a learnable signal: each review carries words from its class's small
+        'sentiment' vocabulary (about 1 in 8 positions), the rest is uniform noise."""
+        g = torch.Generator().manual_seed(self.seed)
+        V = self.vocab_size
+        lo = BYTE_OFFSET
+        n_signal = 8
+        pos_words = torch.arange(lo, lo + n_signal)
+        neg_words = torch.arange(lo + n_signal, lo + 2 * n_signal)
+        out = {}
+        for split, n in zip(("train", "test"), self.synthetic_sizes):
+            labels = torch.randint(0, 2, (n,), generator=g)
+            min_len = max(1, self.max_len // 4)
+            lengths = torch.randint(min_len, self.max_len + 1, (n,), generator=g)
+            seqs = []
+            for lab, length in zip(labels.tolist(), lengths.tolist()):
+                s = torch.randint(lo + 2 * n_signal, V, (length,), generator=g)
+                hit = torch.rand(length, generator=g) < 0.125
+                hit[0] = True  # every review carries at least one signal word
+                words = pos_words if lab == 1 else neg_words
+                s[hit] = words[torch.randint(0, n_signal, (int(hit.sum()),), generator=g)]
+                if self.add_cls:
+                    s[0] = CLS_ID
+                seqs.append(s.numpy().astype(np.int32))
+            out[split] = self._pack(seqs, {"label": labels.tolist(), "rating": [-1] * n})
+        out["vocab_size"] = V
+        return out
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        if self.train_set is not None:
+            return
+        source = self.resolve_source()
+        if source == "synthetic":
+            packed = self._synthetic()
+        else:
+            if not self.tokens_path.is_file():  # prepare_data runs on one process per node; be safe alone
+                self.prepare_data()
+            packed = torch.load(self.tokens_path, weights_only=True)
+            if self.tokenizer_kind == "bpe":
+                self.tokenizer = self._load_tokenizer()
+        self.vocab_size = int(packed["vocab_size"])
+        tr, te = packed["train"], packed["test"]
+        n_val = int(round(self.val_fraction * len(tr["labels"])))
+        val_idx, train_idx = seeded_split(len(tr["labels"]), [n_val, len(tr["labels"]) - n_val], seed=self.seed)
+        self.train_set = TokenizedReviews(tr["ids"], tr["offsets"], tr["labels"], train_idx)
+        self.val_set = TokenizedReviews(tr["ids"], tr["offsets"], tr["labels"], val_idx)
+        self.test_set = TokenizedReviews(te["ids"], te["offsets"], te["labels"])
+        self.test_ratings = te["ratings"]
+        self.hparams["source_used"] = source
+
+    # -- loaders
+    def _loader(self, ds: TokenizedReviews, shuffle: bool) -> DataLoader:
+        kw = self.loader_kwargs(shuffle=shuffle)
+        kw["collate_fn"] = _Collate(self.pad_id)
+        if not self.bucket_by_length:
+            return DataLoader(ds, **kw)
+        batch_size = kw.pop("batch_size")
+        kw.pop("shuffle")
+        trainer = getattr(self, "trainer", None)
+        replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        sampler = BucketBatchSampler(ds.lengths, batch_size, shuffle=shuffle, seed=self.seed,
+                                     num_replicas=replicas, rank=rank)
+        return DataLoader(ds, batch_sampler=sampler, **kw)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, shuffle=False)
