@@ -1,0 +1,556 @@
+"""CIFAR-10 (and any image-folder data set) as uint8 tensor caches with torch-only augmentation.
+
+Sources (see `SourcedDataModule`):
+    local      one of three layouts under `data_dir` (searched there and one folder down):
+                 * `cifar-10-batches-py/` - the official python pickle batches (data_batch_1..5, test_batch,
+                   batches.meta); MD5s are verified (see `verify_checksums`)
+                 * an image folder `<root>/{train,test}/<class>/*.jpg|png` (class = folder name, sorted); this
+                   also serves ImageNet-100-style folders at other resolutions (give `image_size` when the
+                   images differ in size: shorter side resized, then centre-cropped)
+                 * `train.tar.gz` + `test.tar.gz` holding such folders (e.g. `CIFAR-10-images/train/<class>/`)
+    hub        `datasets.load_dataset("uoft-cs/cifar10")` (columns "img", "label")
+    synthetic  random images with class-dependent patterns, deterministic by seed
+
+Every real source is decoded ONCE into a uint8 tensor cache (N, 3, H, W) + int64 labels, one file per split,
+under `cache_dir/cifar10/<settings_key>/{train,test}.pt`, and reused on later runs. A tar.gz is streamed
+straight into that cache (its members are never written out as 60,000 small files): the decoded cache is the
+one-time extraction, and the tar is not opened again once the cache exists.
+
+Augmentation runs PER BATCH in the DataLoader's collate function, vectorised torch ops on the whole batch
+(`BatchTransform`). Its random generator is the DataModule's own (seeded by `seed`) when `num_workers == 0`,
+and in a worker process it is seeded from the worker's seed, which the DataLoader draws from the DataModule's
+seeded loader generator: runs with the same seed and worker count see the same augmented batches.
+    "standard"  random crop with padding (`crop_padding`, default 4, `padding_mode` "reflect" or "zeros")
+                + horizontal flip
+    "strong"    random-resized-crop-like scale/aspect jitter (affine_grid/grid_sample) + flip + colour jitter
+                (brightness, contrast, saturation) + random erasing (erased area set to 0 after normalisation)
+    "none"      normalisation only
+Normalisation uses per-channel mean/std computed from the training cache (all training images, before the
+validation split); for the full CIFAR-10 training set they are checked against the known values
+(0.4914, 0.4822, 0.4465) / (0.2470, 0.2435, 0.2616) within `CIFAR10_STATS_TOL`.
+
+Batches: (images float32 (B, 3, H, W) normalised, labels int64 (B,)).
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+import os
+import pickle
+import tarfile
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from .common import SourcedDataModule, seeded_split, settings_key
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+# JPEG (quality ~75) copies shift the statistics by up to a few 1e-3; 0.01 leaves room and still catches a
+# wrong channel order, a wrong scale or a per-image std.
+CIFAR10_STATS_TOL = 0.01
+
+# Official MD5s of the python batches (the torchvision reference list).
+CIFAR10_MD5 = {
+    "data_batch_1": "c99cafc152244af753f735de768cd75f",
+    "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+    "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+    "data_batch_4": "634d18415352ddfa80567beed471001a",
+    "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+    "test_batch": "40351d587109b95175f43aff81a1287e",
+    "batches.meta": "5ff9c542aee3614f3951f8cda6e48888",
+}
+# An official batch holds 10,000 images of 3,072 bytes: a file at least this large claims to be one.
+OFFICIAL_BATCH_MIN_BYTES = 10_000 * 3072
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+SPLITS = ("train", "test")
+AUGMENTS = ("none", "standard", "strong")
+
+
+class ChecksumError(RuntimeError):
+    """A file named like an official CIFAR-10 batch does not have the official content."""
+
+
+def md5sum(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------- decoding
+def decode_image(data: bytes, image_size: Optional[int]) -> torch.Tensor:
+    """JPEG/PNG bytes -> uint8 (3, H, W); with image_size: shorter side resized, then centre-cropped."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        return pil_to_tensor(im, image_size)
+
+
+def pil_to_tensor(im, image_size: Optional[int]) -> torch.Tensor:
+    from PIL import Image
+
+    im = im.convert("RGB")
+    if image_size is not None and im.size != (image_size, image_size):
+        w, h = im.size
+        s = image_size / min(w, h)
+        nw, nh = max(image_size, round(w * s)), max(image_size, round(h * s))
+        im = im.resize((nw, nh), Image.BICUBIC)
+        left, top = (nw - image_size) // 2, (nh - image_size) // 2
+        im = im.crop((left, top, left + image_size, top + image_size))
+    t = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
+    return t.view(im.size[1], im.size[0], 3).permute(2, 0, 1).contiguous()
+
+
+def stack_images(images: List[torch.Tensor], where: str) -> torch.Tensor:
+    sizes = {tuple(t.shape) for t in images}
+    if len(sizes) != 1:
+        raise ValueError(f"images in {where} differ in size ({sorted(sizes)[:4]}...): pass image_size to resize them")
+    return torch.stack(images)
+
+
+def _labelled(items: List[Tuple[str, str, bytes]], classes: Optional[Sequence[str]], image_size, where):
+    """items: (class name, file name, bytes) -> images, labels, classes (sorted folder names)."""
+    if not items:
+        raise ValueError(f"no images ({', '.join(IMAGE_EXTS)}) found in {where}")
+    classes = list(classes) if classes is not None else sorted({c for c, _, _ in items})
+    index = {c: i for i, c in enumerate(classes)}
+    unknown = sorted({c for c, _, _ in items} - set(index))
+    if unknown:
+        raise ValueError(f"{where} has classes {unknown} that the training split does not have")
+    items = sorted(items, key=lambda it: (index[it[0]], it[1]))
+    images = stack_images([decode_image(b, image_size) for _, _, b in items], where)
+    labels = torch.tensor([index[c] for c, _, _ in items], dtype=torch.int64)
+    return images, labels, classes
+
+
+def read_folder_split(split_dir: Path, classes, image_size):
+    items = [(p.parent.name, p.name, p.read_bytes())
+             for d in sorted(x for x in split_dir.iterdir() if x.is_dir())
+             for p in sorted(d.iterdir()) if p.suffix.lower() in IMAGE_EXTS]
+    return _labelled(items, classes, image_size, str(split_dir))
+
+
+def read_tar_split(tar_path: Path, classes, image_size):
+    """Stream `<anything>/<class>/<file>.jpg` members of a tar.gz straight into tensors."""
+    items = []
+    with tarfile.open(tar_path, "r:*") as tf:
+        for m in tf:
+            if not m.isfile() or Path(m.name).suffix.lower() not in IMAGE_EXTS:
+                continue
+            parts = Path(m.name).parts
+            if len(parts) < 2 or any(p.startswith(".") for p in parts):
+                continue
+            items.append((parts[-2], parts[-1], tf.extractfile(m).read()))
+    return _labelled(items, classes, image_size, str(tar_path))
+
+
+def read_pickle_split(root: Path, split: str, image_size, verify: str):
+    names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+    meta_path = root / "batches.meta"
+    if meta_path.is_file():
+        check_md5(meta_path, verify, is_meta=True)
+        with open(meta_path, "rb") as f:
+            meta = pickle.load(f, encoding="bytes")
+        classes = [c.decode() if isinstance(c, bytes) else c for c in meta[b"label_names"]]
+    else:
+        classes = list(CIFAR10_CLASSES)
+    datas, labels = [], []
+    for name in names:
+        path = root / name
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: the official cifar-10-batches-py holds {', '.join(names)}")
+        check_md5(path, verify)
+        with open(path, "rb") as f:
+            d = pickle.load(f, encoding="bytes")
+        data = torch.as_tensor(d[b"data"]).to(torch.uint8)
+        if data.ndim != 2 or data.shape[1] != 3072:
+            raise ValueError(f"{path}: b'data' should be (N, 3072) uint8, got {tuple(data.shape)}")
+        datas.append(data.view(-1, 3, 32, 32))
+        labels.append(torch.as_tensor(list(d[b"labels"]), dtype=torch.int64))
+    images, labels = torch.cat(datas), torch.cat(labels)
+    if image_size is not None and image_size != 32:
+        images = F.interpolate(images.float(), size=(image_size, image_size), mode="bicubic",
+                               align_corners=False).round().clamp(0, 255).to(torch.uint8)
+    return images, labels, classes
+
+
+def check_md5(path: Path, verify, is_meta: bool = False) -> None:
+    """verify=True: check every file with an official name; "auto": only the batches whose size says they
+    claim to be official full batches (>= 10,000 images), so hand-made small batches in the same format load;
+    False: never."""
+    expected = CIFAR10_MD5.get(path.name)
+    if expected is None or verify is False:
+        return
+    if verify == "auto" and (is_meta or path.stat().st_size < OFFICIAL_BATCH_MIN_BYTES):
+        return
+    got = md5sum(path)
+    if got != expected:
+        raise ChecksumError(
+            f"checksum mismatch for {path}: MD5 {got}, the official CIFAR-10 {path.name} has {expected}. "
+            f"The file is corrupt or not the official one: download cifar-10-python.tar.gz again "
+            f"(or pass verify_checksums=False for a hand-made file in the same format).")
+
+
+def synthetic_split(n: int, seed: int, image_size: int, num_classes: int = 10):
+    """Class-dependent patterns: each class has a base colour and a stripe orientation/frequency, plus noise."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, num_classes, (n,), generator=g)
+    cg = torch.Generator().manual_seed(12345)  # the class patterns are the same for every split and seed
+    colours = torch.rand(num_classes, 3, generator=cg) * 0.6 + 0.2
+    angles = torch.arange(num_classes) * math.pi / num_classes
+    freqs = 2 * math.pi * (1 + torch.arange(num_classes) % 3) / image_size * 2
+    yy, xx = torch.meshgrid(torch.arange(image_size, dtype=torch.float32),
+                            torch.arange(image_size, dtype=torch.float32), indexing="ij")
+    phase = torch.rand(n, generator=g) * 2 * math.pi
+    a, f = angles[labels].view(n, 1, 1), freqs[labels].view(n, 1, 1)
+    stripes = torch.sin(f * (xx * torch.cos(a) + yy * torch.sin(a)) + phase.view(n, 1, 1))
+    img = colours[labels].view(n, 3, 1, 1) + 0.2 * stripes.unsqueeze(1)
+    img = img + 0.08 * torch.randn(n, 3, image_size, image_size, generator=g)
+    return (img.clamp(0, 1) * 255).round().to(torch.uint8), labels
+
+
+def channel_stats(images: torch.Tensor, chunk: int = 4096) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
+    """Per-channel mean/std over every pixel of uint8 (N, C, H, W) images, scaled to [0, 1]."""
+    c = images.shape[1]
+    s = torch.zeros(c, dtype=torch.float64)
+    s2 = torch.zeros(c, dtype=torch.float64)
+    for i in range(0, len(images), chunk):
+        x = images[i : i + chunk].to(torch.float64).div_(255.0)
+        s += x.sum(dim=(0, 2, 3))
+        s2 += (x * x).sum(dim=(0, 2, 3))
+    n = images.numel() / c
+    mean = s / n
+    std = (s2 / n - mean * mean).clamp_min(0).sqrt()
+    return tuple(mean.tolist()), tuple(std.tolist())
+
+
+# --------------------------------------------------------------------------------------------- datasets
+class ImageTensorDataset(Dataset):
+    """uint8 images + labels; items are (image uint8 (3, H, W), label, index) so collates can seed by index."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, indices: Optional[torch.Tensor] = None):
+        self.images, self.labels = images, labels
+        self.indices = indices if indices is not None else torch.arange(len(images))
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        j = int(self.indices[i])
+        return self.images[j], int(self.labels[j]), int(i)
+
+
+def stack_items(items):
+    images = torch.stack([it[0] for it in items])
+    labels = torch.tensor([it[1] for it in items], dtype=torch.int64)
+    index = torch.tensor([it[2] for it in items], dtype=torch.int64)
+    return images, labels, index
+
+
+class WorkerGenerator:
+    """A torch.Generator: the given one in the main process; in a worker, one seeded from the worker's seed
+    (drawn by the DataLoader from its seeded generator), so results do not depend on process timing."""
+
+    def __init__(self, generator: torch.Generator, salt: int = 0):
+        self.generator, self.salt = generator, salt
+        self._worker_key, self._worker_gen = None, None
+
+    def get(self) -> torch.Generator:
+        info = torch.utils.data.get_worker_info()
+        if info is None:
+            return self.generator
+        key = (os.getpid(), info.seed)
+        if key != self._worker_key:
+            self._worker_key = key
+            self._worker_gen = torch.Generator().manual_seed((info.seed * 1_000_003 + self.salt) % (2**63))
+        return self._worker_gen
+
+
+class BatchTransform:
+    """uint8 (B, C, H, W) -> augmented, normalised float32 batch; all ops vectorised over the batch."""
+
+    def __init__(self, mean, std, augment: str = "standard", crop_padding: int = 4, padding_mode: str = "reflect"):
+        if augment not in AUGMENTS:
+            raise ValueError(f"augment must be one of {AUGMENTS}, got {augment!r}")
+        if padding_mode not in ("reflect", "zeros"):
+            raise ValueError(f"padding_mode must be 'reflect' or 'zeros', got {padding_mode!r}")
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        self.augment, self.crop_padding, self.padding_mode = augment, crop_padding, padding_mode
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+    def __call__(self, images: torch.Tensor, train: bool, g: Optional[torch.Generator] = None) -> torch.Tensor:
+        x = images.float().div_(255.0)
+        if train and self.augment == "standard":
+            x = hflip(random_crop(x, self.crop_padding, self.padding_mode, g), g)
+        elif train and self.augment == "strong":
+            x = hflip(random_resized_crop(x, g), g)
+            x = color_jitter(x, g)
+        x = self.normalize(x)
+        if train and self.augment == "strong":
+            x = random_erasing(x, g)
+        return x
+
+
+def random_crop(x: torch.Tensor, padding: int, padding_mode: str, g) -> torch.Tensor:
+    """Pad by `padding` and crop back to (H, W) at a random offset per sample."""
+    if padding <= 0:
+        return x
+    b, c, h, w = x.shape
+    mode = "reflect" if padding_mode == "reflect" else "constant"
+    xp = F.pad(x, (padding,) * 4, mode=mode)
+    oy = torch.randint(0, 2 * padding + 1, (b,), generator=g)
+    ox = torch.randint(0, 2 * padding + 1, (b,), generator=g)
+    rows = (oy[:, None] + torch.arange(h))[:, None, :, None]
+    cols = (ox[:, None] + torch.arange(w))[:, None, None, :]
+    return xp[torch.arange(b)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
+
+
+def hflip(x: torch.Tensor, g, p: float = 0.5) -> torch.Tensor:
+    flip = torch.rand(x.shape[0], generator=g) < p
+    return torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+
+
+def random_resized_crop(x: torch.Tensor, g, scale=(0.35, 1.0), ratio=(3 / 4, 4 / 3)) -> torch.Tensor:
+    """Crop a random area fraction in `scale` with aspect ratio in `ratio`, resized back to (H, W)."""
+    b = x.shape[0]
+    area = torch.empty(b).uniform_(*scale, generator=g)
+    logr = torch.empty(b).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=g)
+    r = logr.exp()
+    sw, sh = (area * r).sqrt().clamp(max=1.0), (area / r).sqrt().clamp(max=1.0)
+    cx = (torch.rand(b, generator=g) * 2 - 1) * (1 - sw)
+    cy = (torch.rand(b, generator=g) * 2 - 1) * (1 - sh)
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = sw, cx, sh, cy
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def color_jitter(x: torch.Tensor, g, brightness=0.4, contrast=0.4, saturation=0.4) -> torch.Tensor:
+    b = x.shape[0]
+
+    def factor(s):
+        return torch.empty(b, 1, 1, 1).uniform_(1 - s, 1 + s, generator=g)
+
+    w = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    x = (x * factor(brightness)).clamp(0, 1)
+    gray_mean = (x * w).sum(1, keepdim=True).mean(dim=(2, 3), keepdim=True)
+    x = ((x - gray_mean) * factor(contrast) + gray_mean).clamp(0, 1)
+    gray = (x * w).sum(1, keepdim=True)
+    return ((x - gray) * factor(saturation) + gray).clamp(0, 1)
+
+
+def random_erasing(x: torch.Tensor, g, p=0.25, scale=(0.02, 0.33), ratio=(0.3, 3.3)) -> torch.Tensor:
+    """Zero (= the data mean after normalisation) one random rectangle in a fraction p of the samples."""
+    b, _, h, w = x.shape
+    apply = torch.rand(b, generator=g) < p
+    area = torch.empty(b).uniform_(*scale, generator=g) * h * w
+    r = torch.empty(b).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=g).exp()
+    eh = (area / r).sqrt().round().clamp(1, h).long()
+    ew = (area * r).sqrt().round().clamp(1, w).long()
+    y0 = (torch.rand(b, generator=g) * (h - eh + 1)).floor().long()
+    x0 = (torch.rand(b, generator=g) * (w - ew + 1)).floor().long()
+    yy, xx = torch.arange(h).view(1, h, 1), torch.arange(w).view(1, 1, w)
+    box = ((yy >= y0.view(b, 1, 1)) & (yy < (y0 + eh).view(b, 1, 1))
+           & (xx >= x0.view(b, 1, 1)) & (xx < (x0 + ew).view(b, 1, 1)) & apply.view(b, 1, 1))
+    return x.masked_fill(box.unsqueeze(1), 0.0)
+
+
+class ClassificationCollate:
+    def __init__(self, transform: BatchTransform, train: bool, gen: WorkerGenerator):
+        self.transform, self.train, self.gen = transform, train, gen
+
+    def __call__(self, items):
+        images, labels, _ = stack_items(items)
+        return self.transform(images, self.train, self.gen.get() if self.train else None), labels
+
+
+# --------------------------------------------------------------------------------------------- module
+class CIFAR10DataModule(SourcedDataModule):
+    name = "CIFAR-10"
+    local_hint = ("cifar-10-batches-py/ (the official python batches), an image folder <root>/{train,test}/<class>/*.jpg|png, "
+                  "or train.tar.gz + test.tar.gz holding such folders")
+
+    def __init__(self, data_source: str = "auto", data_dir: Optional[str] = None, cache_dir: Optional[str] = None,
+                 batch_size: int = 128, num_workers: int = 0, seed: int = 0, val_size: int = 5000,
+                 image_size: Optional[int] = None, augment: str = "standard", crop_padding: int = 4,
+                 padding_mode: str = "reflect", verify_checksums="auto", hub_name: str = "uoft-cs/cifar10",
+                 synthetic_sizes: Tuple[int, int] = (10_000, 2_000), check_stats: bool = True):
+        super().__init__(data_source=data_source, data_dir=data_dir, cache_dir=cache_dir, batch_size=batch_size,
+                         num_workers=num_workers, seed=seed)
+        if augment not in AUGMENTS:
+            raise ValueError(f"augment must be one of {AUGMENTS}, got {augment!r}")
+        if padding_mode not in ("reflect", "zeros"):
+            raise ValueError(f"padding_mode must be 'reflect' or 'zeros', got {padding_mode!r}")
+        if verify_checksums not in (True, False, "auto"):
+            raise ValueError(f"verify_checksums must be True, False or 'auto', got {verify_checksums!r}")
+        if isinstance(val_size, bool) or not isinstance(val_size, int) or val_size < 0:
+            raise ValueError(f"val_size must be a non-negative integer, got {val_size!r}")
+        self.save_hyperparameters()
+        self.val_size, self.augment = val_size, augment
+        self.crop_padding, self.padding_mode = crop_padding, padding_mode
+        self.verify_checksums, self.hub_name = verify_checksums, hub_name
+        self.synthetic_sizes, self.check_stats = synthetic_sizes, check_stats
+        self.requested_image_size = image_size
+        self.image_size = image_size if image_size is not None else 32
+        self.channels = 3
+        self.num_classes = 10
+        self.classes: List[str] = list(CIFAR10_CLASSES)
+        self.mean: Optional[Tuple[float, ...]] = None
+        self.std: Optional[Tuple[float, ...]] = None
+        self.local_format: Optional[str] = None  # "pickle" | "folder" | "tar"
+        self.train_set = self.val_set = self.test_set = None
+        self._splits: Dict[str, Tuple[torch.Tensor, torch.Tensor]] = {}
+        self._aug_gen = torch.Generator().manual_seed(seed)
+        self._loader_gen = torch.Generator().manual_seed(seed + 1)
+
+    # -- finding a local copy
+    def find_local(self, data_dir: Path) -> Optional[Path]:
+        if not data_dir.is_dir():
+            return None
+        candidates = [data_dir] + sorted(p for p in data_dir.iterdir() if p.is_dir())
+        for root in candidates:
+            for r in (root, root / "cifar-10-batches-py"):
+                if (r / "data_batch_1").is_file() and (r / "test_batch").is_file():
+                    self.local_format = "pickle"
+                    return r
+        for root in candidates:
+            if all((root / f"{s}.tar.gz").is_file() for s in SPLITS):
+                self.local_format = "tar"
+                return root
+        for root in candidates:
+            if all((root / s).is_dir() and any(p.is_dir() for p in (root / s).iterdir()) for s in SPLITS):
+                self.local_format = "folder"
+                return root
+        return None
+
+    # -- caching
+    def cache_key(self) -> str:
+        source = self.resolve_source()
+        settings = dict(source=source, image_size=self.requested_image_size)
+        if source == "local":
+            settings.update(format=self.local_format, root=str(self.local_root.resolve()))
+            if self.local_format == "tar":
+                settings["tars"] = [(p.stat().st_size, int(p.stat().st_mtime)) for p in
+                                    (self.local_root / f"{s}.tar.gz" for s in SPLITS)]
+        elif source == "hub":
+            settings["hub_name"] = self.hub_name
+        return settings_key(**settings)
+
+    @property
+    def cache_path(self) -> Path:
+        return self.cache_dir / "cifar10" / self.cache_key()
+
+    def _decode_split(self, split: str):
+        source = self.resolve_source()
+        size = self.requested_image_size
+        if source == "hub":
+            return self._decode_hub(split, size)
+        if self.local_format == "pickle":
+            return read_pickle_split(self.local_root, split, size, self.verify_checksums)
+        if self.local_format == "tar":
+            return read_tar_split(self.local_root / f"{split}.tar.gz", None, size)
+        return read_folder_split(self.local_root / split, None, size)
+
+    def _decode_hub(self, split: str, size):
+        if not hasattr(self, "_hub_ds"):
+            import datasets
+
+            self._hub_ds = self.hub_load(lambda: datasets.load_dataset(self.hub_name))
+        ds = self._hub_ds[split]
+        img_col = "img" if "img" in ds.column_names else "image"
+        feat = getattr(ds, "features", {}).get("label") if hasattr(ds, "features") else None
+        classes = list(getattr(feat, "names", None) or CIFAR10_CLASSES)
+        images = stack_images([pil_to_tensor(row[img_col], size) for row in ds], f"{self.hub_name}[{split}]")
+        labels = torch.tensor(list(ds["label"]), dtype=torch.int64)
+        return images, labels, classes
+
+    def load_split(self, split: str) -> Tuple[torch.Tensor, torch.Tensor, List[str]]:
+        """uint8 images (N, 3, H, W), int64 labels, class names for "train" or "test"; decoded once into the
+        cache, read back from it afterwards (synthetic data is generated, not cached)."""
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        if self.resolve_source() == "synthetic":
+            n = self.synthetic_sizes[0 if split == "train" else 1]
+            images, labels = synthetic_split(n, self.seed * 2 + (split == "test"), self.image_size)
+            return images, labels, list(CIFAR10_CLASSES)
+        path = self.cache_path / f"{split}.pt"
+        if path.is_file():
+            blob = torch.load(path, weights_only=True)
+            return blob["images"], blob["labels"], list(blob["classes"])
+        images, labels, classes = self._decode_split(split)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        torch.save({"images": images, "labels": labels, "classes": list(classes)}, tmp)
+        os.replace(tmp, path)
+        return images, labels, list(classes)
+
+    def compute_stats(self, train_images: torch.Tensor, classes: Sequence[str]):
+        mean, std = channel_stats(train_images)
+        is_full_cifar = (len(train_images) == 50_000 and list(classes) == list(CIFAR10_CLASSES)
+                         and tuple(train_images.shape[1:]) == (3, 32, 32))
+        if self.check_stats and is_full_cifar:
+            for got, known, what in ((mean, CIFAR10_MEAN, "mean"), (std, CIFAR10_STD, "std")):
+                if max(abs(a - b) for a, b in zip(got, known)) > CIFAR10_STATS_TOL:
+                    raise ValueError(f"CIFAR-10 training {what} {tuple(round(v, 4) for v in got)} differs from the known "
+                                     f"{known} by more than {CIFAR10_STATS_TOL}: the decoded data is wrong "
+                                     f"(channel order, scaling or content)")
+        return mean, std
+
+    # -- Lightning hooks
+    def prepare_data(self):
+        self.resolve_source()
+        if self.source_used != "synthetic":
+            for split in SPLITS:
+                self.load_split(split)
+
+    def setup(self, stage: Optional[str] = None):
+        if self.train_set is not None:
+            return
+        train_x, train_y, classes = self.load_split("train")
+        test_x, test_y, test_classes = self.load_split("test")
+        if list(test_classes) != list(classes):
+            raise ValueError(f"the test split's classes {test_classes} differ from the training split's {classes}: "
+                             f"labels would not match")
+        if tuple(test_x.shape[1:]) != tuple(train_x.shape[1:]):
+            raise ValueError(f"test images {tuple(test_x.shape[1:])} and training images {tuple(train_x.shape[1:])} "
+                             f"differ in size: pass image_size")
+        self.classes, self.num_classes = list(classes), len(classes)
+        self.image_size, self.channels = int(train_x.shape[-1]), int(train_x.shape[1])
+        self.mean, self.std = self.compute_stats(train_x, classes)
+        if self.val_size >= len(train_x):
+            raise ValueError(f"val_size {self.val_size} leaves no training images out of {len(train_x)}")
+        val_idx, train_idx = seeded_split(len(train_x), [self.val_size, len(train_x) - self.val_size], self.seed)
+        train_idx, val_idx = train_idx.sort().values, val_idx.sort().values
+        self.train_set = ImageTensorDataset(train_x, train_y, train_idx)
+        self.val_set = ImageTensorDataset(train_x, train_y, val_idx)
+        self.test_set = ImageTensorDataset(test_x, test_y)
+        self.transform = BatchTransform(self.mean, self.std, self.augment, self.crop_padding, self.padding_mode)
+        self.hparams["source_used"] = self.source_used
+
+    def _loader(self, dataset, shuffle: bool, collate):
+        kw = self.loader_kwargs(shuffle)
+        return DataLoader(dataset, collate_fn=collate, generator=self._loader_gen, **kw)
+
+    def train_dataloader(self):
+        self.setup("fit")
+        return self._loader(self.train_set, True,
+                            ClassificationCollate(self.transform, True, WorkerGenerator(self._aug_gen)))
+
+    def val_dataloader(self):
+        self.setup("fit")
+        return self._loader(self.val_set, False, ClassificationCollate(self.transform, False, WorkerGenerator(self._aug_gen)))
+
+    def test_dataloader(self):
+        self.setup("test")
+        return self._loader(self.test_set, False, ClassificationCollate(self.transform, False, WorkerGenerator(self._aug_gen)))
