@@ -39,6 +39,8 @@ import math
 import os
 import pickle
 import tarfile
+import tempfile
+import zlib
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -46,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from .common import SourcedDataModule, seeded_split, settings_key
+from .common import DataUnavailableError, SourcedDataModule, seeded_split, settings_key
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -71,6 +73,8 @@ OFFICIAL_BATCH_MIN_BYTES = 10_000 * 3072
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 SPLITS = ("train", "test")
 AUGMENTS = ("none", "standard", "strong")
+# what a truncated or damaged .tar.gz raises while it is streamed
+TAR_ERRORS = (tarfile.TarError, EOFError, zlib.error, OSError)
 
 
 class ChecksumError(RuntimeError):
@@ -109,24 +113,43 @@ def pil_to_tensor(im, image_size: Optional[int]) -> torch.Tensor:
     return t.view(im.size[1], im.size[0], 3).permute(2, 0, 1).contiguous()
 
 
-def stack_images(images: List[torch.Tensor], where: str) -> torch.Tensor:
-    sizes = {tuple(t.shape) for t in images}
-    if len(sizes) != 1:
-        raise ValueError(f"images in {where} differ in size ({sorted(sizes)[:4]}...): pass image_size to resize them")
+def _hw(t: torch.Tensor) -> str:
+    return f"{t.shape[-2]}x{t.shape[-1]}"
+
+
+def stack_images(images: List[torch.Tensor], where: str, names: Optional[Sequence[str]] = None) -> torch.Tensor:
+    """Stack equally sized images; otherwise one DataUnavailableError naming an odd image and both sizes."""
+    first = tuple(images[0].shape)
+    for i, t in enumerate(images):
+        if tuple(t.shape) != first:
+            name = (lambda k: names[k]) if names is not None else (lambda k: f"{where}[{k}]")
+            raise DataUnavailableError(
+                f"{name(i)} is {_hw(t)} (height x width) but {name(0)} is {_hw(images[0])}: the images in {where} "
+                f"differ in size, pass image_size to resize them all to one size")
     return torch.stack(images)
 
 
 def _labelled(items: List[Tuple[str, str, bytes]], classes: Optional[Sequence[str]], image_size, where):
-    """items: (class name, file name, bytes) -> images, labels, classes (sorted folder names)."""
+    """items: (class name, file name, bytes) -> images, labels, classes (sorted folder names; `classes`, the
+    training split's, when given: a class folder not among them is an error)."""
     if not items:
-        raise ValueError(f"no images ({', '.join(IMAGE_EXTS)}) found in {where}")
+        raise DataUnavailableError(f"no images ({', '.join(IMAGE_EXTS)}) found in {where}")
     classes = list(classes) if classes is not None else sorted({c for c, _, _ in items})
     index = {c: i for i, c in enumerate(classes)}
     unknown = sorted({c for c, _, _ in items} - set(index))
     if unknown:
-        raise ValueError(f"{where} has classes {unknown} that the training split does not have")
+        raise DataUnavailableError(
+            f"{where} has the class folder {unknown[0]!r}{f' (and {len(unknown) - 1} more)' if len(unknown) > 1 else ''} "
+            f"that the training split does not have (its classes: {', '.join(classes)})")
     items = sorted(items, key=lambda it: (index[it[0]], it[1]))
-    images = stack_images([decode_image(b, image_size) for _, _, b in items], where)
+    names = [f"{where}/{c}/{n}" for c, n, _ in items]
+    images = []
+    for name, (_, _, data) in zip(names, items):
+        try:
+            images.append(decode_image(data, image_size))
+        except Exception as e:  # noqa: BLE001 - PIL raises many kinds for a damaged file
+            raise DataUnavailableError(f"{name} is not a readable image ({type(e).__name__}: {e})") from e
+    images = stack_images(images, where, names)
     labels = torch.tensor([index[c] for c, _, _ in items], dtype=torch.int64)
     return images, labels, classes
 
@@ -141,15 +164,36 @@ def read_folder_split(split_dir: Path, classes, image_size):
 def read_tar_split(tar_path: Path, classes, image_size):
     """Stream `<anything>/<class>/<file>.jpg` members of a tar.gz straight into tensors."""
     items = []
-    with tarfile.open(tar_path, "r:*") as tf:
-        for m in tf:
-            if not m.isfile() or Path(m.name).suffix.lower() not in IMAGE_EXTS:
-                continue
-            parts = Path(m.name).parts
-            if len(parts) < 2 or any(p.startswith(".") for p in parts):
-                continue
-            items.append((parts[-2], parts[-1], tf.extractfile(m).read()))
+    try:
+        with tarfile.open(tar_path, "r:*") as tf:
+            for m in tf:
+                if not m.isfile() or Path(m.name).suffix.lower() not in IMAGE_EXTS:
+                    continue
+                parts = Path(m.name).parts
+                if len(parts) < 2 or any(p.startswith(".") for p in parts):
+                    continue
+                items.append((parts[-2], parts[-1], tf.extractfile(m).read()))
+    except TAR_ERRORS as e:
+        raise corrupt_archive(tar_path, e) from e
     return _labelled(items, classes, image_size, str(tar_path))
+
+
+def corrupt_archive(path: Path, e: BaseException) -> DataUnavailableError:
+    return DataUnavailableError(f"{path} is truncated or corrupt and cannot be read to the end "
+                                f"({type(e).__name__}: {e}): download it again")
+
+
+def _load_pickle(path: Path) -> dict:
+    """One pickled dict of the official python batches; a damaged file is one clear error naming it."""
+    try:
+        with open(path, "rb") as f:
+            d = pickle.load(f, encoding="bytes")
+        if not isinstance(d, dict):
+            raise TypeError(f"a {type(d).__name__}, not a dict")
+        return d
+    except Exception as e:  # noqa: BLE001 - unpickling garbage raises almost anything
+        raise DataUnavailableError(f"{path} is corrupt: it is not a pickled CIFAR-10 batch "
+                                   f"({type(e).__name__}: {str(e)[:120]}); download cifar-10-python.tar.gz again") from e
 
 
 def read_pickle_split(root: Path, split: str, image_size, verify: str):
@@ -157,8 +201,9 @@ def read_pickle_split(root: Path, split: str, image_size, verify: str):
     meta_path = root / "batches.meta"
     if meta_path.is_file():
         check_md5(meta_path, verify, is_meta=True)
-        with open(meta_path, "rb") as f:
-            meta = pickle.load(f, encoding="bytes")
+        meta = _load_pickle(meta_path)
+        if b"label_names" not in meta:
+            raise DataUnavailableError(f"{meta_path} is corrupt: it has no b'label_names' entry")
         classes = [c.decode() if isinstance(c, bytes) else c for c in meta[b"label_names"]]
     else:
         classes = list(CIFAR10_CLASSES)
@@ -168,11 +213,13 @@ def read_pickle_split(root: Path, split: str, image_size, verify: str):
         if not path.is_file():
             raise FileNotFoundError(f"{path} is missing: the official cifar-10-batches-py holds {', '.join(names)}")
         check_md5(path, verify)
-        with open(path, "rb") as f:
-            d = pickle.load(f, encoding="bytes")
+        d = _load_pickle(path)
+        if b"data" not in d or b"labels" not in d:
+            raise DataUnavailableError(f"{path} is corrupt: it lacks the b'data' or b'labels' entry of a CIFAR-10 batch")
         data = torch.as_tensor(d[b"data"]).to(torch.uint8)
-        if data.ndim != 2 or data.shape[1] != 3072:
-            raise ValueError(f"{path}: b'data' should be (N, 3072) uint8, got {tuple(data.shape)}")
+        if data.ndim != 2 or data.shape[1] != 3072 or len(d[b"labels"]) != data.shape[0]:
+            raise DataUnavailableError(f"{path} is corrupt: b'data' should be (N, 3072) uint8 with N labels, "
+                                       f"got {tuple(data.shape)} and {len(d[b'labels'])} labels")
         datas.append(data.view(-1, 3, 32, 32))
         labels.append(torch.as_tensor(list(d[b"labels"]), dtype=torch.int64))
     images, labels = torch.cat(datas), torch.cat(labels)
@@ -215,6 +262,29 @@ def synthetic_split(n: int, seed: int, image_size: int, num_classes: int = 10):
     img = colours[labels].view(n, 3, 1, 1) + 0.2 * stripes.unsqueeze(1)
     img = img + 0.08 * torch.randn(n, 3, image_size, image_size, generator=g)
     return (img.clamp(0, 1) * 255).round().to(torch.uint8), labels
+
+
+def folder_fingerprint(folder: Path) -> Tuple[int, int, int]:
+    """(files, total bytes, newest mtime) of the class folders' images: cheap, and changes when they change."""
+    n = size = newest = 0
+    for d in sorted(x for x in folder.iterdir() if x.is_dir()):
+        for e in os.scandir(d):
+            if e.is_file() and Path(e.name).suffix.lower() in IMAGE_EXTS:
+                st = e.stat()
+                n, size, newest = n + 1, size + st.st_size, max(newest, st.st_mtime_ns)
+    return n, size, newest
+
+
+def atomic_save(obj, path: Path) -> None:
+    """torch.save to a temporary file in the same folder, renamed into place: never a half-written `path`."""
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def channel_stats(images: torch.Tensor, chunk: int = 4096) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
@@ -367,12 +437,15 @@ def random_erasing(x: torch.Tensor, g, p=0.25, scale=(0.02, 0.33), ratio=(0.3, 3
 
 
 class ClassificationCollate:
-    def __init__(self, transform: BatchTransform, train: bool, gen: WorkerGenerator):
-        self.transform, self.train, self.gen = transform, train, gen
+    """(images, labels), or (images, labels, index) with `return_index`: the samples' positions in the data set."""
+
+    def __init__(self, transform: BatchTransform, train: bool, gen: WorkerGenerator, return_index: bool = False):
+        self.transform, self.train, self.gen, self.return_index = transform, train, gen, return_index
 
     def __call__(self, items):
-        images, labels, _ = stack_items(items)
-        return self.transform(images, self.train, self.gen.get() if self.train else None), labels
+        images, labels, index = stack_items(items)
+        images = self.transform(images, self.train, self.gen.get() if self.train else None)
+        return (images, labels, index) if self.return_index else (images, labels)
 
 
 # --------------------------------------------------------------------------------------------- module
@@ -385,7 +458,10 @@ class CIFAR10DataModule(SourcedDataModule):
                  batch_size: int = 128, num_workers: int = 0, seed: int = 0, val_size: int = 5000,
                  image_size: Optional[int] = None, augment: str = "standard", crop_padding: int = 4,
                  padding_mode: str = "reflect", verify_checksums="auto", hub_name: str = "uoft-cs/cifar10",
-                 synthetic_sizes: Tuple[int, int] = (10_000, 2_000), check_stats: bool = True):
+                 synthetic_sizes: Tuple[int, int] = (10_000, 2_000), check_stats: bool = True,
+                 return_index: bool = False):
+        """`return_index=True`: batches are (images, labels, index), index = the samples' positions in their
+        split's data set (for checks such as which samples each process saw)."""
         super().__init__(data_source=data_source, data_dir=data_dir, cache_dir=cache_dir, batch_size=batch_size,
                          num_workers=num_workers, seed=seed)
         if augment not in AUGMENTS:
@@ -396,11 +472,19 @@ class CIFAR10DataModule(SourcedDataModule):
             raise ValueError(f"verify_checksums must be True, False or 'auto', got {verify_checksums!r}")
         if isinstance(val_size, bool) or not isinstance(val_size, int) or val_size < 0:
             raise ValueError(f"val_size must be a non-negative integer, got {val_size!r}")
+        if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1):
+            raise ValueError(f"image_size must be None or a positive integer, got {image_size!r}")
+        if isinstance(crop_padding, bool) or not isinstance(crop_padding, int) or crop_padding < 0:
+            raise ValueError(f"crop_padding must be a non-negative integer, got {crop_padding!r}")
+        if (not isinstance(synthetic_sizes, (tuple, list)) or len(synthetic_sizes) != 2
+                or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in synthetic_sizes)):
+            raise ValueError(f"synthetic_sizes must be two positive integers (train, test), got {synthetic_sizes!r}")
         self.save_hyperparameters()
         self.val_size, self.augment = val_size, augment
         self.crop_padding, self.padding_mode = crop_padding, padding_mode
         self.verify_checksums, self.hub_name = verify_checksums, hub_name
-        self.synthetic_sizes, self.check_stats = synthetic_sizes, check_stats
+        self.synthetic_sizes, self.check_stats = tuple(synthetic_sizes), check_stats
+        self.return_index = bool(return_index)
         self.requested_image_size = image_size
         self.image_size = image_size if image_size is not None else 32
         self.channels = 3
@@ -443,15 +527,23 @@ class CIFAR10DataModule(SourcedDataModule):
             if self.local_format == "tar":
                 settings["tars"] = [(p.stat().st_size, int(p.stat().st_mtime)) for p in
                                     (self.local_root / f"{s}.tar.gz" for s in SPLITS)]
+            elif self.local_format == "folder":
+                settings["folders"] = [folder_fingerprint(self.local_root / s) for s in SPLITS]
+            else:
+                settings["batches"] = [(p.name, p.stat().st_size, int(p.stat().st_mtime))
+                                       for p in sorted(self.local_root.iterdir()) if p.is_file()]
         elif source == "hub":
             settings["hub_name"] = self.hub_name
         return settings_key(**settings)
 
     @property
     def cache_path(self) -> Path:
-        return self.cache_dir / "cifar10" / self.cache_key()
+        if getattr(self, "_cache_key", None) is None:  # computed once per module: a folder's fingerprint walks it
+            self._cache_key = self.cache_key()
+        return self.cache_dir / "cifar10" / self._cache_key
 
-    def _decode_split(self, split: str):
+    def _decode_split(self, split: str, classes: Optional[Sequence[str]] = None):
+        """Decode one split; `classes` (the training split's) fixes the labels of an image-folder test split."""
         source = self.resolve_source()
         size = self.requested_image_size
         if source == "hub":
@@ -459,8 +551,8 @@ class CIFAR10DataModule(SourcedDataModule):
         if self.local_format == "pickle":
             return read_pickle_split(self.local_root, split, size, self.verify_checksums)
         if self.local_format == "tar":
-            return read_tar_split(self.local_root / f"{split}.tar.gz", None, size)
-        return read_folder_split(self.local_root / split, None, size)
+            return read_tar_split(self.local_root / f"{split}.tar.gz", classes, size)
+        return read_folder_split(self.local_root / split, classes, size)
 
     def _decode_hub(self, split: str, size):
         if not hasattr(self, "_hub_ds"):
@@ -480,20 +572,51 @@ class CIFAR10DataModule(SourcedDataModule):
         cache, read back from it afterwards (synthetic data is generated, not cached)."""
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        return self.load_splits([split])[split]
+
+    def load_splits(self, splits: Sequence[str] = SPLITS) -> Dict[str, Tuple[torch.Tensor, torch.Tensor, List[str]]]:
+        """Several splits at once. The splits not cached yet are all decoded and checked against each other
+        (a test class folder the training split lacks, different image sizes) BEFORE any is written, and each
+        is written to a temporary file renamed into place: a failed run leaves no cache file behind."""
         if self.resolve_source() == "synthetic":
-            n = self.synthetic_sizes[0 if split == "train" else 1]
-            images, labels = synthetic_split(n, self.seed * 2 + (split == "test"), self.image_size)
-            return images, labels, list(CIFAR10_CLASSES)
+            out = {}
+            for split in splits:
+                n = self.synthetic_sizes[0 if split == "train" else 1]
+                images, labels = synthetic_split(n, self.seed * 2 + (split == "test"), self.image_size)
+                out[split] = (images, labels, list(CIFAR10_CLASSES))
+            return out
+        out, missing = {}, []
+        for split in splits:
+            path = self.cache_path / f"{split}.pt"
+            if path.is_file():
+                blob = torch.load(path, weights_only=True)
+                out[split] = (blob["images"], blob["labels"], list(blob["classes"]))
+            else:
+                missing.append(split)
+        if not missing:
+            return out
+        train_classes = out["train"][2] if "train" in out else self._cached_classes("train")
+        decoded = {}
+        for split in SPLITS:  # train first: its classes label the test split
+            if split in missing:
+                decoded[split] = self._decode_split(split, train_classes if split == "test" else None)
+                if split == "train":
+                    train_classes = decoded[split][2]
+        if len(decoded) == 2 and tuple(decoded["train"][0].shape[1:]) != tuple(decoded["test"][0].shape[1:]):
+            tr, te = decoded["train"][0], decoded["test"][0]
+            raise DataUnavailableError(f"the test images of {self.local_root or self.hub_name} are {_hw(te)} but the "
+                                       f"training images are {_hw(tr)}: pass image_size to resize both")
+        self.cache_path.mkdir(parents=True, exist_ok=True)
+        for split, (images, labels, classes) in decoded.items():
+            atomic_save({"images": images, "labels": labels, "classes": list(classes)}, self.cache_path / f"{split}.pt")
+        out.update(decoded)
+        return out
+
+    def _cached_classes(self, split: str) -> Optional[List[str]]:
         path = self.cache_path / f"{split}.pt"
-        if path.is_file():
-            blob = torch.load(path, weights_only=True)
-            return blob["images"], blob["labels"], list(blob["classes"])
-        images, labels, classes = self._decode_split(split)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save({"images": images, "labels": labels, "classes": list(classes)}, tmp)
-        os.replace(tmp, path)
-        return images, labels, list(classes)
+        if not path.is_file():
+            return None
+        return list(torch.load(path, weights_only=True, mmap=True)["classes"])
 
     def compute_stats(self, train_images: torch.Tensor, classes: Sequence[str]):
         mean, std = channel_stats(train_images)
@@ -510,18 +633,19 @@ class CIFAR10DataModule(SourcedDataModule):
     # -- Lightning hooks
     def prepare_data(self):
         self.resolve_source()
-        if self.source_used != "synthetic":
-            for split in SPLITS:
-                self.load_split(split)
+        if self.source_used != "synthetic" and not all((self.cache_path / f"{s}.pt").is_file() for s in SPLITS):
+            self.load_splits(SPLITS)
 
     def setup(self, stage: Optional[str] = None):
         if self.train_set is not None:
             return
-        train_x, train_y, classes = self.load_split("train")
-        test_x, test_y, test_classes = self.load_split("test")
+        splits = self.load_splits(SPLITS)
+        train_x, train_y, classes = splits["train"]
+        test_x, test_y, test_classes = splits["test"]
         if list(test_classes) != list(classes):
-            raise ValueError(f"the test split's classes {test_classes} differ from the training split's {classes}: "
-                             f"labels would not match")
+            extra = [c for c in test_classes if c not in classes] or [c for c in classes if c not in test_classes]
+            raise DataUnavailableError(f"the test split's classes {test_classes} differ from the training split's "
+                                       f"{classes} (e.g. {extra[:1]}): labels would not match")
         if tuple(test_x.shape[1:]) != tuple(train_x.shape[1:]):
             raise ValueError(f"test images {tuple(test_x.shape[1:])} and training images {tuple(train_x.shape[1:])} "
                              f"differ in size: pass image_size")
@@ -542,15 +666,17 @@ class CIFAR10DataModule(SourcedDataModule):
         kw = self.loader_kwargs(shuffle)
         return DataLoader(dataset, collate_fn=collate, generator=self._loader_gen, **kw)
 
+    def _collate(self, train: bool) -> ClassificationCollate:
+        return ClassificationCollate(self.transform, train, WorkerGenerator(self._aug_gen), self.return_index)
+
     def train_dataloader(self):
         self.setup("fit")
-        return self._loader(self.train_set, True,
-                            ClassificationCollate(self.transform, True, WorkerGenerator(self._aug_gen)))
+        return self._loader(self.train_set, True, self._collate(True))
 
     def val_dataloader(self):
         self.setup("fit")
-        return self._loader(self.val_set, False, ClassificationCollate(self.transform, False, WorkerGenerator(self._aug_gen)))
+        return self._loader(self.val_set, False, self._collate(False))
 
     def test_dataloader(self):
         self.setup("test")
-        return self._loader(self.test_set, False, ClassificationCollate(self.transform, False, WorkerGenerator(self._aug_gen)))
+        return self._loader(self.test_set, False, self._collate(False))

@@ -14,8 +14,9 @@ Sources (`data_source`, see common.py): "local" reads the official `aclImdb` lay
 `<data_dir>/aclImdb/{train,test}/{pos,neg}/<id>_<rating>.txt` (or `<data_dir>/train/pos/...`), or the
 official tarball `<data_dir>/aclImdb_v1.tar.gz` / `<data_dir>/aclImdb.tar.gz` (also under `<data_dir>/imdb/`),
 which is streamed with `tarfile` member by member, never extracted. "hub" loads `stanfordnlp/imdb`
-through `datasets` (ratings are not in that copy: they read -1). "synthetic" generates random token ids
-with a class-dependent signal a model can learn (deterministic by seed). `train/unsup` is ignored.
+through `datasets` (ratings are not in that copy: they read -1). "synthetic" generates a long-range matching
+task (a key token early, a query token late; label = whether they form a pair) that attention can
+learn and a bag of words cannot (deterministic by seed). `train/unsup` is ignored.
 
 Tokenizers (`tokenizer`):
     "bpe"   a byte-pair-encoding subword tokenizer (`tokenizers` library) trained on the official train
@@ -35,8 +36,11 @@ test is the official test split. Batches are padded dynamically to the longest s
 from __future__ import annotations
 
 import math
+import os
 import re
 import tarfile
+import tempfile
+import zlib
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence
 
@@ -44,7 +48,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .common import SourcedDataModule, seeded_split, settings_key
+from .common import DataUnavailableError, SourcedDataModule, seeded_split, settings_key
 
 PAD, UNK, CLS = "[PAD]", "[UNK]", "[CLS]"
 SPECIALS = (PAD, UNK, CLS)
@@ -94,12 +98,16 @@ def read_aclimdb(root: Path) -> Dict[str, Dict[str, list]]:
     root = Path(root)
     out = {"train": _empty_split(), "test": _empty_split()}
     if root.is_file():
-        with tarfile.open(root, "r:*") as tf:
-            for member in tf:  # streaming: one pass over the gzip stream, nothing written to disk
-                if member.isfile() and member.name.endswith(".txt"):
-                    f = tf.extractfile(member)
-                    if f is not None:
-                        _add_review(out, member.name, f.read())
+        try:
+            with tarfile.open(root, "r:*") as tf:
+                for member in tf:  # streaming: one pass over the gzip stream, nothing written to disk
+                    if member.isfile() and member.name.endswith(".txt"):
+                        f = tf.extractfile(member)
+                        if f is not None:
+                            _add_review(out, member.name, f.read())
+        except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
+            raise DataUnavailableError(f"{root} is truncated or corrupt and cannot be read to the end "
+                                       f"({type(e).__name__}: {e}): download aclImdb_v1.tar.gz again") from e
     else:
         for split in ("train", "test"):
             for polarity in ("neg", "pos"):
@@ -111,15 +119,28 @@ def read_aclimdb(root: Path) -> Dict[str, Dict[str, list]]:
     return _sorted(out)
 
 
-def _tarball_has_aclimdb(path: Path) -> bool:
+def _tarball_has_aclimdb(path: Path) -> Optional[bool]:
+    """True/False: whether the first members look like aclImdb; None: the file cannot be read as a tar.gz."""
     try:
         with tarfile.open(path, "r:*") as tf:
             for _, member in zip(range(50), tf):
                 if "aclImdb/" in member.name or member.name.rstrip("/") == "aclImdb" or _REVIEW_RE.search(member.name):
                     return True
-    except (tarfile.TarError, OSError):
-        return False
+    except (tarfile.TarError, EOFError, zlib.error, OSError):
+        return None
     return False
+
+
+def _atomic_write(path: Path, write) -> None:
+    """write(tmp_path) into a temporary file beside `path`, renamed into place: never a half-written `path`."""
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 # ----------------------------------------------------------------------------------------------- tokenizers
@@ -180,11 +201,12 @@ class TokenizedReviews(Dataset):
     def __getitem__(self, i: int) -> dict:
         j = int(self.index[i])
         a, b = int(self.offsets[j]), int(self.offsets[j + 1])
-        return {"input_ids": self.ids[a:b].long(), "label": int(self.labels[j])}
+        return {"input_ids": self.ids[a:b].long(), "label": int(self.labels[j]), "index": int(i)}
 
 
 def collate(batch: List[dict], pad_id: int = PAD_ID) -> dict:
-    """Pad to the longest sequence in the batch: input_ids (B, L) long, mask (B, L) bool, labels (B,)."""
+    """Pad to the longest sequence in the batch: input_ids (B, L) long, mask (B, L) bool, labels (B,),
+    index (B,) long: the samples' positions in their split's data set."""
     lengths = [len(b["input_ids"]) for b in batch]
     L = max(max(lengths), 1)
     ids = torch.full((len(batch), L), pad_id, dtype=torch.long)
@@ -192,7 +214,10 @@ def collate(batch: List[dict], pad_id: int = PAD_ID) -> dict:
     for i, (b, n) in enumerate(zip(batch, lengths)):
         ids[i, :n] = b["input_ids"]
         mask[i, :n] = True
-    return {"input_ids": ids, "mask": mask, "labels": torch.tensor([b["label"] for b in batch], dtype=torch.long)}
+    out = {"input_ids": ids, "mask": mask, "labels": torch.tensor([b["label"] for b in batch], dtype=torch.long)}
+    if all("index" in b for b in batch):
+        out["index"] = torch.tensor([b["index"] for b in batch], dtype=torch.long)
+    return out
 
 
 class _Collate:  # picklable for worker processes
@@ -207,8 +232,11 @@ class BucketBatchSampler(Sampler[List[int]]):
     """Batches of similar lengths. With shuffle: a seeded permutation is cut into pools of
     `batch_size * pool_batches`, each pool sorted by length and cut into batches, and the batches
     are shuffled (new order each epoch: seed + epoch). Without shuffle: sorted by length throughout.
-    `num_replicas`/`rank` shard the batches for multi-process runs (each process keeps every
-    num_replicas-th batch; the batch count is rounded down to a multiple of num_replicas)."""
+    `num_replicas`/`rank` shard the batches for multi-process runs: each process keeps every
+    num_replicas-th batch. Every process must get the same number of batches, so when the count is not a
+    multiple of num_replicas the largest batches are split in two until it is: the processes' samples stay
+    disjoint and together cover the epoch (no sample dropped, none repeated). Only with fewer samples than
+    processes are batches repeated."""
 
     def __init__(self, lengths: torch.Tensor, batch_size: int, shuffle: bool, seed: int = 0,
                  pool_batches: int = 50, drop_last: bool = False, num_replicas: int = 1, rank: int = 0):
@@ -241,8 +269,8 @@ class BucketBatchSampler(Sampler[List[int]]):
             if self.drop_last:
                 batches = [b for b in batches if len(b) == bs]
         if self.num_replicas > 1:
-            usable = len(batches) - len(batches) % self.num_replicas
-            batches = batches[self.rank : usable : self.num_replicas]
+            batches = _even_batches(batches, self.num_replicas)
+            batches = batches[self.rank :: self.num_replicas]
         return batches
 
     def __iter__(self) -> Iterator[List[int]]:
@@ -253,6 +281,21 @@ class BucketBatchSampler(Sampler[List[int]]):
 
     def __len__(self) -> int:
         return len(self._batches()) if (self.drop_last or self.num_replicas > 1) else math.ceil(len(self.lengths) / self.batch_size)
+
+
+def _even_batches(batches: List[List[int]], replicas: int) -> List[List[int]]:
+    """Make the batch count a multiple of `replicas` by splitting the largest batches in two (in place of
+    the batch: its first half, then its second); repeat leading batches only when no batch can be split."""
+    batches = [list(b) for b in batches]
+    while len(batches) % replicas:
+        k = max(range(len(batches)), key=lambda i: len(batches[i])) if batches else -1
+        if k < 0 or len(batches[k]) < 2:
+            need = replicas - len(batches) % replicas
+            batches += [list(b) for b in (batches * need)[:need]] if batches else []
+            break
+        b = batches[k]
+        batches[k : k + 1] = [b[: len(b) // 2], b[len(b) // 2 :]]
+    return batches
 
 
 # ----------------------------------------------------------------------------------------------- module
@@ -274,12 +317,16 @@ class IMDBDataModule(SourcedDataModule):
                          batch_size=batch_size, num_workers=num_workers, seed=seed)
         if tokenizer not in TOKENIZERS:
             raise ValueError(f"tokenizer must be one of {', '.join(TOKENIZERS)}, got {tokenizer!r}")
-        if tokenizer == "bpe" and (not isinstance(vocab_size, int) or vocab_size <= len(SPECIALS) + 1):
+        if tokenizer == "bpe" and (isinstance(vocab_size, bool) or not isinstance(vocab_size, int)
+                                   or vocab_size <= len(SPECIALS) + 1):
             raise ValueError(f"vocab_size must be an integer above {len(SPECIALS) + 1}, got {vocab_size!r}")
-        if not isinstance(max_len, int) or max_len < 1:
+        if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1:
             raise ValueError(f"max_len must be a positive integer, got {max_len!r}")
-        if not 0.0 <= val_fraction < 1.0:
+        if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0.0 <= val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
+        if (not isinstance(synthetic_sizes, (tuple, list)) or len(synthetic_sizes) != 2
+                or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in synthetic_sizes)):
+            raise ValueError(f"synthetic_sizes must be two positive integers (train, test), got {synthetic_sizes!r}")
         self.tokenizer_kind = tokenizer
         self.lowercase = (tokenizer == "bpe") if lowercase is None else bool(lowercase)
         self.max_len, self.seq_len, self.add_cls = max_len, max_len, add_cls
@@ -299,7 +346,8 @@ class IMDBDataModule(SourcedDataModule):
                 return root
         for folder in (data_dir, data_dir / "imdb"):
             for name in TARBALL_NAMES:
-                if (folder / name).is_file() and _tarball_has_aclimdb(folder / name):
+                # an official name that cannot be read (None) is taken too: reading it names it as corrupt
+                if (folder / name).is_file() and _tarball_has_aclimdb(folder / name) is not False:
                     return folder / name
         for folder in (data_dir, data_dir / "imdb"):
             if folder.is_dir():
@@ -385,43 +433,61 @@ class IMDBDataModule(SourcedDataModule):
         self.cache_path.mkdir(parents=True, exist_ok=True)
         if self.tokenizer_kind == "bpe" and not self.tokenizer_path.is_file():
             tok = train_bpe(raw["train"]["text"], self.requested_vocab_size, self.lowercase)  # train split only
-            tmp = self.tokenizer_path.with_suffix(".json.tmp")
-            tok.save(str(tmp))
-            tmp.replace(self.tokenizer_path)
+            _atomic_write(self.tokenizer_path, lambda tmp: tok.save(str(tmp)))
         tok = self._load_tokenizer()
         packed = {split: self._pack(self._encode(tok, raw[split]["text"]), raw[split]) for split in ("train", "test")}
         packed["vocab_size"] = tok.get_vocab_size() if self.tokenizer_kind == "bpe" else ByteTokenizer.vocab_size
-        tmp = self.tokens_path.with_suffix(".pt.tmp")
-        torch.save(packed, tmp)
-        tmp.replace(self.tokens_path)
+        _atomic_write(self.tokens_path, lambda tmp: torch.save(packed, tmp))
 
     def _synthetic(self) -> dict:
-        """Random ids with a learnable signal: each review carries words from its class's small
-        'sentiment' vocabulary (about 1 in 8 positions), the rest is uniform noise."""
+        """A long-range matching task that needs attention, not a bag of words (deterministic by seed).
+
+        Token ids from BYTE_OFFSET on: K "key" tokens, their K partner "query" tokens, the rest noise.
+        Each review is noise with ONE key token somewhere in its first quarter and ONE query token in
+        its last quarter; label 1 when the query is the key's partner, 0 when it is the partner of
+        another key. Keys and queries are uniform whatever the label, so every token's count is
+        independent of the label: only relating the two far-apart positions solves it. Labels are
+        exactly balanced (half of each split, shuffled). See `synthetic_pairs` for the rule."""
+        keys, queries, noise_lo = self.synthetic_pairs()
+        k = len(keys)
         g = torch.Generator().manual_seed(self.seed)
-        V = self.vocab_size
-        lo = BYTE_OFFSET
-        n_signal = 8
-        pos_words = torch.arange(lo, lo + n_signal)
-        neg_words = torch.arange(lo + n_signal, lo + 2 * n_signal)
+        V, start = self.vocab_size, (1 if self.add_cls else 0)
         out = {}
         for split, n in zip(("train", "test"), self.synthetic_sizes):
-            labels = torch.randint(0, 2, (n,), generator=g)
-            min_len = max(1, self.max_len // 4)
+            labels = torch.cat([torch.ones(n // 2, dtype=torch.long), torch.zeros(n - n // 2, dtype=torch.long)])
+            labels = labels[torch.randperm(n, generator=g)]
+            min_len = min(self.max_len, max(start + 2, self.max_len // 4))
             lengths = torch.randint(min_len, self.max_len + 1, (n,), generator=g)
+            key_ids = torch.randint(0, k, (n,), generator=g)
+            other = (key_ids + torch.randint(1, k, (n,), generator=g)) % k  # a different pair
+            query_ids = torch.where(labels == 1, key_ids, other)
             seqs = []
-            for lab, length in zip(labels.tolist(), lengths.tolist()):
-                s = torch.randint(lo + 2 * n_signal, V, (length,), generator=g)
-                hit = torch.rand(length, generator=g) < 0.125
-                hit[0] = True  # every review carries at least one signal word
-                words = pos_words if lab == 1 else neg_words
-                s[hit] = words[torch.randint(0, n_signal, (int(hit.sum()),), generator=g)]
+            for i, length in enumerate(lengths.tolist()):
+                s = torch.randint(noise_lo, V, (length,), generator=g)
+                body = length - start  # positions start .. length-1
+                quarter = max(1, body // 4)
+                kpos = start + int(torch.randint(0, quarter, (1,), generator=g))
+                qpos = length - 1 - int(torch.randint(0, quarter, (1,), generator=g))
+                s[kpos], s[qpos] = keys[key_ids[i]], queries[query_ids[i]]
                 if self.add_cls:
                     s[0] = CLS_ID
                 seqs.append(s.numpy().astype(np.int32))
             out[split] = self._pack(seqs, {"label": labels.tolist(), "rating": [-1] * n})
         out["vocab_size"] = V
         return out
+
+    def synthetic_pairs(self):
+        """(key ids, their partner query ids, first noise id) of the synthetic task: query = key + K."""
+        V = self.vocab_size
+        k = min(8, (V - BYTE_OFFSET - 1) // 3)
+        if k < 2:
+            raise ValueError(f"the synthetic IMDB task needs vocab_size >= {BYTE_OFFSET + 7} (two key/query pairs "
+                             f"and noise tokens), got {V}")
+        if self.max_len < 2 + (1 if self.add_cls else 0):
+            raise ValueError(f"the synthetic IMDB task needs max_len >= {2 + (1 if self.add_cls else 0)} (a key and "
+                             f"a query token), got {self.max_len}")
+        keys = torch.arange(BYTE_OFFSET, BYTE_OFFSET + k)
+        return keys, keys + k, BYTE_OFFSET + 2 * k
 
     def setup(self, stage: Optional[str] = None) -> None:
         if self.train_set is not None:

@@ -151,7 +151,7 @@ class InpaintingDataModule(L.LightningDataModule):
         super().__init__()
         if mask not in MASK_KINDS:
             raise ValueError(f"mask must be one of {MASK_KINDS}, got {mask!r}")
-        if not 0.0 < hole_fraction < 1.0:
+        if isinstance(hole_fraction, bool) or not isinstance(hole_fraction, (int, float)) or not 0.0 < hole_fraction < 1.0:
             raise ValueError(f"hole_fraction must be in (0, 1), got {hole_fraction!r}")
         if datamodule is None:
             if seed is not None:

@@ -19,7 +19,9 @@ Sources (see common.py): a local folder holding the three official files, either
 (`<data_dir>/wiki.train.tokens`) or in a subfolder named like the official zips
 (`<data_dir>/wikitext-2/wiki.train.tokens`, `<data_dir>/wikitext-2-raw/wiki.train.raw`); the hub
 (`datasets.load_dataset("Salesforce/wikitext", "wikitext-2-v1")` and the -raw-/-103- configs); or
-synthetic text drawn from a small seeded Markov chain (learnable, deterministic by `seed`).
+synthetic text drawn from a small seeded Markov chain with repeated segments (about a quarter of
+the lines copy one of the three lines before them: learnable, by attention beyond a bigram model;
+deterministic by `seed`).
 
 Lines: the text is handled one line at a time, exactly as the files are read (universal newlines).
 The hub holds one row per file line, with the trailing "\\n", and "" for the whitespace-only lines
@@ -61,7 +63,7 @@ from typing import Dict, Iterable, List, Optional, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .common import SourcedDataModule, settings_key
+from .common import DataUnavailableError, SourcedDataModule, settings_key
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +83,12 @@ def normalize_line(line: str) -> str:
 
 
 def read_lines(path: Path) -> List[str]:
-    with open(path, encoding="utf-8") as f:  # universal newlines, as the hub's builder read them
-        return [normalize_line(line) for line in f]
+    try:
+        with open(path, encoding="utf-8") as f:  # universal newlines, as the hub's builder read them
+            return [normalize_line(line) for line in f]
+    except UnicodeDecodeError as e:
+        raise DataUnavailableError(f"{path} is not UTF-8 text (byte {e.start}: {e.reason}): it is corrupt or "
+                                   f"not a WikiText file") from e
 
 
 def split_text(text: str):
@@ -93,10 +99,11 @@ def split_text(text: str):
 
 
 class LMBlocks(Dataset):
-    """Contiguous next-token blocks over one token stream: block i = stream[i*L : i*L + L + 1]."""
+    """Contiguous next-token blocks over one token stream: block i = stream[i*L : i*L + L + 1].
+    Items are (input_ids, targets), or (input_ids, targets, i) with `return_index`."""
 
-    def __init__(self, stream: torch.Tensor, seq_len: int):
-        self.stream, self.seq_len = stream, seq_len
+    def __init__(self, stream: torch.Tensor, seq_len: int, return_index: bool = False):
+        self.stream, self.seq_len, self.return_index = stream, seq_len, return_index
         self.n = max(0, (len(stream) - 1) // seq_len)
 
     def __len__(self) -> int:
@@ -106,7 +113,7 @@ class LMBlocks(Dataset):
         if not 0 <= i < self.n:
             raise IndexError(i)
         block = self.stream[i * self.seq_len : (i + 1) * self.seq_len + 1].long()
-        return block[:-1], block[1:]
+        return (block[:-1], block[1:], i) if self.return_index else (block[:-1], block[1:])
 
 
 class _WordVocab:
@@ -196,10 +203,19 @@ class _BPEVocab:
         return self.tok.decode(list(ids), skip_special_tokens=False) if ids else ""
 
 
-def markov_lines(n_tokens: int, vocab: int, seed: int, branching: int = 3) -> List[str]:
+SYNTHETIC_GENERATOR = "markov+copies-1"  # part of the cache key: bump when markov_lines changes
+
+
+def markov_lines(n_tokens: int, vocab: int, seed: int, branching: int = 3, copy_prob: float = 0.25,
+                 copy_window: int = 3) -> List[str]:
     """Lines of words "w0".."w{vocab-1}" from a seeded Markov chain whose states each lead to
     `branching` successors with fixed, unequal probabilities (so the next word is well predictable);
-    about `n_tokens` tokens counting one end-of-line per line."""
+    about `n_tokens` tokens counting one end-of-line per line.
+
+    Repeated segments: with probability `copy_prob` a line is instead an exact copy of one of the
+    `copy_window` lines before it (the chain resumes where it stopped). Once a copy has begun, its
+    words are fully predictable from the context, which only a model that looks back (attention)
+    can use: a bigram model cannot."""
     g = torch.Generator().manual_seed(seed)
     succ = torch.stack([torch.randperm(vocab, generator=g)[:branching] for _ in range(vocab)])
     probs = torch.rand(vocab, branching, generator=g) + 0.2
@@ -210,9 +226,15 @@ def markov_lines(n_tokens: int, vocab: int, seed: int, branching: int = 3) -> Li
     draws = iter(torch.rand(n_tokens + 16, generator=g).tolist())
     lines, total = [], 0
     state = int(torch.randint(vocab, (1,), generator=g))
+    cg = torch.Generator().manual_seed(seed + 7919)  # the copies' own draws: the chain's stay as they were
     for length in lengths:
         if total >= n_tokens:
             break
+        if lines and torch.rand((), generator=cg).item() < copy_prob:
+            back = int(torch.randint(1, min(copy_window, len(lines)) + 1, (), generator=cg))
+            lines.append(lines[-back])
+            total += len(lines[-1].split()) + 1
+            continue
         words = []
         for _ in range(length):
             words.append(f"w{state}")
@@ -230,7 +252,9 @@ class WikiTextDataModule(SourcedDataModule):
                  bpe_vocab_size: int = 8192, seq_len: int = 256,
                  synthetic_tokens: int = 40_000, synthetic_vocab: int = 64,
                  data_source: str = "auto", data_dir: Optional[str] = None, cache_dir: Optional[str] = None,
-                 batch_size: int = 32, num_workers: int = 0, seed: int = 0):
+                 batch_size: int = 32, num_workers: int = 0, seed: int = 0, return_index: bool = False):
+        """`return_index=True`: batches are (input_ids, targets, index), index = the blocks' positions in
+        their split (for checks such as which blocks each process saw)."""
         super().__init__(data_source=data_source, data_dir=data_dir, cache_dir=cache_dir,
                          batch_size=batch_size, num_workers=num_workers, seed=seed)
         if name not in NAMES:
@@ -245,6 +269,7 @@ class WikiTextDataModule(SourcedDataModule):
         self.variant, self.raw, self.tokenizer = name, bool(raw), tokenizer
         self.bpe_vocab_size, self.seq_len = bpe_vocab_size, seq_len
         self.synthetic_tokens, self.synthetic_vocab = synthetic_tokens, synthetic_vocab
+        self.return_index = bool(return_index)
         self.ext = "raw" if self.raw else "tokens"
         self.hub_config = f"{name}{'-raw' if self.raw else ''}-v1"
         # for the base class's messages
@@ -274,11 +299,16 @@ class WikiTextDataModule(SourcedDataModule):
                     "files": [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]}
         if self.source_used == "hub":
             return {"hub": HUB_PATH, "config": self.hub_config}
-        return {"synthetic_tokens": self.synthetic_tokens, "synthetic_vocab": self.synthetic_vocab, "seed": self.seed}
+        return {"synthetic_tokens": self.synthetic_tokens, "synthetic_vocab": self.synthetic_vocab, "seed": self.seed,
+                "generator": SYNTHETIC_GENERATOR}
 
     def _read_split_lines(self) -> Dict[str, List[str]]:
         if self.source_used == "local":
-            return {s: read_lines(self.local_root / f"wiki.{s}.{self.ext}") for s in SPLITS}
+            out = {s: read_lines(self.local_root / f"wiki.{s}.{self.ext}") for s in SPLITS}
+            if not any(out["train"]):
+                raise DataUnavailableError(f"{self.local_root / f'wiki.train.{self.ext}'} holds no text: it is empty "
+                                           f"or truncated")
+            return out
         if self.source_used == "hub":
             import datasets
 
@@ -349,7 +379,7 @@ class WikiTextDataModule(SourcedDataModule):
         self.hparams["source_used"] = self.source_used
 
         def load(split):
-            return LMBlocks(torch.load(folder / f"{split}.pt", weights_only=True), self.seq_len)
+            return LMBlocks(torch.load(folder / f"{split}.pt", weights_only=True), self.seq_len, self.return_index)
 
         if stage in (None, "fit"):
             self.train_set = load("train")

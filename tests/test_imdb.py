@@ -246,15 +246,52 @@ def test_synthetic_batches_masks_and_determinism(tmp_path):
     dm3 = IMDBDataModule(**{**kw, "seed": 4})
     dm3.setup()
     assert not torch.equal(dm3.test_set.ids, dm.test_set.ids)
-    # the signal: class-specific words, so a bag of words separates the classes
+    # the signal: a key token early and a query token late (see test_synthetic_task_is_long_range_matching)
     labels = torch.cat([b["labels"] for b in dm.test_dataloader()])
-    assert 0 < labels.sum() < len(labels)
+    assert labels.sum() == len(labels) // 2
+    keys, queries, _ = dm.synthetic_pairs()
     for i in range(len(dm.test_set)):
         item = dm.test_set[i]
         ids = item["input_ids"]
-        pos_hits = ((ids >= 3) & (ids < 11)).sum()
-        neg_hits = ((ids >= 11) & (ids < 19)).sum()
-        assert (pos_hits > neg_hits) if item["label"] == 1 else (neg_hits > pos_hits)
+        key = ids[torch.isin(ids, keys)]
+        query = ids[torch.isin(ids, queries)]
+        assert len(key) == len(query) == 1
+        assert (query.item() - len(keys) == key.item()) == (item["label"] == 1)
+
+
+def test_synthetic_task_is_long_range_matching_not_bag_of_words():
+    """Label = whether the key token (first quarter) and the query token (last quarter) form a pair; every
+    token's frequency is independent of the label, so a bag-of-words classifier is at chance."""
+    dm = IMDBDataModule(data_source="synthetic", tokenizer="byte", max_len=128, synthetic_sizes=(4000, 2000),
+                        val_fraction=0.0, seed=1)
+    dm.setup()
+    keys, queries, noise_lo = dm.synthetic_pairs()
+    k = len(keys)
+
+    def features(ds):
+        counts, rule = [], []
+        for i in range(len(ds)):
+            ids = ds[i]["input_ids"]
+            n = len(ids)
+            (kp,), (qp,) = torch.isin(ids, keys).nonzero(as_tuple=True), torch.isin(ids, queries).nonzero(as_tuple=True)
+            assert kp < max(1, n // 4) and qp >= n - max(1, n // 4)  # far apart: first and last quarter
+            rule.append(int(ids[qp] - k == ids[kp]))
+            counts.append(torch.bincount(ids, minlength=dm.vocab_size))
+        return torch.stack(counts).float(), torch.tensor(rule)
+
+    tr_x, tr_rule = features(dm.train_set)
+    te_x, te_rule = features(dm.test_set)
+    tr_y, te_y = (ds.labels[ds.index].long() for ds in (dm.train_set, dm.test_set))
+    assert torch.equal(tr_rule, tr_y) and torch.equal(te_rule, te_y)  # the exact rule recovers every label
+    assert tr_y.sum() == len(tr_y) // 2 and te_y.sum() == len(te_y) // 2  # balanced
+    # multinomial naive Bayes on token counts (the best bag-of-words model for independent tokens): chance level
+    logp = [torch.log((tr_x[tr_y == c].sum(0) + 1) / (tr_x[tr_y == c].sum() + dm.vocab_size)) for c in (0, 1)]
+    pred = (te_x @ (logp[1] - logp[0]) > 0).long()
+    assert 0.4 < (pred == te_y).float().mean().item() < 0.6
+    # and the key/query tokens' rates are the same in both classes
+    for t in torch.cat([keys, queries]).tolist():
+        rates = [(tr_x[tr_y == c, t] > 0).float().mean().item() for c in (0, 1)]
+        assert abs(rates[0] - rates[1]) < 0.05
 
 
 def test_synthetic_bpe_uses_vocab_size(tmp_path):

@@ -255,3 +255,33 @@ def test_bad_arguments():
         WikiTextDataModule(seq_len=0)
     with pytest.raises(RuntimeError, match="setup"):
         WikiTextDataModule(data_source="synthetic").vocab_size
+
+
+def test_synthetic_stream_has_repeated_segments_that_looking_back_predicts(tmp_path):
+    """About a quarter of the synthetic lines copy one of the three lines before them. An induction rule (the
+    last 4 tokens occurred in the previous 64: predict what followed them) beats the best bigram guess there,
+    which only a model that attends to its context can exploit."""
+    from datamodules.wikitext import markov_lines
+
+    lines = markov_lines(20_000, 64, seed=5)
+    copies = sum(lines[i] in lines[max(0, i - 3):i] for i in range(1, len(lines)))
+    assert 0.18 < copies / len(lines) < 0.32
+    dm = ready(WikiTextDataModule(data_source="synthetic", seed=5, synthetic_tokens=10_000, seq_len=32,
+                                  cache_dir=str(tmp_path)))
+    s = stream(dm, "train").tolist()
+    bigram = Counter(zip(s, s[1:]))
+    best = {}
+    for (a, b), n in bigram.items():
+        if n > best.get(a, (None, 0))[1]:
+            best[a] = (b, n)
+    fired = induction = guess = 0
+    for t in range(67, len(s) - 1):
+        ctx = s[t - 3:t + 1]
+        for u in range(t - 1, t - 64, -1):
+            if s[u - 3:u + 1] == ctx:
+                fired += 1
+                induction += s[u + 1] == s[t + 1]
+                guess += best[s[t]][0] == s[t + 1]
+                break
+    assert fired > 0.15 * len(s)
+    assert induction / fired > guess / fired + 0.15
