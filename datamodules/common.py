@@ -116,9 +116,12 @@ class SourcedDataModule(L.LightningDataModule):
                 self.source_used = "local"
                 return self.source_used
         if self.data_source == "local":
-            where = self.data_dir if self.data_dir is not None else "(no --data-dir given)"
+            if self.data_dir is None:
+                raise DataUnavailableError(f"data_source='local' needs a data_dir holding {self.name}; expected {self.local_hint}")
+            if not self.data_dir.exists():
+                raise DataUnavailableError(f"data_dir {self.data_dir} does not exist; expected a folder holding {self.local_hint}")
             raise DataUnavailableError(
-                f"no local copy of {self.name} found in {where}; expected {self.local_hint}"
+                f"no local copy of {self.name} found in {self.data_dir}; expected {self.local_hint}"
             )
         if self.data_source == "hub" or (self.data_source == "auto" and self.hub_available()):
             self.source_used = "hub"

@@ -54,6 +54,10 @@ def test_auto_without_any_source_names_three_ways_and_never_goes_synthetic(tmp_p
 def test_local_missing_says_what_layout_is_expected(tmp_path):
     with pytest.raises(DataUnavailableError, match="toy.txt"):
         Toy(data_source="local", data_dir=str(tmp_path)).resolve_source()
+    with pytest.raises(DataUnavailableError, match="does not exist"):
+        Toy(data_source="local", data_dir=str(tmp_path / "nowhere")).resolve_source()
+    with pytest.raises(DataUnavailableError, match="needs a data_dir"):
+        Toy(data_source="local").resolve_source()
 
 
 def test_bad_arguments():
