@@ -20,3 +20,17 @@ def shared_data():
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data not present at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture
+def hub_down(monkeypatch):
+    """The hub as it is without network: `datasets.load_dataset` raises (offline flags cleared, so
+    the code really tries it)."""
+    import datasets
+
+    def no_network(*args, **kwargs):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(datasets, "load_dataset", no_network)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)

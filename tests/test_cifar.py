@@ -184,15 +184,7 @@ def test_hub_path_decodes_pil_images(tmp_path, monkeypatch):
     assert calls == ["uoft-cs/cifar10"]
 
 
-def test_hub_failure_under_auto_names_three_ways_and_never_goes_synthetic(tmp_path, monkeypatch):
-    import datasets
-
-    def boom(*a, **k):
-        raise ConnectionError("no network")
-
-    monkeypatch.setattr(datasets, "load_dataset", boom)
-    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+def test_hub_failure_under_auto_names_three_ways_and_never_goes_synthetic(hub_down, tmp_path, monkeypatch):
     dm = make_dm(tmp_path, data_source="auto", data_dir=str(tmp_path / "empty"))
     with pytest.raises(DataUnavailableError) as e:
         dm.prepare_data()

@@ -206,15 +206,7 @@ def test_auto_uses_hub_when_no_local_copy(monkeypatch, tmp_path):
     assert dm.source_used == "hub"
 
 
-def test_failing_hub_gives_three_ways_forward_never_synthetic(monkeypatch, tmp_path):
-    import datasets
-
-    def boom(*a, **k):
-        raise ConnectionError("no network")
-
-    monkeypatch.setattr(datasets, "load_dataset", boom)
-    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+def test_failing_hub_gives_three_ways_forward_never_synthetic(hub_down, monkeypatch, tmp_path):
     dm = IMDBDataModule(data_source="auto", data_dir=str(tmp_path), cache_dir=str(tmp_path / "c"))
     with pytest.raises(DataUnavailableError) as e:
         dm.prepare_data()

@@ -187,15 +187,7 @@ def test_hub_configs(tmp_path, monkeypatch):
     assert calls == ["wikitext-2-raw-v1", "wikitext-103-v1", "wikitext-103-raw-v1"]
 
 
-def test_auto_with_failing_hub_and_no_local_copy_is_unavailable_never_synthetic(tmp_path, monkeypatch):
-    import datasets
-
-    def broken(*a, **kw):
-        raise ConnectionError("no network")
-
-    monkeypatch.setattr(datasets, "load_dataset", broken)
-    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+def test_auto_with_failing_hub_and_no_local_copy_is_unavailable_never_synthetic(hub_down, tmp_path, monkeypatch):
     dm = WikiTextDataModule(data_source="auto", data_dir=str(tmp_path / "empty"), cache_dir=str(tmp_path / "c"))
     with pytest.raises(DataUnavailableError) as e:
         dm.prepare_data()
