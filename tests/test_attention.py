@@ -359,10 +359,8 @@ def test_exact_agree_in_eval_mode(name):
 # =========================================================================== returned weights
 
 
-@pytest.mark.parametrize("masked", [False, True], ids=["nomask", "mask"])
-@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
-@pytest.mark.parametrize("name", ALL)
-def test_weights_row_stochastic(name, causal, masked):
+def _weights_case(name, causal, masked):
+    """A mechanism that returns weights, run on a (possibly padded) batch: attn, x, mask, real, y, w."""
     need(name, "has_weights")
     need_causal(name, causal)
     if masked:
@@ -370,10 +368,18 @@ def test_weights_row_stochastic(name, causal, masked):
     attn = make(name)
     x = torch.randn(B, N, DIM)
     mask = _mixed_mask() if masked else None
+    real = mask if masked else torch.ones(B, N, dtype=torch.bool)
     y, w = attn(x, mask=mask, causal=causal, return_weights=True)
     assert w.shape == (B, HEADS, N, N)
     assert torch.isfinite(w).all()
-    real = mask if masked else torch.ones(B, N, dtype=torch.bool)
+    return attn, x, mask, real, y, w
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["nomask", "mask"])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("name", ALL)
+def test_weights_row_stochastic(name, causal, masked):
+    attn, x, mask, real, y, w = _weights_case(name, causal, masked)
     wr = w.permute(0, 2, 1, 3)[real]  # (real queries, h, n)
     if attn.weights_are_distributions:
         assert (wr >= -1e-7).all(), f"negative weight (min {wr.min().item():.3g}): not a distribution"
@@ -393,16 +399,7 @@ def test_weights_row_stochastic(name, causal, masked):
 @pytest.mark.parametrize("name", ALL)
 def test_weights_are_the_applied_matrix(name, causal, masked):
     """The returned (B, h, n, n) matrix is the one applied: out = O(merge(w @ V)) (atol 1e-5)."""
-    need(name, "has_weights")
-    need_causal(name, causal)
-    if masked:
-        need(name, "supports_mask")
-    attn = make(name)
-    x = torch.randn(B, N, DIM)
-    mask = _mixed_mask() if masked else None
-    real = mask if masked else torch.ones(B, N, dtype=torch.bool)
-    y, w = attn(x, mask=mask, causal=causal, return_weights=True)
-    assert w.shape == (B, HEADS, N, N)
+    attn, x, mask, real, y, w = _weights_case(name, causal, masked)
     torch.testing.assert_close(attn(x, mask=mask, causal=causal), y, atol=1e-6, rtol=1e-5)  # same with/without weights
     _, _, v, pw = manual_qkv(attn, x)
     yv = (w @ v).transpose(1, 2).reshape(B, N, DIM) @ pw["o_w"].T
