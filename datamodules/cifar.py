@@ -496,7 +496,6 @@ class CIFAR10DataModule(SourcedDataModule):
         self.train_set = self.val_set = self.test_set = None
         self._splits: Dict[str, Tuple[torch.Tensor, torch.Tensor]] = {}
         self._aug_gen = torch.Generator().manual_seed(seed)
-        self._loader_gen = torch.Generator().manual_seed(seed + 1)
 
     # -- finding a local copy
     def find_local(self, data_dir: Path) -> Optional[Path]:
@@ -664,7 +663,7 @@ class CIFAR10DataModule(SourcedDataModule):
 
     def _loader(self, dataset, shuffle: bool, collate):
         kw = self.loader_kwargs(shuffle)
-        return DataLoader(dataset, collate_fn=collate, generator=self._loader_gen, **kw)
+        return DataLoader(dataset, collate_fn=collate, **kw)
 
     def _collate(self, train: bool) -> ClassificationCollate:
         return ClassificationCollate(self.transform, train, WorkerGenerator(self._aug_gen), self.return_index)

@@ -90,6 +90,7 @@ class SourcedDataModule(L.LightningDataModule):
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         self.local_root: Optional[Path] = None
         self.source_used: Optional[str] = None
+        self._train_gen = torch.Generator().manual_seed(seed + 1)  # shuffling; saved in checkpoints (state_dict)
 
     # -- to implement
     def find_local(self, data_dir: Path) -> Optional[Path]:
@@ -144,5 +145,27 @@ class SourcedDataModule(L.LightningDataModule):
             raise self.unavailable(f"the hub download failed ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
 
     def loader_kwargs(self, shuffle: bool) -> dict:
-        return dict(batch_size=self.batch_size, num_workers=self.num_workers, shuffle=shuffle,
+        """The training loader draws from `_train_gen`, whose state checkpoints carry (so a resumed run
+        sees the batches an uninterrupted one would); evaluation loaders get a fresh generator of their
+        own and never touch it, nor the global RNG."""
+        generator = self._train_gen if shuffle else torch.Generator().manual_seed(self.seed + 2)
+        return dict(batch_size=self.batch_size, num_workers=self.num_workers, shuffle=shuffle, generator=generator,
                     persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available())
+
+    def state_dict(self) -> dict:
+        """Every torch.Generator of the module (shuffling, augmentation), saved in Lightning checkpoints."""
+        return generator_states(self)
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        load_generator_states(self, state_dict)
+
+
+def generator_states(obj) -> dict:
+    return {name: g.get_state() for name, g in vars(obj).items() if isinstance(g, torch.Generator)}
+
+
+def load_generator_states(obj, states: dict) -> None:
+    for name, state in states.items():
+        g = getattr(obj, name, None)
+        if isinstance(g, torch.Generator):
+            g.set_state(state)

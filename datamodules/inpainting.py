@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .cifar import CIFAR10DataModule, WorkerGenerator, stack_items
+from .common import generator_states, load_generator_states
 
 MASK_KINDS = ("center", "boxes", "strokes")
 
@@ -191,8 +192,15 @@ class InpaintingDataModule(L.LightningDataModule):
         dataset = {"train": dm.train_set, "val": dm.val_set, "test": dm.test_set}[split]
         collate = InpaintingCollate(dm.transform, split, self.mask_kind, self.hole_fraction, self.seed,
                                     WorkerGenerator(self._mask_gen, salt=1))
-        return DataLoader(dataset, collate_fn=collate, generator=dm._loader_gen,
-                          **dm.loader_kwargs(shuffle=split == "train"))
+        return DataLoader(dataset, collate_fn=collate, **dm.loader_kwargs(shuffle=split == "train"))
+
+    def state_dict(self) -> dict:
+        """The mask generator's state and the wrapped module's (saved in Lightning checkpoints)."""
+        return {"mask": generator_states(self), "images": self.datamodule.state_dict()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        load_generator_states(self, state_dict.get("mask", {}))
+        self.datamodule.load_state_dict(state_dict.get("images", {}))
 
     def train_dataloader(self):
         return self._loader("train")

@@ -440,10 +440,7 @@ class WikiTextDataModule(SourcedDataModule):
     def _loader(self, dataset, shuffle: bool) -> DataLoader:
         if dataset is None:
             raise RuntimeError("call setup() with the matching stage first")
-        kw = self.loader_kwargs(shuffle=shuffle)
-        if shuffle:
-            kw["generator"] = torch.Generator().manual_seed(self.seed)
-        return DataLoader(dataset, **kw)
+        return DataLoader(dataset, **self.loader_kwargs(shuffle=shuffle))
 
     def train_dataloader(self):
         return self._loader(self.train_set, shuffle=True)

@@ -82,18 +82,72 @@ class TransformerBlock(nn.Module):
         self.mlp = MLP(dim, int(dim * mlp_ratio), dropout)
         self.drop_path = DropPath(drop_path)
 
-    def forward(self, x: Tensor, mask: Optional[Tensor] = None, causal: Optional[bool] = None) -> Tensor:
+    def forward(self, x: Tensor, mask: Optional[Tensor] = None, causal: Optional[bool] = None,
+                return_weights: bool = False):
         """
         Args:
             x: (batch, seq, dim) input.
             mask: optional (batch, seq) bool, True for real tokens.
             causal: attend only to earlier positions; None uses the attention's construction value.
+            return_weights: also return the attention's (batch, heads, seq, seq) matrix (mechanisms
+                that declare `has_weights`).
         Returns:
-            (batch, seq, dim).
+            (batch, seq, dim), or ((batch, seq, dim), weights) with `return_weights`.
         """
-        x = x + self.drop_path(self.attn(self.norm1(x), mask=mask, causal=causal))  # (B, n, d)
+        a = self.attn(self.norm1(x), mask=mask, causal=causal, return_weights=return_weights)
+        a, weights = a if return_weights else (a, None)
+        x = x + self.drop_path(a)  # (B, n, d)
         x = x + self.drop_path(self.mlp(self.norm2(x)))  # (B, n, d)
-        return x
+        return (x, weights) if return_weights else x
+
+
+def build_blocks(dim: int, depth: int, heads: int, attention: AttentionSpec = "softmax", mlp_ratio: float = 4.0,
+                 dropout: float = 0.0, drop_path: float = 0.0, attention_options: Optional[Dict[str, Any]] = None,
+                 causal: bool = False) -> nn.ModuleList:
+    """`depth` pre-norm blocks; stochastic depth grows linearly from 0 to `drop_path` (deeper blocks drop more)."""
+    rates = torch.linspace(0, drop_path, depth).tolist() if depth > 1 else [drop_path] * depth
+    return nn.ModuleList(
+        TransformerBlock(dim, heads, attention, mlp_ratio, dropout, rate, attention_options, causal) for rate in rates
+    )
+
+
+def run_blocks(blocks: nn.ModuleList, h: Tensor, mask: Optional[Tensor] = None, causal: Optional[bool] = None,
+               return_weights: bool = False):
+    """Apply `blocks` in turn: (B, n, d) -> (B, n, d), plus the per-block weights with `return_weights`."""
+    maps: List[Tensor] = []
+    for block in blocks:
+        if return_weights:
+            h, w = block(h, mask, causal, return_weights=True)  # (B, n, d), (B, h, n, n)
+            maps.append(w)
+        else:
+            h = block(h, mask, causal)  # (B, n, d)
+    return (h, maps) if return_weights else h
+
+
+def sized_attention_options(attention: AttentionSpec, options: Optional[Dict[str, Any]], seq_len: int) -> Dict[str, Any]:
+    """The options with `max_seq_len` set to `seq_len` for fixed-length mechanisms (Linformer) that were
+    not given one, so a task's sequence length decides the projection size rather than a default."""
+    options = dict(options or {})
+    name = attention if isinstance(attention, str) else attention.name
+    if "max_seq_len" in attention_options_of(name) and "max_seq_len" not in options:
+        options["max_seq_len"] = seq_len
+    return options
+
+
+def init_weights(m: nn.Module) -> None:
+    """The ViT / GPT-2 initialisation: truncated-normal(0.02) linear weights, zero biases, unit LayerNorms
+    (use with `model.apply(init_weights)`; attention parameters other than nn.Linear keep their own)."""
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+
+
+def attention_has_weights(blocks: nn.ModuleList) -> bool:
+    return all(block.attn.has_weights for block in blocks)
 
 
 class TransformerEncoder(nn.Module):
@@ -132,29 +186,29 @@ class TransformerEncoder(nn.Module):
         self.pos = nn.Parameter(torch.zeros(1, max_len, dim))
         nn.init.trunc_normal_(self.pos, std=0.02)
         self.drop = nn.Dropout(dropout)
-        rates = torch.linspace(0, drop_path, depth).tolist() if depth > 1 else [drop_path] * depth  # deeper blocks drop more
-        self.blocks = nn.ModuleList(
-            TransformerBlock(dim, heads, attention, mlp_ratio, dropout, rate, attention_options, causal) for rate in rates
-        )
+        self.blocks = build_blocks(dim, depth, heads, attention, mlp_ratio, dropout, drop_path, attention_options, causal)
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, num_classes) if num_classes else nn.Identity()
 
-    def encode(self, x: Tensor, mask: Optional[Tensor] = None, causal: Optional[bool] = None) -> Tensor:
+    def encode(self, x: Tensor, mask: Optional[Tensor] = None, causal: Optional[bool] = None,
+               return_weights: bool = False):
         """
         Args:
             x: (batch, seq) token ids, or (batch, seq, in_dim) features when vocab_size is None.
             mask: optional (batch, seq) bool, True for real tokens.
             causal: passed to every block's attention.
+            return_weights: also return each block's (batch, heads, seq, seq) attention matrix.
         Returns:
-            (batch, seq, dim) normalised token features.
+            (batch, seq, dim) normalised token features (and the list of matrices with `return_weights`).
         """
         n = x.shape[1]
         if n > self.max_len:
             raise ValueError(f"sequence length {n} exceeds max_len={self.max_len} of the position table")
         h = self.drop(self.embed(x) + self.pos[:, :n])  # (B, n, d)
-        for block in self.blocks:
-            h = block(h, mask, causal)  # (B, n, d)
-        return self.norm(h)
+        out = run_blocks(self.blocks, h, mask, causal, return_weights)
+        h, maps = out if return_weights else (out, None)
+        h = self.norm(h)
+        return (h, maps) if return_weights else h
 
     def forward(self, x: Tensor, mask: Optional[Tensor] = None, causal: Optional[bool] = None) -> Tensor:
         """
@@ -198,10 +252,8 @@ def breakdown_target(
 ) -> SimpleNamespace:
     """`profile.py --breakdown encoder`: a token classifier, random ids as input, and its components
     (the fields profiling.breakdown.BreakdownTarget reads: model, make_input, components)."""
-    options = dict(attention_options or {})
     name = attention if isinstance(attention, str) else attention.name
-    if "max_seq_len" in attention_options_of(name) and "max_seq_len" not in options:
-        options["max_seq_len"] = max_len  # fixed-length mechanisms (Linformer) must cover the longest n
+    options = sized_attention_options(attention, attention_options, max_len)  # Linformer must cover the longest n
     model = TransformerEncoder(vocab_size, dim, depth, heads, attention, num_classes, max_len, attention_options=options)
 
     def make_input(seq_len: int) -> Tuple[Tensor]:

@@ -39,7 +39,7 @@ class HybridAttention(Attention):
         *,
         local_heads: Optional[int] = None,
         window: int = 64,
-        dilations: Sequence[int] = (1, 2),
+        dilations: Optional[Sequence[int]] = None,
         chunk: int = 64,
         causal: bool = False,
         dropout: float = 0.0,
@@ -51,7 +51,8 @@ class HybridAttention(Attention):
             raise ValueError(f"local_heads must be an integer in [0, heads={heads}], got {local_heads!r}")
         _check_positive_int("window", window)
         _check_positive_int("chunk", chunk)
-        dilations = tuple(dilations)
+        # default: a dense and a dilated window, or the dense one alone when there is a single local head
+        dilations = tuple(dilations) if dilations is not None else (1, 2)[: max(1, local_heads)]
         if not dilations or any(isinstance(d, bool) or not isinstance(d, int) or d <= 0 for d in dilations):
             raise ValueError(f"dilations must be a non-empty sequence of positive integers, got {dilations!r}")
         if local_heads and len(dilations) > local_heads:

@@ -1,0 +1,30 @@
+"""Stop training at the first NaN / inf loss, naming the step and the last good checkpoint."""
+from __future__ import annotations
+
+from typing import Optional
+
+import lightning as L
+import torch
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss stopped being finite; the message names the step and the checkpoint to go back to."""
+
+    def __init__(self, value: float, step: int, epoch: int, checkpoint: Optional[str]):
+        self.value, self.step, self.epoch, self.checkpoint = value, step, epoch, checkpoint
+        where = (f"the last good checkpoint is {checkpoint} (resume from it with --ckpt-path, e.g. with a lower --lr)"
+                 if checkpoint else "no checkpoint had been saved yet")
+        super().__init__(f"training stopped: the loss became {value} at step {step} (epoch {epoch}); {where}")
+
+
+class FiniteLossGuard(L.Callback):
+    """Checks every training step's loss (one device-to-host read per step)."""
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is None or bool(torch.isfinite(loss.detach()).all()):
+            return
+        ckpt = None
+        for cb in trainer.checkpoint_callbacks:
+            ckpt = getattr(cb, "last_model_path", None) or getattr(cb, "best_model_path", None) or ckpt
+        raise NonFiniteLossError(float(loss.detach().float().cpu()), trainer.global_step, trainer.current_epoch, ckpt or None)

@@ -1,0 +1,190 @@
+"""What every task's LightningModule shares (the lightning-hydra-template shape).
+
+- The network is handed in; `config` (the run's full recipe: task, attention, its options, sizes,
+  optimiser, data source used) is saved as hyperparameters, so a checkpoint rebuilds its network.
+- One `model_step(batch, stage)` serves train / val / test; metrics are torchmetrics collections per
+  stage, logged as `train/loss`, `val/acc`, ... (epoch-level, synchronised across processes).
+- AdamW (no weight decay on biases, norms, positions and tokens) with linear warm-up and cosine decay,
+  stepped every optimiser step.
+- Attention maps of a fixed validation batch are logged as a (layer x head) image grid for mechanisms
+  that can produce them (`net.has_attention_maps`).
+- Checkpoints carry the global RNG states, restored when training starts, so a resumed run continues
+  with the same random draws (dropout, drop-path) as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import math
+import random
+from typing import Any, Dict, List, Optional, Tuple
+
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torchmetrics import MetricCollection
+
+STAGES = ("train", "val", "test")
+
+
+class TaskModule(L.LightningModule):
+    monitor: str = "val/loss"  # the metric that picks the best checkpoint
+    monitor_mode: str = "min"
+
+    def __init__(self, net: nn.Module, config: Optional[Dict[str, Any]] = None):
+        super().__init__()
+        self.net = net
+        config = dict(config or {})
+        self.save_hyperparameters({"config": config})
+        self.lr = float(config.get("lr", 1e-3))
+        self.weight_decay = float(config.get("weight_decay", 0.05))
+        self.warmup = float(config.get("warmup", 0.05))  # fraction of the optimiser steps (< 1) or a step count
+        self.min_lr_ratio = float(config.get("min_lr_ratio", 0.0))
+        self.betas = tuple(config.get("betas", (0.9, 0.999)))
+        # keyed "train_", ... : ModuleDict keys may not shadow nn.Module attributes such as `train`
+        self.metrics = nn.ModuleDict({f"{stage}_": self.make_metrics().clone(prefix=f"{stage}/") for stage in STAGES})
+        self._map_batch: Optional[Any] = None
+        self._pending_rng: Optional[Dict[str, Any]] = None
+
+    # ---------------------------------------------------------------- to implement per task
+    def make_metrics(self) -> MetricCollection:
+        raise NotImplementedError
+
+    def compute(self, batch: Any) -> Tuple[Tensor, Dict[str, Any], int]:
+        """batch -> (loss, metric update arguments as a dict of tensors, number of samples)."""
+        raise NotImplementedError
+
+    def map_inputs(self, batch: Any) -> Tuple:
+        """The network inputs of a batch (for attention maps)."""
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- shared step
+    def forward(self, *inputs):
+        return self.net(*inputs)
+
+    def model_step(self, batch: Any, stage: str) -> Tensor:
+        loss, update, n = self.compute(batch)
+        self.metrics[f"{stage}_"].update(**update)
+        self.log(f"{stage}/loss", loss.detach(), on_step=stage == "train", on_epoch=True, prog_bar=True,
+                 batch_size=n, sync_dist=stage != "train")
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        return self.model_step(batch, "train")
+
+    def validation_step(self, batch, batch_idx):
+        if batch_idx == 0 and self._map_batch is None:
+            self._map_batch = batch  # the fixed batch whose attention maps are logged each epoch
+        return self.model_step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        return self.model_step(batch, "test")
+
+    def _log_epoch_metrics(self, stage: str) -> None:
+        values = self.metrics[f"{stage}_"].compute()
+        self.log_dict(values, prog_bar=stage != "train", sync_dist=False)  # torchmetrics already synced states
+        self.metrics[f"{stage}_"].reset()
+
+    def on_train_epoch_end(self):
+        self._log_epoch_metrics("train")
+
+    def on_validation_epoch_end(self):
+        self._log_epoch_metrics("val")
+        if not self.trainer.sanity_checking:
+            self.log_media()
+
+    def on_test_epoch_end(self):
+        self._log_epoch_metrics("test")
+
+    # ---------------------------------------------------------------- media
+    def log_media(self) -> None:
+        """Images / text for TensorBoard at the end of each validation epoch (rank 0 only)."""
+        if self._map_batch is not None and getattr(self.net, "has_attention_maps", False):
+            maps = self.net.attention_maps(*self.map_inputs(self._map_batch))
+            self.log_image("val/attention_maps", attention_grid(maps))
+
+    def tensorboard(self):
+        """The TensorBoard SummaryWriter on rank 0, None elsewhere or without a TensorBoard logger."""
+        if self.trainer is None or not self.trainer.is_global_zero:
+            return None
+        for logger in self.trainer.loggers:
+            exp = getattr(logger, "experiment", None)
+            if hasattr(exp, "add_image"):
+                return exp
+        return None
+
+    def log_image(self, tag: str, image: Tensor) -> None:
+        """image: (C, H, W) in [0, 1]."""
+        tb = self.tensorboard()
+        if tb is not None:
+            tb.add_image(tag, image.detach().float().clamp(0, 1).cpu(), self.global_step)
+
+    def log_text(self, tag: str, text: str) -> None:
+        tb = self.tensorboard()
+        if tb is not None:
+            tb.add_text(tag, text, self.global_step)
+
+    # ---------------------------------------------------------------- optimiser
+    def configure_optimizers(self):
+        decay, no_decay = [], []
+        for name, p in self.net.named_parameters():
+            if not p.requires_grad:
+                continue
+            # biases, norm weights, position tables and special tokens are not decayed
+            (no_decay if p.dim() < 2 or name.endswith(("pos", "cls_token")) else decay).append(p)
+        groups = [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        opt = torch.optim.AdamW(groups, lr=self.lr, betas=self.betas)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = int(self.warmup * total) if self.warmup < 1 else int(self.warmup)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(warmup, total, self.min_lr_ratio))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ---------------------------------------------------------------- exact resumption
+    def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        checkpoint["rng_states"] = {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": np.random.get_state(),
+            "python": random.getstate(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        self._pending_rng = checkpoint.get("rng_states")
+
+    def on_train_start(self) -> None:
+        # restored here, after the sanity check, so nothing between restore and the first batch draws from them
+        if self._pending_rng:
+            s = self._pending_rng
+            torch.set_rng_state(s["torch"])
+            if s.get("cuda") and torch.cuda.is_available() and len(s["cuda"]) == torch.cuda.device_count():
+                torch.cuda.set_rng_state_all(s["cuda"])
+            np.random.set_state(s["numpy"])
+            random.setstate(s["python"])
+            self._pending_rng = None
+
+
+def warmup_cosine(warmup: int, total: int, min_ratio: float = 0.0):
+    """LR multiplier: linear from 1/warmup to 1 over `warmup` steps, then cosine to `min_ratio` at `total`."""
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return f
+
+
+def attention_grid(maps: List[Tensor], sample: int = 0, pad: int = 2, max_heads: int = 8) -> Tensor:
+    """One sample's attention matrices as a (1, H, W) image: a row per layer, a column per head, each
+    matrix scaled to [0, 1] on its own (white = most attention)."""
+    tiles = []
+    for w in maps:  # (B, h, n, n)
+        w = w[sample, :max_heads].float()  # (h, n, n)
+        lo = w.amin(dim=(-2, -1), keepdim=True)
+        hi = w.amax(dim=(-2, -1), keepdim=True)
+        tiles.append((w - lo) / (hi - lo).clamp_min(1e-12))
+    layers, heads, n = len(tiles), tiles[0].shape[0], tiles[0].shape[-1]
+    grid = torch.ones(layers * (n + pad) + pad, heads * (n + pad) + pad)
+    for i, t in enumerate(tiles):
+        for j in range(t.shape[0]):
+            top, left = pad + i * (n + pad), pad + j * (n + pad)
+            grid[top : top + n, left : left + n] = t[j].cpu()
+    return grid.unsqueeze(0)  # (1, H, W)

@@ -1,0 +1,178 @@
+"""Task name -> (DataModule, network, LightningModule, default recipe). `train.py --model NAME` reads this;
+adding a task is one `register_task(Task(...))`.
+
+A recipe is one flat dict (sizes, optimiser, data settings, trainer budget); `train.py` lays a YAML config
+and then the command-line flags over it. `Task.build_datamodule(cfg)` and `Task.build_network(cfg, dm)` read
+the keys they need; the network is built after the DataModule has prepared its data, because vocabulary
+sizes are only known then.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Tuple, Type
+
+import lightning as L
+from torch import nn
+
+from datamodules import CIFAR10DataModule, IMDBDataModule, InpaintingDataModule, WikiTextDataModule
+from models.inpainting import TransformerInpainter, UNetInpainter
+from models.language_model import LanguageModel
+from models.tasks.base import TaskModule
+from models.tasks.classification import ImageClassificationModule, TextClassificationModule
+from models.tasks.inpainting import InpaintingModule
+from models.tasks.language_model import LanguageModelModule
+from models.text import TextClassifier
+from models.vit import ViT
+
+# keys every recipe has (the shared trainer / optimiser budget); task recipes add their own
+COMMON: Dict[str, Any] = dict(
+    data_source="auto", data_dir=None, cache_dir=None, num_workers=0, seed=0,
+    batch_size=64, lr=1e-3, weight_decay=0.05, warmup=0.05, min_lr_ratio=0.0, betas=(0.9, 0.999),
+    max_epochs=10, max_steps=-1, gradient_clip_val=1.0, accumulate_grad_batches=1,
+    limit_train_batches=1.0, limit_val_batches=1.0, limit_test_batches=1.0, val_check_interval=1.0,
+    log_every_n_steps=20, attention_options={},
+)
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    description: str
+    module: Type[TaskModule]
+    build_datamodule: Callable[[Dict[str, Any]], L.LightningDataModule]
+    build_network: Callable[[Dict[str, Any], Any], nn.Module]
+    defaults: Dict[str, Any] = field(default_factory=dict)
+    uses_attention: bool = True
+    causal: bool = False
+    sequence_length: Optional[Callable[[Dict[str, Any]], int]] = None  # tokens the attention sees
+
+    def recipe(self) -> Dict[str, Any]:
+        return {**COMMON, **self.defaults, "model": self.name}
+
+    @property
+    def monitor(self) -> Tuple[str, str]:
+        return self.module.monitor, self.module.monitor_mode
+
+
+_TASKS: Dict[str, Task] = {}
+
+
+def register_task(task: Task) -> Task:
+    if task.name in _TASKS:
+        raise ValueError(f"task {task.name!r} is already registered")
+    _TASKS[task.name] = task
+    return task
+
+
+def list_tasks() -> List[str]:
+    return sorted(_TASKS)
+
+
+def get_task(name: str) -> Task:
+    try:
+        return _TASKS[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(list_tasks())}") from None
+
+
+def _data(cfg: Dict[str, Any], *keys: str) -> Dict[str, Any]:
+    shared = ("data_source", "data_dir", "cache_dir", "batch_size", "num_workers", "seed")
+    return {k: cfg[k] for k in shared + keys}
+
+
+def _net(cfg: Dict[str, Any], *keys: str) -> Dict[str, Any]:
+    return {k: cfg[k] for k in keys}
+
+
+TRANSFORMER = ("dim", "depth", "heads", "mlp_ratio", "dropout", "drop_path")
+
+
+def _attention(cfg):
+    return dict(attention=cfg["attention"], attention_options=dict(cfg.get("attention_options") or {}))
+
+
+# ------------------------------------------------------------------------------------------------ ViT
+def _cifar(cfg):
+    return CIFAR10DataModule(**_data(cfg, "augment"), image_size=cfg["image_size"])
+
+
+def _vit(cfg, dm):
+    return ViT(image_size=dm.image_size, patch_size=cfg["patch_size"], in_channels=dm.channels,
+               num_classes=dm.num_classes, **_net(cfg, *TRANSFORMER), **_attention(cfg))
+
+
+register_task(Task(
+    "vit", "Vision Transformer on CIFAR-10 (top-1 / top-5 accuracy)", ImageClassificationModule, _cifar, _vit,
+    defaults=dict(image_size=32, patch_size=4, dim=256, depth=6, heads=8, mlp_ratio=2.0, dropout=0.0, drop_path=0.1,
+                  augment="standard", label_smoothing=0.1, batch_size=256, lr=1e-3, weight_decay=0.05,
+                  warmup=0.05, max_epochs=200, num_classes=10),
+    sequence_length=lambda cfg: (cfg["image_size"] // cfg["patch_size"]) ** 2 + 1,
+))
+
+
+# ------------------------------------------------------------------------------------------------ IMDB
+def _imdb(cfg):
+    return IMDBDataModule(**_data(cfg, "tokenizer", "vocab_size", "bucket_by_length"), max_len=cfg["seq_len"])
+
+
+def _text(cfg, dm):
+    return TextClassifier(vocab_size=dm.vocab_size, num_classes=dm.num_classes, max_len=cfg["seq_len"],
+                          **_net(cfg, *TRANSFORMER), **_attention(cfg))
+
+
+register_task(Task(
+    "imdb", "Transformer sentiment classifier on IMDB (accuracy, F1)", TextClassificationModule, _imdb, _text,
+    defaults=dict(seq_len=512, tokenizer="bpe", vocab_size=16000, bucket_by_length=True, dim=128, depth=2, heads=4,
+                  mlp_ratio=2.0, dropout=0.1, drop_path=0.0, batch_size=32, lr=5e-4, weight_decay=0.05,
+                  warmup=0.1, max_epochs=4, num_classes=2, label_smoothing=0.0),
+    sequence_length=lambda cfg: cfg["seq_len"],
+))
+
+
+# ------------------------------------------------------------------------------------------------ WikiText
+def _wikitext(cfg):
+    return WikiTextDataModule(**_data(cfg, "tokenizer"), name=cfg["dataset"], seq_len=cfg["seq_len"])
+
+
+def _lm(cfg, dm):
+    return LanguageModel(vocab_size=dm.vocab_size, seq_len=cfg["seq_len"], **_net(cfg, *TRANSFORMER), **_attention(cfg))
+
+
+register_task(Task(
+    "wikitext", "Causal language model on WikiText-2 (perplexity, generation)", LanguageModelModule, _wikitext, _lm,
+    defaults=dict(dataset="wikitext-2", tokenizer="word", seq_len=256, dim=256, depth=4, heads=4, mlp_ratio=4.0,
+                  dropout=0.2, drop_path=0.0, batch_size=32, lr=1e-3, weight_decay=0.1, warmup=0.05, max_epochs=20,
+                  sample_prompt="The", sample_tokens=40, temperature=0.8, top_k=40),
+    causal=True, sequence_length=lambda cfg: cfg["seq_len"],
+))
+
+
+# ------------------------------------------------------------------------------------------------ inpainting
+def _inpaint_data(cfg):
+    return InpaintingDataModule(mask=cfg["mask"], hole_fraction=cfg["hole_fraction"],
+                                **_data(cfg, "augment"), image_size=cfg["image_size"])
+
+
+INPAINT = dict(image_size=32, mask="center", hole_fraction=0.25, augment="standard", loss="l1", outside_weight=0.1,
+               batch_size=128, lr=1e-3, weight_decay=0.01, warmup=0.02, max_epochs=30)
+
+
+def _unet(cfg, dm):
+    return UNetInpainter(channels=dm.channels, base=cfg["base_width"], levels=cfg["levels"])
+
+
+def _inpaint_transformer(cfg, dm):
+    return TransformerInpainter(image_size=dm.image_size, patch_size=cfg["patch_size"], channels=dm.channels,
+                                **_net(cfg, *TRANSFORMER), **_attention(cfg))
+
+
+register_task(Task(
+    "inpaint-cnn", "U-Net inpainting on CIFAR-10 (PSNR, SSIM; no attention)", InpaintingModule, _inpaint_data, _unet,
+    defaults=dict(INPAINT, base_width=32, levels=3), uses_attention=False,
+))
+register_task(Task(
+    "inpaint-transformer", "Transformer inpainting over patches of CIFAR-10 (PSNR, SSIM)", InpaintingModule,
+    _inpaint_data, _inpaint_transformer,
+    defaults=dict(INPAINT, patch_size=4, dim=192, depth=6, heads=4, mlp_ratio=2.0, dropout=0.0, drop_path=0.0),
+    sequence_length=lambda cfg: (cfg["image_size"] // cfg["patch_size"]) ** 2,
+))
