@@ -143,7 +143,8 @@ class TaskModule(L.LightningModule):
         checkpoint["rng_states"] = {
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "numpy": np.random.get_state(),
+            # plain tensors and numbers, so checkpoints load with torch.load(weights_only=True)
+            "numpy": numpy_state_to_plain(np.random.get_state()),
             "python": random.getstate(),
         }
 
@@ -157,9 +158,19 @@ class TaskModule(L.LightningModule):
             torch.set_rng_state(s["torch"])
             if s.get("cuda") and torch.cuda.is_available() and len(s["cuda"]) == torch.cuda.device_count():
                 torch.cuda.set_rng_state_all(s["cuda"])
-            np.random.set_state(s["numpy"])
+            np.random.set_state(numpy_state_from_plain(s["numpy"]))
             random.setstate(s["python"])
             self._pending_rng = None
+
+
+def numpy_state_to_plain(state) -> tuple:
+    kind, keys, pos, has_gauss, cached = state
+    return (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached))
+
+
+def numpy_state_from_plain(state) -> tuple:
+    kind, keys, pos, has_gauss, cached = state
+    return (kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached)
 
 
 def warmup_cosine(warmup: int, total: int, min_ratio: float = 0.0):
