@@ -18,7 +18,15 @@ class NonFiniteLossError(RuntimeError):
 
 
 class FiniteLossGuard(L.Callback):
-    """Checks every training step's loss (one device-to-host read per step)."""
+    """Checks every training step's loss (one device-to-host read per step). The step named is the one whose
+    loss it was (`global_step` while that batch ran, the x of its `train/loss_step` point in TensorBoard), not
+    the count after its optimiser step."""
+
+    def __init__(self):
+        self._step: Optional[int] = None
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+        self._step = trainer.global_step
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
@@ -27,4 +35,5 @@ class FiniteLossGuard(L.Callback):
         ckpt = None
         for cb in trainer.checkpoint_callbacks:
             ckpt = getattr(cb, "last_model_path", None) or getattr(cb, "best_model_path", None) or ckpt
-        raise NonFiniteLossError(float(loss.detach().float().cpu()), trainer.global_step, trainer.current_epoch, ckpt or None)
+        step = self._step if self._step is not None else trainer.global_step
+        raise NonFiniteLossError(float(loss.detach().float().cpu()), step, trainer.current_epoch, ckpt or None)

@@ -67,11 +67,17 @@ FLAGS = [
     ("--accelerator", "accelerator", str, "auto | cpu | gpu | ..."),
     ("--devices", "devices", str, "auto, a count, or a list such as 0,1"),
     ("--strategy", "strategy", str, "auto | ddp | ddp_spawn | fsdp | deepspeed ... (Lightning's)"),
-    ("--seed", "seed", int, "random seed (data order, initialisation, dropout); runs are deterministic"),
+    ("--seed", "seed", int, "random seed (data order, initialisation, dropout)"),
+    ("--deterministic", "deterministic", "bool", "deterministic algorithms where PyTorch has them (default on; "
+     "--no-deterministic may be faster on GPU)"),
     ("--compile", "compile", "bool", "torch.compile the network"),
+    ("--profiler", "profiler", str, "Lightning's profiler: simple | advanced | pytorch (per-hook times at the end)"),
+    ("--progress-bar", "progress_bar", "bool", "show Lightning's progress bar (--no-progress-bar for logs and pipes)"),
     ("--sample-prompt", "sample_prompt", str, "wikitext: prompt of the samples logged while training"),
 ]
-TRAINER_DEFAULTS = dict(precision="32-true", accelerator="auto", devices="auto", strategy="auto", compile=False)
+TRAINER_DEFAULTS = dict(precision="32-true", accelerator="auto", devices="auto", strategy="auto", compile=False,
+                        progress_bar=True, profiler=None,
+                        deterministic=True)
 KEYS = {key for _, key, _, _ in FLAGS} | {"model", "attention", "attention_options"}
 
 

@@ -82,7 +82,10 @@ def prepare(cfg: Dict[str, Any]):
     from models.tasks import get_task
 
     task = get_task(cfg["model"])
-    dm = task.build_datamodule(cfg)
+    try:
+        dm = task.build_datamodule(cfg)  # only validates its settings (batch size, mask, tokenizer, ...): reads nothing
+    except (ValueError, TypeError) as e:
+        raise UsageError(f"--model {cfg['model']}: {e}") from None
     dm.prepare_data()
     dm.setup("fit")
     cfg["source_used"] = dm.source_used
@@ -107,11 +110,9 @@ def build_trainer(cfg: Dict[str, Any], args, task, logger_version: Optional[int]
                                                    default_hp_metric=False)
     callbacks = [FiniteLossGuard(), *extra_callbacks]
     if not fast:
-        safe = monitor.replace("/", "_")
         callbacks += [ModelCheckpoint(monitor=monitor, mode=mode, save_last=True, save_top_k=1,
                                       filename=f"best-{{epoch}}-{{step}}-{{{monitor}:.4f}}", auto_insert_metric_name=False),
                       LearningRateMonitor(logging_interval="step")]
-        del safe
     devices = cfg["devices"]
     if isinstance(devices, str) and devices not in ("auto", "-1"):
         devices = [int(d) for d in devices.split(",") if d != ""] if "," in devices else int(devices)
@@ -121,13 +122,17 @@ def build_trainer(cfg: Dict[str, Any], args, task, logger_version: Optional[int]
         gradient_clip_val=cfg["gradient_clip_val"] or None, accumulate_grad_batches=cfg["accumulate_grad_batches"],
         limit_train_batches=cfg["limit_train_batches"], limit_val_batches=cfg["limit_val_batches"],
         limit_test_batches=cfg["limit_test_batches"], val_check_interval=cfg["val_check_interval"],
-        log_every_n_steps=cfg["log_every_n_steps"], deterministic="warn", fast_dev_run=fast, logger=logger,
+        log_every_n_steps=cfg["log_every_n_steps"], deterministic="warn" if cfg["deterministic"] else False, fast_dev_run=fast, logger=logger,
         callbacks=callbacks, default_root_dir=args.logdir,
         # IMDB's length buckets shard themselves across processes; Lightning must not wrap them again
         use_distributed_sampler=not cfg.get("bucket_by_length", False),
-        enable_model_summary=False,
+        enable_model_summary=False, enable_progress_bar=bool(cfg["progress_bar"]),
+        profiler=cfg["profiler"],
     )
-    return L.Trainer(**kwargs)
+    try:
+        return L.Trainer(**kwargs)
+    except (ValueError, TypeError) as e:  # Lightning's MisconfigurationException is a ValueError
+        raise UsageError(f"invalid trainer setting: {str(e).splitlines()[0]}") from None
 
 
 def count_parameters(net) -> int:

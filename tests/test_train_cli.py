@@ -1,0 +1,287 @@
+"""train.py end to end on synthetic data (CPU, tiny sizes): every task x a table of attention mechanisms built
+from the registries, bad input (exit 2, one line, nothing written), YAML + flags precedence, the NaN guard
+(exit 1 naming the step and the last good checkpoint), and what a run leaves behind (results.json, the
+summary line, hparams.yaml).
+
+Runs are called in-process (`training.runner.run` / `main`), which saves the ~5 s of imports a `python train.py`
+subprocess costs; two bad inputs go through a real subprocess to check what a user sees on the terminal.
+"""
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from callbacks import NonFiniteLossError
+from models.attention import get_attention, list_attentions
+from models.tasks import get_task, list_tasks
+from training.runner import main, run
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN = ROOT / "train.py"
+
+# the smallest sizes that still build every network (per task); the budget flags are added by `args`
+SMALL = {
+    "vit": ["--image-size", "16", "--patch-size", "4", "--dim", "32", "--depth", "1", "--heads", "2"],
+    "imdb": ["--tokenizer", "byte", "--seq-len", "32", "--dim", "32", "--depth", "1", "--heads", "2"],
+    "wikitext": ["--seq-len", "32", "--dim", "32", "--depth", "1", "--heads", "2"],
+    "inpaint-transformer": ["--image-size", "16", "--patch-size", "4", "--dim", "32", "--depth", "1", "--heads", "2"],
+    "inpaint-cnn": ["--image-size", "16", "--base-width", "8", "--levels", "2"],
+}
+BUDGET = ["--batch-size", "8", "--limit-train-batches", "2", "--limit-val-batches", "2", "--limit-test-batches", "2",
+          "--max-epochs", "1", "--accelerator", "cpu", "--data-source", "synthetic", "--no-progress-bar"]
+
+
+def args(model, attention=None, logdir=None, *extra):
+    out = ["--model", model, *(["--attention", attention] if attention else []), *SMALL[model], *BUDGET]
+    if logdir is not None:
+        out += ["--logdir", str(logdir)]
+    return out + list(extra)
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path_factory, monkeypatch):
+    """Data caches in a temporary folder; the process-wide state a run sets (seed variables, deterministic
+    algorithms) is put back afterwards so later tests see what they would have seen."""
+    monkeypatch.setenv("ATTENTION_SUITE_CACHE", str(tmp_path_factory.getbasetemp() / "attention-suite-cache"))
+    seed_vars = {var: os.environ.get(var) for var in ("PL_GLOBAL_SEED", "PL_SEED_WORKERS")}  # set by seed_everything
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    yield
+    torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+    for var, value in seed_vars.items():
+        if value is None:
+            os.environ.pop(var, None)
+        else:
+            os.environ[var] = value
+
+
+# --------------------------------------------------------------------------------------------- the table
+def run_table():
+    """(model, attention) pairs: every mechanism that can be causal on each causal task (wikitext), every
+    mechanism on one non-causal attention task (round-robin, so each gets several), and each task without
+    attention once. Built from the registries: a new mechanism or task is covered without editing this."""
+    attention_tasks = [t for t in list_tasks() if get_task(t).uses_attention]
+    causal = [t for t in attention_tasks if get_task(t).causal]
+    non_causal = [t for t in attention_tasks if not get_task(t).causal]
+    rows = []
+    for i, name in enumerate(list_attentions()):
+        if get_attention(name).supports_causal:
+            rows += [(model, name) for model in causal]
+        rows.append((non_causal[i % len(non_causal)], name))
+    rows += [(t, None) for t in list_tasks() if not get_task(t).uses_attention]
+    return rows
+
+
+TABLE = run_table()
+
+
+def test_table_covers_every_mechanism_and_task():
+    assert {a for _, a in TABLE if a} == set(list_attentions())
+    assert {m for m, _ in TABLE} == set(list_tasks())
+    for model, attention in TABLE:
+        task = get_task(model)
+        if attention is None:
+            assert not task.uses_attention
+            continue
+        cls = get_attention(attention)
+        assert cls.supports_causal or not task.causal  # linformer / nystromformer never on the language model
+        if cls.supports_causal and not task.causal:
+            assert ("wikitext", attention) in TABLE  # causal-capable ones also run causally
+    for name in ("linformer", "nystromformer"):
+        assert not get_attention(name).supports_causal
+        assert [m for m, a in TABLE if a == name] and all(m != "wikitext" for m, a in TABLE if a == name)
+
+
+@pytest.mark.parametrize("model,attention", TABLE, ids=[f"{m}-{a or 'none'}" for m, a in TABLE])
+def test_fast_dev_run(model, attention, tmp_path):
+    logdir = tmp_path / "logs"
+    r = run(args(model, attention, logdir, "--fast-dev-run"))
+    assert r["model"] == model and r["attention"] == (attention or "none") and r["data_source"] == "synthetic"
+    assert r["steps"] == 1 and r["log_dir"] is None and r["parameters"] > 0
+    monitor = get_task(model).monitor[0].split("/", 1)[1]
+    assert f"test/{monitor}" in r["test"] and all(math.isfinite(v) for v in r["test"].values())
+    assert not logdir.exists()  # fast_dev_run writes nothing
+
+
+# --------------------------------------------------------------------------------------------- bad input
+def _bad_inputs(tmp_path):
+    """name -> (argv, regexes the one-line message must match); files go under tmp_path."""
+    bad_yaml = tmp_path / "bad.yaml"
+    causal = [n for n in list_attentions() if get_attention(n).supports_causal]
+    if tmp_path.is_dir():
+        bad_yaml.write_text("model: vit\nlearning_rate: 0.1\n")
+    return {
+        "unknown model": (["--model", "transformer-xl"], [r"unknown model 'transformer-xl'", r"choose one of: " + ", ".join(list_tasks())]),
+        "unknown attention": (["--model", "vit", "--attention", "flash"], [r"unknown attention 'flash'", r"known: " + ", ".join(list_attentions())]),
+        "causal-incapable": (["--model", "wikitext", "--attention", "linformer"],
+                             [r"--model wikitext is a causal language model", "linformer"] + [rf"\b{n}\b" for n in causal]),
+        "attention-opt without =": (["--model", "vit", "--attention", "performer", "--attention-opt", "features"],
+                                    [r"--attention-opt 'features' is not KEY=VALUE"]),
+        "attention-opt unknown key": (["--model", "vit", "--attention", "performer", "--attention-opt", "feature=64"],
+                                      [r"has no option 'feature'", r"its options are: .*features"]),
+        "attention-opt bad value": (["--model", "vit", "--attention", "performer", "--attention-opt", "features=-3"],
+                                    [r"features must be a positive integer, got -3"]),
+        "missing config": (["--config", str(tmp_path / "nowhere.yaml")], [r"config file .*nowhere.yaml does not exist"]),
+        "config unknown key": (["--config", str(bad_yaml)], [r"unknown setting\(s\) learning_rate", r"known settings: .*\blr\b"]),
+        "missing checkpoint": (["--model", "vit", "--ckpt-path", str(tmp_path / "gone.ckpt")], [r"checkpoint .*gone.ckpt does not exist"]),
+        "resume without a run": (["--model", "vit", "--ckpt-path", "last"], [r"--ckpt-path last: no vit-", "train without --ckpt-path first"]),
+        "cnn with attention": (["--model", "inpaint-cnn", "--attention", "softmax"], [r"--model inpaint-cnn has no attention layer"]),
+        # settings the DataModules validate when they are built (before any data is read)
+        "batch size 0": (["--model", "vit", "--batch-size", "0"], [r"batch_size must be a positive integer, got 0"]),
+        "unknown mask": (["--model", "inpaint-cnn", "--mask", "circle"], [r"mask must be one of .*center.*got 'circle'"]),
+        "hole fraction 2": (["--model", "inpaint-transformer", "--hole-fraction", "2"], [r"hole_fraction must be in \(0, 1\)"]),
+        "unknown tokenizer": (["--model", "imdb", "--tokenizer", "chars"], [r"tokenizer must be one of bpe, byte"]),
+        "unknown augment": (["--model", "vit", "--augment", "heavy"], [r"augment must be one of .*strong.*got 'heavy'"]),
+    }
+
+
+BAD = list(_bad_inputs(Path("/nonexistent-folder")))
+
+
+def check_usage_error(code, err, patterns, logdir):
+    assert code == 2
+    lines = err.strip("\n").split("\n")
+    assert len(lines) == 1, err
+    assert lines[0].startswith("train.py: error: "), err
+    assert "Traceback" not in err
+    for pattern in patterns:
+        assert re.search(pattern, lines[0]), (pattern, lines[0])
+    assert not Path(logdir).exists(), "a rejected run must not create its log folder"
+
+
+@pytest.mark.parametrize("name", BAD)
+def test_bad_input_in_process(name, tmp_path, capsys):
+    argv, patterns = _bad_inputs(tmp_path)[name]
+    logdir = tmp_path / "logs"
+    code = main([*argv, "--logdir", str(logdir), "--data-source", "synthetic"])
+    out, err = capsys.readouterr()
+    check_usage_error(code, err, patterns, logdir)
+    assert out == ""
+
+
+def test_bad_input_from_the_command_line(tmp_path):
+    """What a user sees: `python train.py ...` exits 2 with one line on stderr (the two run side by side)."""
+    cases = _bad_inputs(tmp_path)
+    procs = {}
+    for name in ("unknown model", "causal-incapable"):
+        argv, patterns = cases[name]
+        logdir = tmp_path / name.replace(" ", "-")
+        procs[name] = (patterns, logdir, subprocess.Popen(
+            [sys.executable, str(TRAIN), *argv, "--logdir", str(logdir), "--data-source", "synthetic"],
+            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ)))
+    for name, (patterns, logdir, p) in procs.items():
+        out, err = p.communicate(timeout=120)
+        check_usage_error(p.returncode, err, patterns, logdir)
+        assert out == ""
+
+
+# --------------------------------------------------------------------------------------------- YAML + flags
+def read_hparams(run_dir: Path) -> dict:
+    return yaml.full_load((Path(run_dir) / "hparams.yaml").read_text())  # full_load: the file holds python tuples
+
+
+def test_config_file_with_flags_overriding_it(tmp_path):
+    cfg_file = tmp_path / "experiment.yaml"
+    cfg_file.write_text(yaml.safe_dump({
+        "model": "wikitext", "attention": "performer", "attention_options": {"features": 16, "chunk": 8},
+        "dim": 64, "heads": 4, "lr": 0.0123, "seq_len": 32, "dropout": 0.3, "max_epochs": 5,
+    }))
+    logdir = tmp_path / "logs"
+    r = run(["--config", str(cfg_file), "--dim", "32", "--heads", "2", "--depth", "1", "--max-epochs", "1",
+             "--attention-opt", "features=24", "--logdir", str(logdir), *BUDGET, "--no-test"])
+    assert r["run"] == "wikitext-performer-synthetic"
+    assert r["attention_options"] == {"features": 24, "chunk": 8}  # flag over file, per option
+    saved = read_hparams(r["log_dir"])["config"]
+    assert saved["dim"] == 32 and saved["heads"] == 2 and saved["depth"] == 1  # flags win
+    assert saved["lr"] == 0.0123 and saved["dropout"] == 0.3 and saved["seq_len"] == 32  # the file's, over the recipe
+    assert saved["max_epochs"] == 1 and r["epochs"] == 1
+    assert saved["weight_decay"] == get_task("wikitext").recipe()["weight_decay"]  # untouched: the recipe's
+    results = json.loads((Path(r["log_dir"]) / "results.json").read_text())
+    assert results["attention_options"] == {"features": 24, "chunk": 8}
+    # the checkpoint carries the same config
+    ckpt = torch.load(Path(r["log_dir"]) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["hyper_parameters"]["config"]["dim"] == 32
+    assert ckpt["hyper_parameters"]["config"]["attention_options"] == {"features": 24, "chunk": 8}
+
+
+# --------------------------------------------------------------------------------------------- NaN loss
+NAN_FROM_STEP = 3
+
+
+@pytest.fixture
+def nan_from_step_3(monkeypatch):
+    """The language model's training loss turns NaN from global step 3 on (steps 0-2 are fine); with two
+    batches an epoch, epoch 0 (steps 0, 1) ends with a checkpoint and the NaN comes at step 3 of epoch 1."""
+    from models.tasks.language_model import LanguageModelModule
+
+    compute = LanguageModelModule.compute
+
+    def nan_compute(self, batch):
+        loss, update, n = compute(self, batch)
+        if self.training and self.global_step >= NAN_FROM_STEP:
+            loss = loss * float("nan")
+        return loss, update, n
+
+    monkeypatch.setattr(LanguageModelModule, "compute", nan_compute)
+
+
+def nan_argv(logdir):
+    return args("wikitext", "softmax", logdir, "--max-epochs", "3")
+
+
+def test_nan_loss_stops_naming_step_and_checkpoint(nan_from_step_3, tmp_path):
+    logdir = tmp_path / "logs"
+    with pytest.raises(NonFiniteLossError) as info:
+        run(nan_argv(logdir))
+    e = info.value
+    assert e.step == NAN_FROM_STEP and e.epoch == 1 and e.value != e.value  # NaN
+    last = logdir / "wikitext-softmax-synthetic" / "version_0" / "checkpoints" / "last.ckpt"
+    assert e.checkpoint == str(last) and last.is_file()
+    msg = str(e)
+    assert f"at step {NAN_FROM_STEP} (epoch 1)" in msg and str(last) in msg and "--ckpt-path" in msg
+    # the checkpoint named is a good one: written before the NaN step, finite weights
+    ckpt = torch.load(last, map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] < NAN_FROM_STEP
+    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
+    assert not list(logdir.rglob("results.json"))  # no result for a failed run
+
+
+def test_nan_loss_exit_code_1(nan_from_step_3, tmp_path, capsys):
+    code = main(nan_argv(tmp_path / "logs"))
+    err = capsys.readouterr().err
+    assert code == 1
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("train.py: training stopped: the loss became nan at step 3 (epoch 1)") and "last.ckpt" in line
+    assert "Traceback" not in err
+
+
+# --------------------------------------------------------------------------------------------- what a run leaves
+def test_results_summary_and_hparams(tmp_path, capsys):
+    logdir = tmp_path / "logs"
+    code = main(args("imdb", "performer", logdir, "--attention-opt", "features=16"))
+    out = capsys.readouterr().out
+    assert code == 0
+    run_dir = logdir / "imdb-performer-synthetic" / "version_0"
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["run"] == "imdb-performer-synthetic" and results["log_dir"] == str(run_dir)
+    assert results["attention"] == "performer" and results["attention_options"] == {"features": 16}
+    assert results["data_source"] == "synthetic" and results["monitor"] == "val/acc"
+    assert results["steps"] == 2 and results["epochs"] == 1 and results["world_size"] == 1 and results["device"] == "cpu"
+    assert set(results["test"]) == {"test/loss", "test/acc", "test/f1"}
+    assert 0.0 <= results["best_val"] <= 1.0 and Path(results["best_checkpoint"]).is_file()
+    assert Path(results["best_checkpoint"]).parent == run_dir / "checkpoints"
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file() and list(run_dir.glob("events.out.tfevents.*"))
+    # the summary line, last on stdout
+    summary = out.strip().splitlines()[-1]
+    assert summary.startswith(f"imdb-performer-synthetic: test/acc {results['test']['test/acc']:.4f} | best val/acc ")
+    assert "2 steps in" in summary and summary.endswith(f"on cpu | {run_dir}")
+    config = read_hparams(run_dir)["config"]
+    assert config["attention"] == "performer" and config["attention_options"] == {"features": 16}
+    assert config["source_used"] == "synthetic" and config["model"] == "imdb"
