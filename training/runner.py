@@ -202,7 +202,7 @@ def run(argv: Optional[Sequence[str]] = None, extra_callbacks: Sequence = ()) ->
         "monitor": monitor, "best_val": float(best_score) if best_score is not None else None,
         "best_checkpoint": best or None, "test": {k: float(v) for k, v in (test[0] if test else {}).items()},
         "epochs": trainer.current_epoch, "steps": trainer.global_step, "fit_seconds": round(fit_s, 2),
-        "device": str(trainer.strategy.root_device), "world_size": trainer.world_size,
+        "device": str(trainer.strategy.root_device), "world_size": trainer.world_size, "config": cfg,
     }
     if trainer.is_global_zero:
         if results["log_dir"]:
