@@ -1,5 +1,5 @@
 # Two commands on a fresh machine:
-#   make bench   the main job (until train.py exists: the attention benchmark)
+#   make train   the main job: train.py on the quick-start config (offline, synthetic data, ~1 min)
 #   make test    the test suite
 # Each creates or updates the virtual environment in $(VENV) when it is missing or stale.
 VENV   ?= .venv
@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 # torch goes in first, pinned, so no later requirement can pull another build (see pyproject.toml)
 TORCH  ?= torch==2.13.0
 
-.PHONY: env test test-slow bench profile clean
+.PHONY: env train test test-slow bench profile clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python >= 3.10 is required, found " + sys.version.split()[0]'
@@ -20,6 +20,9 @@ $(VENV)/.installed: pyproject.toml Makefile
 	@touch $@
 
 env: $(VENV)/.installed
+
+train: $(VENV)/.installed
+	$(PY) train.py --config configs/quickstart.yaml $(ARGS)
 
 test: $(VENV)/.installed
 	$(PY) -m pytest
