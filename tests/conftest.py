@@ -1,3 +1,5 @@
+import contextlib
+import os
 from pathlib import Path
 
 import pytest
@@ -34,3 +36,31 @@ def hub_down(monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", no_network)
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+
+
+@contextlib.contextmanager
+def isolated_training_state(tmp_path_factory):
+    """For tests that train: data caches in a temporary folder, and the process-wide state a run sets (the
+    seed variables of seed_everything, deterministic algorithms) put back afterwards, so later tests see
+    what they would have seen."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ATTENTION_SUITE_CACHE", str(tmp_path_factory.getbasetemp() / "attention-suite-cache"))
+        seed_vars = {var: os.environ.get(var) for var in ("PL_GLOBAL_SEED", "PL_SEED_WORKERS")}
+        deterministic = torch.are_deterministic_algorithms_enabled()
+        warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+        try:
+            yield
+        finally:
+            torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+            for var, value in seed_vars.items():
+                if value is None:
+                    os.environ.pop(var, None)
+                else:
+                    os.environ[var] = value
+
+
+@pytest.fixture
+def training_isolated(tmp_path_factory):
+    """isolated_training_state around one test (use with pytest.mark.usefixtures)."""
+    with isolated_training_state(tmp_path_factory):
+        yield

@@ -45,22 +45,7 @@ def args(model, attention=None, logdir=None, *extra):
     return out + list(extra)
 
 
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path_factory, monkeypatch):
-    """Data caches in a temporary folder; the process-wide state a run sets (seed variables, deterministic
-    algorithms) is put back afterwards so later tests see what they would have seen."""
-    monkeypatch.setenv("ATTENTION_SUITE_CACHE", str(tmp_path_factory.getbasetemp() / "attention-suite-cache"))
-    seed_vars = {var: os.environ.get(var) for var in ("PL_GLOBAL_SEED", "PL_SEED_WORKERS")}  # set by seed_everything
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-    yield
-    torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
-    for var, value in seed_vars.items():
-        if value is None:
-            os.environ.pop(var, None)
-        else:
-            os.environ[var] = value
-
+pytestmark = pytest.mark.usefixtures("training_isolated")  # caches in tmp, process state restored (conftest)
 
 # --------------------------------------------------------------------------------------------- the table
 def run_table():

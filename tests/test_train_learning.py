@@ -20,7 +20,6 @@ Baselines that depend on the data (unigram perplexity, mean-fill PSNR) are compu
 splits and batches the runs are scored on.
 """
 import math
-import os
 
 import pytest
 import torch
@@ -32,20 +31,7 @@ IMAGE = ["--image-size", "16", "--augment", "none", "--batch-size", "32", "--lim
          "--limit-test-batches", "4"]
 
 
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("ATTENTION_SUITE_CACHE", str(tmp_path_factory.getbasetemp() / "attention-suite-cache"))
-    seed_vars = {var: os.environ.get(var) for var in ("PL_GLOBAL_SEED", "PL_SEED_WORKERS")}  # set by seed_everything
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-    yield
-    torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
-    for var, value in seed_vars.items():
-        if value is None:
-            os.environ.pop(var, None)
-        else:
-            os.environ[var] = value
-
+pytestmark = pytest.mark.usefixtures("training_isolated")  # caches in tmp, process state restored (conftest)
 
 def train(tmp_path, *argv):
     return run([*argv, *COMMON, "--logdir", str(tmp_path / "logs")])

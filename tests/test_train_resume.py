@@ -12,7 +12,6 @@ leg is stopped at the end of epoch 1 by a callback (`trainer.should_stop`), as a
 Generation: `python train.py --model wikitext --ckpt-path last --generate PROMPT` prints the prompt and exactly
 --max-new-tokens tokens; LanguageModel.generate's contract (length, greedy = argmax, top_k=1 = greedy).
 """
-import contextlib
 import os
 import re
 import subprocess
@@ -26,6 +25,8 @@ import torch
 from models.language_model import LanguageModel
 from training.runner import run
 
+from conftest import isolated_training_state
+
 ROOT = Path(__file__).resolve().parents[1]
 RTOL = 1e-6  # relative; atol 0
 
@@ -34,30 +35,7 @@ LM = ["--model", "wikitext", "--attention", "softmax", "--seq-len", "32", "--dim
       "--max-epochs", "2", "--data-source", "synthetic", "--accelerator", "cpu", "--no-progress-bar", "--no-test"]
 
 
-@contextlib.contextmanager
-def isolated(tmp_path_factory):
-    """Data caches in a temporary folder; the process-wide state a run sets (seed variables, deterministic
-    algorithms) is put back afterwards."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("ATTENTION_SUITE_CACHE", str(tmp_path_factory.getbasetemp() / "attention-suite-cache"))
-        seed_vars = {var: os.environ.get(var) for var in ("PL_GLOBAL_SEED", "PL_SEED_WORKERS")}  # seed_everything's
-        deterministic = torch.are_deterministic_algorithms_enabled()
-        warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-        try:
-            yield
-        finally:
-            torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
-            for var, value in seed_vars.items():
-                if value is None:
-                    os.environ.pop(var, None)
-                else:
-                    os.environ[var] = value
-
-
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path_factory):
-    with isolated(tmp_path_factory):
-        yield
+pytestmark = pytest.mark.usefixtures("training_isolated")  # caches in tmp, process state restored (conftest)
 
 
 class LossRecorder(L.Callback):
@@ -81,7 +59,7 @@ class StopAfterFirstEpoch(L.Callback):
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     """Run A: two epochs in one go; its per-step losses."""
-    with isolated(tmp_path_factory):
+    with isolated_training_state(tmp_path_factory):
         rec = LossRecorder()
         run([*LM, "--logdir", str(tmp_path_factory.mktemp("run_a"))], extra_callbacks=[rec])
     assert [e for e, _ in rec.losses] == [0] * 4 + [1] * 4

@@ -6,10 +6,8 @@ test, the learning rate per parameter group (lr-AdamW/pg1, pg2: decayed and not 
 val/attention_maps for a mechanism that has weights (a (layer x head) grid of n x n tiles), none for one that
 has not (linformer); val/inpainting for the inpainting tasks. Text: val/sample for the language model.
 """
-import os
 
 import pytest
-import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from training.runner import run
@@ -23,20 +21,7 @@ METRICS = {"vit": ["acc", "top5_acc"], "imdb": ["acc", "f1"], "wikitext": ["ppl"
            "inpaint-cnn": ["psnr", "ssim"], "inpaint-transformer": ["psnr", "ssim"]}
 
 
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("ATTENTION_SUITE_CACHE", str(tmp_path_factory.getbasetemp() / "attention-suite-cache"))
-    seed_vars = {var: os.environ.get(var) for var in ("PL_GLOBAL_SEED", "PL_SEED_WORKERS")}  # set by seed_everything
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-    yield
-    torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
-    for var, value in seed_vars.items():
-        if value is None:
-            os.environ.pop(var, None)
-        else:
-            os.environ[var] = value
-
+pytestmark = pytest.mark.usefixtures("training_isolated")  # caches in tmp, process state restored (conftest)
 
 def logged(tmp_path, model, *argv):
     """Run, then load every event file of the run's version folder."""

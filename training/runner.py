@@ -173,7 +173,6 @@ def run(argv: Optional[Sequence[str]] = None, extra_callbacks: Sequence = ()) ->
     cfg = resolve_config(args, load_checkpoint_config(ckpt) if ckpt else None)
 
     import lightning as L
-    import torch
 
     L.seed_everything(cfg["seed"], workers=True, verbose=False)
     task, dm, net = prepare(cfg)
