@@ -1,4 +1,5 @@
 import contextlib
+import importlib.util
 import os
 from pathlib import Path
 
@@ -64,3 +65,11 @@ def training_isolated(tmp_path_factory):
     """isolated_training_state around one test (use with pytest.mark.usefixtures)."""
     with isolated_training_state(tmp_path_factory):
         yield
+
+
+def load_script(path: Path):
+    """A benchmark script (not a package module) imported by path, for smoke tests of its functions."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

@@ -1,9 +1,10 @@
 """Smoke test of benchmarks/bench_attention.py: the quick config runs end to end and writes its tables."""
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+
+from conftest import load_script
 
 for _pkg in ("linformer", "performer_pytorch", "nystrom_attention"):
     pytest.importorskip(_pkg, reason=f"reference package {_pkg} not installed (pip install -e '.[bench]')")
@@ -13,10 +14,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_attention.p
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_attention", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(SCRIPT)
 
 
 def test_quick_run_writes_tables(bench, tmp_path):

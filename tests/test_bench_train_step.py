@@ -1,10 +1,11 @@
 """Smoke test of benchmarks/bench_train_step.py: a tiny config runs end to end and writes both result files."""
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import torch
+
+from conftest import load_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_train_step.py"
 TINY = ["--batch-size", "4", "--steps", "3", "--rounds", "2", "--warmup", "1", "--dim", "32", "--depth", "1",
@@ -13,10 +14,7 @@ TINY = ["--batch-size", "4", "--steps", "3", "--rounds", "2", "--warmup", "1", "
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_train_step", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(SCRIPT)
 
 
 def test_tiny_run_writes_results(bench, tmp_path):
