@@ -1,27 +1,38 @@
-"""Measurement core shared by profile.py, the benchmarks and (later) the training callbacks:
-timing statistics (timing.py), allocator-aware peak memory (memory.py) and FLOP counting
-cross-checked against analytic formulas (flops.py). Depends on torch alone (ptflops optional).
+"""Measurement core shared by profile.py, the benchmarks and the training callbacks (callbacks/):
+timing statistics and a step timer (timing.py), allocator-aware peak memory and a per-step meter
+(memory.py), FLOP counting cross-checked against analytic formulas (flops.py) and device peak
+FLOP/s for MFU (peaks.py). Depends on torch alone (ptflops optional).
 
 Named `profiling`, never `profile`: see profile.py for why.
 """
-from .flops import FLOP_TOLERANCE, FlopReport, counted_flops, flop_report, ptflops_macs
-from .memory import CPU_MEMORY_METHOD, CUDA_MEMORY_METHOD, MemoryStats, measure_peak_memory, module_bytes, peak_allocated_bytes
-from .timing import TimeBudgetExceeded, TimingStats, summarize_times, time_fn
+from .flops import FLOP_TOLERANCE, FlopReport, FlopTally, counted_flops, flop_report, ptflops_macs
+from .memory import (CPU_MEMORY_METHOD, CUDA_MEMORY_METHOD, MemoryStats, StepMemory, StepMemoryReading, measure_peak_memory,
+                     module_bytes, peak_allocated_bytes)
+from .peaks import matmul_dtype, mfu_note, peak_tflops
+from .timing import StepTimer, TimeBudgetExceeded, TimingStats, summarize_times, synchronize, time_fn
 
 __all__ = [
     "CPU_MEMORY_METHOD",
     "CUDA_MEMORY_METHOD",
     "FLOP_TOLERANCE",
     "FlopReport",
+    "FlopTally",
     "MemoryStats",
+    "StepMemory",
+    "StepMemoryReading",
+    "StepTimer",
     "TimeBudgetExceeded",
     "TimingStats",
     "counted_flops",
     "flop_report",
+    "matmul_dtype",
     "measure_peak_memory",
+    "mfu_note",
     "module_bytes",
     "peak_allocated_bytes",
+    "peak_tflops",
     "ptflops_macs",
     "summarize_times",
+    "synchronize",
     "time_fn",
 ]

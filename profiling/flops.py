@@ -16,7 +16,7 @@ and sees no fused SDPA kernel: a cross-check for the projections, labelled as su
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 import torch
 from torch import Tensor, nn
@@ -90,27 +90,84 @@ SDPA_FORMULAS = _sdpa_mapping()
 SDPA_FORMULAS[aten._native_multi_head_attention] = _native_mha_formula
 
 
+class FlopTally:
+    """The counter above, opened and closed around live work that is not one Python call (a training
+    step spread over Lightning hooks): `start()`, `so_far()` at any point (e.g. just before backward, for
+    the forward's share), `stop()` -> total. The work runs for real; the counter only watches the
+    dispatched ops, at a dispatch cost of a few microseconds per op."""
+
+    def __init__(self):
+        self._mode: Optional[FlopCounterMode] = None
+
+    @property
+    def active(self) -> bool:
+        return self._mode is not None
+
+    def start(self) -> None:
+        if self._mode is not None:
+            raise RuntimeError("FlopTally.start() while already counting")
+        self._mode = FlopCounterMode(display=False, custom_mapping=SDPA_FORMULAS)
+        self._mode.__enter__()
+
+    def so_far(self) -> int:
+        return self._mode.get_total_flops() if self._mode is not None else 0
+
+    def stop(self) -> int:
+        if self._mode is None:
+            return 0
+        mode, self._mode = self._mode, None
+        total = mode.get_total_flops()
+        mode.__exit__(None, None, None)
+        return total
+
+    def __enter__(self) -> "FlopTally":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
 def counted_flops(fn: Callable[[], Tensor], backward: bool = False) -> int:
     """FLOPs of `fn()` (and of backpropagating from its output when `backward`), as counted by
     FlopCounterMode with the SDPA formulas above."""
-    with FlopCounterMode(display=False, custom_mapping=SDPA_FORMULAS) as counter:
+    tally = FlopTally()
+    with tally:
         out = fn()
         if backward:
             out.float().sum().backward()  # a sum's backward has no matmul: adds no FLOPs
-    return counter.get_total_flops()
+        total = tally.so_far()
+    return total
 
 
-def ptflops_macs(module: nn.Module, make_input: Callable[[], Tensor]) -> Optional[int]:
-    """MACs by ptflops' aten backend (a cross-check; None when ptflops is not installed)."""
+class _Positional(nn.Module):
+    """ptflops calls model(**dict) or model(x): this passes a tuple on as positional arguments."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, x):
+        return self.module(*x)
+
+
+def ptflops_macs(module: nn.Module, make_input: Callable[[], Any]) -> Optional[int]:
+    """MACs by ptflops' aten backend (a cross-check; None when ptflops is not installed). `make_input`
+    returns one tensor (passed as `x=`) or a tuple of positional inputs."""
     try:
         from ptflops import get_model_complexity_info
     except ImportError:
         return None
     x = make_input()
+    if isinstance(x, tuple):
+        module, x = _Positional(module), x
+        shape, constructor = tuple(x[0].shape[1:]), (lambda _: x)
+    else:
+        shape, constructor = tuple(x.shape[1:]), (lambda _: {"x": x})
     macs, _ = get_model_complexity_info(
         module,
-        tuple(x.shape[1:]),
-        input_constructor=lambda _: {"x": x},
+        shape,
+        input_constructor=constructor,
         as_strings=False,
         print_per_layer_stat=False,
         backend="aten",

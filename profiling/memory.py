@@ -7,14 +7,23 @@ allocator's running total, and the peak of that total during the call, above its
 is the figure. Memory that bypasses the PyTorch allocator (oneDNN / BLAS scratch, Python objects) is
 not seen on CPU. In both cases tensors that exist before the call (parameters, inputs) are excluded;
 `module_bytes` reports a module's own parameters and buffers separately.
+
+`StepMemory` is the per-step meter of the training callbacks, where a profiler session per step
+would cost far more than the step budget allows: CUDA reads the allocator's peak since a reset at
+the step's start (reserved memory alongside); CPU reads the process's resident-set high-water mark
+(Linux VmHWM), reset at the step's start through /proc/self/clear_refs. The CPU figure is every
+byte the process holds (tensors, allocator caches, BLAS scratch, the interpreter), so it is a
+superset of the profiler figure above; tests/test_efficiency_callbacks.py checks the two against each other
+on a known allocation. Its method string says which figure a log holds.
 """
 from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import sys
 from dataclasses import asdict, dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 from torch import nn
@@ -106,3 +115,87 @@ def measure_peak_memory(fn: Callable[[], object], module: nn.Module, device="cpu
         module_bytes=module_bytes(module),
         method=CUDA_MEMORY_METHOD if dev.type == "cuda" else CPU_MEMORY_METHOD,
     )
+
+
+CUDA_STEP_MEMORY_METHOD = "torch.cuda.max_memory_allocated since reset_peak_memory_stats at the step's start (memory_reserved alongside)"
+RSS_STEP_MEMORY_METHOD = ("process resident-set high-water mark (Linux VmHWM, reset at the step's start through "
+                          "/proc/self/clear_refs): all memory the process holds, tensors and everything else")
+RUSAGE_STEP_MEMORY_METHOD = ("process lifetime peak resident set (getrusage ru_maxrss; this system cannot reset it, "
+                             "so the figure never falls)")
+_STATUS = "/proc/self/status"
+_CLEAR_REFS = "/proc/self/clear_refs"
+
+
+def _status_kib(*keys: str) -> dict:
+    out = {}
+    with open(_STATUS, "rb") as f:
+        for line in f:
+            for key in keys:
+                if line.startswith(key):
+                    out[key] = int(line.split()[1])  # "VmHWM:   223984 kB"
+    return out
+
+
+def _can_reset_rss_peak() -> bool:
+    try:
+        with open(_CLEAR_REFS, "w") as f:
+            f.write("5")  # 5: reset the resident-set high-water mark to the current resident set
+        return len(_status_kib(b"VmHWM:", b"VmRSS:")) == 2
+    except OSError:
+        return False
+
+
+@dataclass
+class StepMemoryReading:
+    peak_bytes: int  # the peak during the step, absolute (not above the start level)
+    start_bytes: int  # the level when the step began
+    reserved_bytes: Optional[int] = None  # CUDA: the caching allocator's reserved memory at the step's end
+
+    @property
+    def growth_bytes(self) -> int:
+        return max(0, self.peak_bytes - self.start_bytes)
+
+
+class StepMemory:
+    """Peak memory of live work between `start()` and `stop()`, cheap enough to run every step
+    (two small /proc accesses on CPU, two allocator-statistics calls on CUDA)."""
+
+    def __init__(self, device="cpu"):
+        self.device = torch.device(device)
+        self.cuda = self.device.type == "cuda"
+        if self.cuda:
+            self.method = CUDA_STEP_MEMORY_METHOD
+        elif _can_reset_rss_peak():
+            self.method = RSS_STEP_MEMORY_METHOD
+        else:
+            self.method = RUSAGE_STEP_MEMORY_METHOD
+        self._start = 0
+
+    def _rss_now(self) -> int:
+        if self.method == RSS_STEP_MEMORY_METHOD:
+            return _status_kib(b"VmRSS:")[b"VmRSS:"] * 1024
+        return _maxrss_bytes()
+
+    def start(self) -> None:
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._start = torch.cuda.memory_allocated(self.device)
+        elif self.method == RSS_STEP_MEMORY_METHOD:
+            with open(_CLEAR_REFS, "w") as f:
+                f.write("5")
+            self._start = self._rss_now()
+        else:
+            self._start = _maxrss_bytes()
+
+    def stop(self) -> StepMemoryReading:
+        if self.cuda:
+            return StepMemoryReading(torch.cuda.max_memory_allocated(self.device), self._start,
+                                     torch.cuda.memory_reserved(self.device))
+        if self.method == RSS_STEP_MEMORY_METHOD:
+            return StepMemoryReading(_status_kib(b"VmHWM:")[b"VmHWM:"] * 1024, self._start)
+        return StepMemoryReading(_maxrss_bytes(), self._start)
+
+
+def _maxrss_bytes() -> int:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux

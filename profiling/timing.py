@@ -148,3 +148,72 @@ def time_fn(
         threads=None if cuda else (threads if threads is not None else prev_threads),
         clock="cuda events" if cuda else "perf_counter",
     )
+
+
+def synchronize(device) -> None:
+    """Wait for the device's queued work (CUDA, MPS); nothing to wait for on CPU."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    elif dev.type == "mps":
+        torch.mps.synchronize()
+
+
+class StepTimer:
+    """Times spans of live work that start and stop in different places (a training step across
+    Lightning hooks), the same two ways as `time_fn`: CUDA events on CUDA, `time.perf_counter` after a
+    device synchronisation elsewhere.
+
+        timer.start(); ...; timer.stop(tag)     # tag: what the span was (a step number)
+        for tag, ms in timer.ready(): ...       # spans whose times are known
+        for tag, ms in timer.flush(): ...       # all remaining (synchronises)
+
+    On CUDA nothing here synchronises the device per span: an event pair is resolved once the device
+    has passed its end event, so the measured work keeps its CPU/GPU overlap.
+    """
+
+    def __init__(self, device="cpu"):
+        self.device = torch.device(device)
+        self.cuda = self.device.type == "cuda"
+        self.clock = "cuda events" if self.cuda else "perf_counter"
+        self._begin = None
+        self._pending: List[tuple] = []  # (tag, start, end): events on CUDA, milliseconds elsewhere
+
+    def start(self) -> None:
+        if self.cuda:
+            self._begin = torch.cuda.Event(enable_timing=True)
+            self._begin.record()
+        else:
+            synchronize(self.device)
+            self._begin = time.perf_counter()
+
+    def stop(self, tag=None) -> None:
+        if self._begin is None:
+            return  # stop without start (e.g. a hook pair interrupted): nothing to record
+        if self.cuda:
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+            self._pending.append((tag, self._begin, end))
+        else:
+            synchronize(self.device)
+            self._pending.append((tag, 0.0, (time.perf_counter() - self._begin) * 1e3))
+        self._begin = None
+
+    def ready(self) -> List[tuple]:
+        """(tag, milliseconds) of the finished spans, oldest first, in order."""
+        out = []
+        while self._pending:
+            tag, a, b = self._pending[0]
+            if self.cuda:
+                if not b.query():
+                    break
+                out.append((tag, a.elapsed_time(b)))
+            else:
+                out.append((tag, b))
+            self._pending.pop(0)
+        return out
+
+    def flush(self) -> List[tuple]:
+        if self.cuda and self._pending:
+            torch.cuda.synchronize(self.device)
+        return self.ready()

@@ -72,11 +72,13 @@ FLAGS = [
      "--no-deterministic may be faster on GPU)"),
     ("--compile", "compile", "bool", "torch.compile the network"),
     ("--profiler", "profiler", str, "Lightning's profiler: simple | advanced | pytorch (per-hook times at the end)"),
+    ("--efficiency-callbacks", "efficiency_callbacks", "bool", "log latency, data wait, peak memory, FLOPs, throughput and MFU "
+     "per step and write efficiency.json (default on)"),
     ("--progress-bar", "progress_bar", "bool", "show Lightning's progress bar (--no-progress-bar for logs and pipes)"),
     ("--sample-prompt", "sample_prompt", str, "wikitext: prompt of the samples logged while training"),
 ]
 TRAINER_DEFAULTS = dict(precision="32-true", accelerator="auto", devices="auto", strategy="auto", compile=False,
-                        progress_bar=True, profiler=None,
+                        progress_bar=True, profiler=None, efficiency_callbacks=True,
                         deterministic=True)
 KEYS = {key for _, key, _, _ in FLAGS} | {"model", "attention", "attention_options"}
 

@@ -102,13 +102,18 @@ def build_trainer(cfg: Dict[str, Any], args, task, logger_version: Optional[int]
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    from callbacks import FiniteLossGuard
+    from callbacks import EfficiencyMonitor, FiniteLossGuard
 
     monitor, mode = task.monitor
     fast = int(args.fast_dev_run or 0)
     logger = False if fast else TensorBoardLogger(args.logdir, name=run_name(cfg), version=logger_version,
                                                    default_hp_metric=False)
     callbacks = [FiniteLossGuard(), *extra_callbacks]
+    if cfg["efficiency_callbacks"]:  # last: its timed span starts after the other callbacks' batch-start work
+        callbacks.append(EfficiencyMonitor(run_info={
+            "run": run_name(cfg), "model": cfg["model"], "attention": cfg["attention"],
+            "attention_options": cfg["attention_options"], "data_source": cfg["source_used"],
+            "batch_size": cfg["batch_size"], "seed": cfg["seed"]}))
     if not fast:
         callbacks += [ModelCheckpoint(monitor=monitor, mode=mode, save_last=True, save_top_k=1,
                                       filename=f"best-{{epoch}}-{{step}}-{{{monitor}:.4f}}", auto_insert_metric_name=False),

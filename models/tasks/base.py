@@ -54,7 +54,12 @@ class TaskModule(L.LightningModule):
         raise NotImplementedError
 
     def map_inputs(self, batch: Any) -> Tuple:
-        """The network inputs of a batch (for attention maps)."""
+        """The network inputs of one sample of a batch (for attention maps and the ptflops cross-check)."""
+        raise NotImplementedError
+
+    def batch_counts(self, batch: Any) -> Dict[str, int]:
+        """How much work a batch is, for the throughput the efficiency callbacks log: {"samples": n} plus
+        "tokens" (text: positions processed, padding included) or "patches" (images through a transformer)."""
         raise NotImplementedError
 
     # ---------------------------------------------------------------- shared step

@@ -50,6 +50,11 @@ class ImageClassificationModule(ClassificationModule):
     def split(self, batch):
         return (batch[0],), batch[1]
 
+    def batch_counts(self, batch) -> Dict[str, int]:
+        n = int(batch[1].shape[0])
+        grid = getattr(self.net, "grid", None)  # a ViT: grid x grid patches per image
+        return {"samples": n, "patches": n * grid * grid} if grid else {"samples": n}
+
 
 class TextClassificationModule(ClassificationModule):
     """Batches {input_ids (B, n), mask (B, n) bool, labels (B,)}; accuracy and macro F1."""
@@ -60,3 +65,7 @@ class TextClassificationModule(ClassificationModule):
 
     def split(self, batch):
         return (batch["input_ids"], batch["mask"]), batch["labels"]
+
+    def batch_counts(self, batch) -> Dict[str, int]:
+        ids = batch["input_ids"]
+        return {"samples": int(ids.shape[0]), "tokens": int(ids.numel())}

@@ -39,6 +39,11 @@ class InpaintingModule(TaskModule):
     def map_inputs(self, batch: Any) -> Tuple:
         return (batch[0][:1], batch[1][:1])
 
+    def batch_counts(self, batch: Any) -> Dict[str, int]:
+        n = int(batch[0].shape[0])
+        patches = getattr(self.net, "seq_len", None)  # the transformer inpainter; the U-Net has no tokens
+        return {"samples": n, "patches": n * patches} if patches else {"samples": n}
+
     def to_unit(self, x: Tensor) -> Tensor:
         """Normalised -> [0, 1] pixels."""
         return (x.float() * self.std + self.mean).clamp(0, 1)

@@ -41,6 +41,9 @@ class LanguageModelModule(TaskModule):
     def map_inputs(self, batch: Any) -> Tuple:
         return (batch[0][:1],)
 
+    def batch_counts(self, batch: Any) -> Dict[str, int]:
+        return {"samples": int(batch[0].shape[0]), "tokens": int(batch[0].numel())}
+
     def compute(self, batch: Any) -> Tuple[Tensor, Dict[str, Any], int]:
         ids, targets = batch[0], batch[1]
         logits = self.net(ids)  # (B, n, V)
