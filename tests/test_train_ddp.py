@@ -3,7 +3,7 @@ in a subprocess; Lightning's launcher starts rank 1 itself (it runs the same com
 
 Only rank 0 writes: one version folder, its TensorBoard event files all from rank 0's process (the pid is in
 the file name; Lightning writes the fit and the test into two files of that process), one results.json, and
-the summary line printed once. About 9 s per launch on 2 cores (imports twice, the gloo rendezvous), so both
+the summary line printed once; one efficiency.json aggregating both ranks' batches. About 9 s per launch on 2 cores (imports twice, the gloo rendezvous), so both
 stay in the default suite.
 """
 import json
@@ -53,7 +53,24 @@ def check_single_writer(p, out, err, logdir: Path, run: str, monitor: str):
     summaries = [line for line in (out + err).splitlines() if line.startswith(f"{run}: ")]
     assert len(summaries) == 1, summaries  # rank 1 prints nothing (its stdout is the same pipe)
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    check_efficiency(logdir, run_dir, out + err)
     return results
+
+
+def check_efficiency(logdir: Path, run_dir: Path, console: str):
+    """The efficiency callbacks under DDP: one efficiency.json (rank 0's), aggregating both ranks' batches
+    (3 each), one console table; per-step scalars in rank 0's event file."""
+    assert len(list(logdir.rglob("efficiency.json"))) == 1
+    eff = json.loads((run_dir / "efficiency.json").read_text())
+    assert eff["world_size"] == 2 and eff["train_batches_measured"] == 6 and eff["val_batches_measured"] == 4
+    assert "max over ranks" in eff["aggregation"] and "sum over ranks" in eff["aggregation"]
+    assert eff["samples_per_s"] > 0 and eff["latency_ms_p50"] > 0 and eff["peak_mem_mib"] > 0
+    assert console.count("efficiency (") == 1
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ea = EventAccumulator(str(run_dir))
+    ea.Reload()
+    assert {"efficiency/train_latency_ms", "efficiency/train_samples_per_s", "efficiency/val_latency_ms_p50"} <= set(ea.Tags()["scalars"])
 
 
 def test_ddp_two_cpu_processes_wikitext(tmp_path):

@@ -12,6 +12,7 @@ leg is stopped at the end of epoch 1 by a callback (`trainer.should_stop`), as a
 Generation: `python train.py --model wikitext --ckpt-path last --generate PROMPT` prints the prompt and exactly
 --max-new-tokens tokens; LanguageModel.generate's contract (length, greedy = argmax, top_k=1 = greedy).
 """
+import json
 import os
 import re
 import subprocess
@@ -87,6 +88,9 @@ def test_resume_continues_exactly(uninterrupted, tmp_path):
     assert r2["steps"] == 8 and r2["epochs"] == 2
     last = torch.load(Path(r2["log_dir"]) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert last["global_step"] == 8
+    # the efficiency summary covers the whole run: the first leg's batches came back with the checkpoint
+    eff = json.loads((Path(r2["log_dir"]) / "efficiency.json").read_text())
+    assert eff["train_batches_measured"] == 8 and eff["steps"] == 8
 
 
 def test_resume_without_rng_restore_differs(uninterrupted, tmp_path, monkeypatch):
