@@ -95,7 +95,7 @@ class BenchError(ValueError):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one sentence on stderr, exit 2 (no usage dump)
-        print(f"{PROG}: error: {message}", file=sys.stderr)
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
         raise SystemExit(2)
 
 
@@ -148,8 +148,10 @@ def make_config(batch_size: Optional[int], dim: Optional[int], depth: Optional[i
     d, h = dim or recipe["dim"], heads or recipe["heads"]
     if d % h:
         raise BenchError(f"--{what}dim ({d}) must be divisible by --{what}heads ({h})")
+    # the efficiency callbacks are left out: Lightning's own cost is measured here, theirs by
+    # bench_efficiency_callbacks.py (which turns them on for one side)
     argv = ["--model", "vit", "--data-source", "synthetic", "--accelerator", "cpu", "--devices", "1",
-            "--no-progress-bar", "--limit-val-batches", "0", "--max-epochs", "1",
+            "--no-progress-bar", "--no-efficiency-callbacks", "--limit-val-batches", "0", "--max-epochs", "1",
             "--max-steps", str(steps_per_round), "--seed", str(seed)]
     for flag, value in (("--batch-size", batch_size), ("--dim", dim), ("--depth", depth), ("--heads", heads)):
         if value is not None:
