@@ -28,8 +28,8 @@ Rounds alternate the side that goes first; in each round each side gets a fresh 
 EfficiencyMonitor) over --warmup untimed steps (at least 1) then --steps timed steps. Measures, from
 bench_train_step's timing callbacks (first and last in trainer.callbacks, so every hook is inside):
   step interval   start of one step to the start of the next: everything done per step. The headline is the
-                  median over the timed steps, on / off, judged against 1.02, with per-round ratios and a 95 %
-                  bootstrap interval that resamples whole rounds (paired). The warm-up steps are left out, so
+                  median over the timed steps, on / off, with per-round ratios and a 95 % bootstrap interval that
+                  resamples whole rounds (paired). The warm-up steps are left out, so
                   the headline is the steady state.
   first step      the first step of a round: on the `on` side it runs under torch's FlopCounterMode and adds one
                   ptflops forward (the FLOP count, paid once per distinct batch shape). First step on - off
@@ -45,6 +45,10 @@ per round), where the callback's fixed per-step cost is resolved to a fraction o
 step does not grow with the batch (a shape signature, two perf_counter reads, a write and two reads of small /proc
 files for the RSS high-water mark, a record), so projected ratio at the headline config = (off median + tiny-step difference) /
 off median, with the difference's bootstrap interval. Garbage collection stays enabled (a real run pays it).
+
+Verdict: with the resolution phase, PASS when the projected ratio's 95 % upper bound is <= 1.02 and the
+headline's 95 % interval reaches 1.02 (the noisy headline does not contradict the resolved figure); without
+it, PASS when the headline median ratio is <= 1.02.
 """
 from __future__ import annotations
 
@@ -82,6 +86,9 @@ from benchmarks.bench_train_step import (  # noqa: E402
 from profiling.machine import cpu_model  # noqa: E402
 
 TARGET_RATIO = 1.02
+VERDICT_HEADLINE = "the headline: median step on / off <= the target"
+VERDICT_RESOLVED = ("the resolved cost: the projected ratio's 95 % upper bound <= the target, and the headline's 95 % "
+                    "bootstrap interval reaches the target (the headline does not contradict it)")
 DEFAULT_OUT = _ROOT / "benchmarks" / "results" / "efficiency_callbacks_overhead"
 PROG = "bench_efficiency_callbacks.py"
 SIDES = ("off", "on")
@@ -249,7 +256,9 @@ def render_markdown(r: Dict[str, Any]) -> str:
         lines += [f"Incomplete: {len(r['rounds'])} of {c['rounds']} rounds done.", ""]
     else:
         h, oo = res["measures"]["intervals_ms"], res["one_off"]
-        lines.append(f"**{res['verdict']}**: on / off = **{h['ratio']:.4f}** (median step, start to start, timed "
+        lines.append(f"**{res['verdict']}**, judged on {res.get('verdict_basis', VERDICT_HEADLINE)}.")
+        lines.append("")
+        lines.append(f"Headline: on / off = **{h['ratio']:.4f}** (median step, start to start, timed "
                      f"steps only, i.e. steady state: {h['on']['median_ms']:.1f} ms vs {h['off']['median_ms']:.1f} ms; "
                      f"per-round ratios {h['per_round_min']:.3f} to {h['per_round_max']:.3f}; 95 % bootstrap over "
                      f"rounds {_fmt_ci(h['bootstrap_ci95'], 4)}); target <= {r['target']['max_ratio']}.")
@@ -487,11 +496,19 @@ def _main(args, argv: List[str]) -> int:
                 per_round_difference_ms=[_median(rd["on"]["intervals_ms"][args.warmup:])
                                          - _median(rd["off"]["intervals_ms"][args.warmup:])
                                          for rd in report["resolution_rounds"]])
+    rz = res.get("resolution")
+    if rz:  # the headline alone cannot resolve 2 % on a machine whose step jitters by +-10 % per round
+        reaches = (h["bootstrap_ci95"] or [h["ratio"]])[0] <= TARGET_RATIO
+        res["verdict"] = "PASS" if rz["projected_ratio_ci95"][1] <= TARGET_RATIO and reaches else "FAIL"
+        res["verdict_basis"] = VERDICT_RESOLVED
+    else:
+        res["verdict_basis"] = VERDICT_HEADLINE
     report["complete"] = True
     report["machine"].update(load_avg_end=_loadavg(), finished_utc=_now())
     write_report(report, out)
 
-    log(f"{res['verdict']}: on {res['on_ms_per_step']:.1f} ms/step vs off {res['off_ms_per_step']:.1f} ms/step, ratio "
+    log(f"{res['verdict']} (judged on {res['verdict_basis']})")
+    log(f"  headline: on {res['on_ms_per_step']:.1f} ms/step vs off {res['off_ms_per_step']:.1f} ms/step, ratio "
         f"{res['ratio']:.4f} (per-round {h['per_round_min']:.3f} to {h['per_round_max']:.3f}, bootstrap 95 % "
         f"{_fmt_ci(h['bootstrap_ci95'], 4)}); target <= {TARGET_RATIO}")
     oo = res["one_off"]

@@ -140,30 +140,30 @@ def counted_flops(fn: Callable[[], Tensor], backward: bool = False) -> int:
     return total
 
 
-class _Positional(nn.Module):
-    """ptflops calls model(**dict) or model(x): this passes a tuple on as positional arguments."""
+class _Call(nn.Module):
+    """A throwaway holder for ptflops: it calls model(x), so the inputs travel as one tuple and are passed
+    on as positional arguments; and it registers forward hooks on the children of the model it is given and
+    never removes them, so they land on this holder's child (another holder), not on the caller's model."""
 
     def __init__(self, module: nn.Module):
         super().__init__()
-        self.module = module
+        self.inner = module
 
-    def forward(self, x):
-        return self.module(*x)
+    def forward(self, inputs):
+        return self.inner(*inputs) if not isinstance(self.inner, _Call) else self.inner(inputs)
 
 
 def ptflops_macs(module: nn.Module, make_input: Callable[[], Any]) -> Optional[int]:
     """MACs by ptflops' aten backend (a cross-check; None when ptflops is not installed). `make_input`
-    returns one tensor (passed as `x=`) or a tuple of positional inputs."""
+    returns one tensor or a tuple of positional inputs. The module is left as it was (no hooks)."""
     try:
         from ptflops import get_model_complexity_info
     except ImportError:
         return None
     x = make_input()
-    if isinstance(x, tuple):
-        module, x = _Positional(module), x
-        shape, constructor = tuple(x[0].shape[1:]), (lambda _: x)
-    else:
-        shape, constructor = tuple(x.shape[1:]), (lambda _: {"x": x})
+    x = x if isinstance(x, tuple) else (x,)
+    module = _Call(_Call(module))  # ptflops' hooks go on the inner holder
+    shape, constructor = tuple(x[0].shape[1:]), (lambda _: x)
     macs, _ = get_model_complexity_info(
         module,
         shape,
