@@ -16,6 +16,7 @@ from models.attention.base import causal_alternatives
 from models.tasks import get_task, list_tasks
 
 NO_ATTENTION = "none"
+ALL = "all"  # --attention all: the comparison study (training/study.py)
 
 
 class UsageError(ValueError):
@@ -91,9 +92,18 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Example: python train.py --model vit --attention linformer --attention-opt k=32",
     )
     p.add_argument("--model", help=f"one of: {', '.join(list_tasks())}")
-    p.add_argument("--attention", help=f"one of: {', '.join(list_attentions())} (default softmax)")
+    p.add_argument("--attention", help=f"one of: {', '.join(list_attentions())} (default softmax); "
+                                       f"'{ALL}': the comparison study of every mechanism the model supports")
     p.add_argument("--attention-opt", action="append", default=[], metavar="KEY=VALUE",
-                   help="an option of the attention mechanism (repeatable), e.g. features=128")
+                   help="an option of the attention mechanism (repeatable), e.g. features=128; in a study "
+                        "NAME.KEY=VALUE, e.g. linformer.k=32")
+    p.add_argument("--seeds", type=int, default=1, metavar="N",
+                   help="study: train every mechanism with N seeds (seed, seed + 1, ...); mean +- std in the table")
+    p.add_argument("--study-dir", metavar="DIR", help="study: where the table, plots and report go "
+                                                      "(default <logdir>/study-<model>)")
+    p.add_argument("--study-sweep", action=argparse.BooleanOptionalAction, default=True,
+                   help="study: also sweep the mechanisms with profile.py at the model's width around its "
+                        "sequence length and link the plots (default on)")
     p.add_argument("--config", help="a YAML file of settings (keys as the flags, with _ for -); flags override it")
     p.add_argument("--logdir", default="lightning_logs", help="where runs are written (default lightning_logs)")
     p.add_argument("--ckpt-path", help="resume: 'last' (this run's latest last.ckpt) or a checkpoint file")

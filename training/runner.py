@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from training.config import UsageError, build_parser, resolve_config
+from training.study import is_study, run_study
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
@@ -168,7 +169,14 @@ def generate(args, ckpt: Path) -> int:
 def run(argv: Optional[Sequence[str]] = None, extra_callbacks: Sequence = ()) -> Dict[str, Any]:
     """Parse, train, test. Returns the results dict (also written to results.json). Raises UsageError for bad
     input, DataUnavailableError when no data source works, NonFiniteLossError when the loss diverges."""
-    args = build_parser().parse_args(argv)
+    return run_args(build_parser().parse_args(argv), extra_callbacks)
+
+
+def run_args(args, extra_callbacks: Sequence = ()) -> Dict[str, Any]:
+    """`run` on parsed flags (the comparison study calls this once per mechanism and seed)."""
+    if is_study(args.attention):
+        raise UsageError(f"--attention {args.attention} is a comparison study; run it through train.py or "
+                         f"training.study.run_study")
     ckpt = resolve_checkpoint(args)
     if args.generate is not None:
         if ckpt is None:
@@ -236,7 +244,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from datamodules import DataUnavailableError
 
     try:
-        run(argv)
+        args = build_parser().parse_args(argv)
+        if is_study(args.attention):
+            run_study(args)
+        else:
+            run_args(args)
     except UsageError as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         return EXIT_USAGE

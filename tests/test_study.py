@@ -1,0 +1,131 @@
+"""The comparison study (training/study.py, training/study_report.py) on a tiny synthetic task: two
+mechanisms, a few steps each.
+
+- One command writes study.json, the table (markdown, CSV), the trade-off plots (PNG, PDF), the attention
+  maps and report.md, with one row per mechanism holding its efficiency figures.
+- A second run of the same command trains nothing: every run is found finished in the log folder.
+- A mechanism that fails mid-study is recorded as failed (with its error) and the others complete.
+- A mechanism the task cannot use is listed as skipped, with the reason; seeds give mean +- std.
+- Bad input (an unscoped option, a task without attention) is one sentence and exit 2.
+"""
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from training.runner import main
+from training.study import STUDY_FILE, scoped_options
+from training.study_report import pareto
+
+pytestmark = pytest.mark.usefixtures("training_isolated")
+
+TINY = ["--data-source", "synthetic", "--accelerator", "cpu", "--no-progress-bar", "--dim", "32", "--depth", "2",
+        "--heads", "2", "--batch-size", "8", "--limit-train-batches", "3", "--limit-val-batches", "2",
+        "--limit-test-batches", "1", "--max-epochs", "1", "--log-every-n-steps", "1"]
+
+
+def study(tmp_path, *argv, sweep=False):
+    logdir, out = tmp_path / "logs", tmp_path / "study"
+    code = main([*argv, *TINY, "--logdir", str(logdir), "--study-dir", str(out),
+                 *([] if sweep else ["--no-study-sweep"])])
+    data = json.loads((out / STUDY_FILE).read_text()) if (out / STUDY_FILE).is_file() else None
+    return code, data, logdir, out
+
+
+def versions(logdir: Path):
+    return sorted(str(p.relative_to(logdir)) for p in logdir.glob("*/version_*"))
+
+
+def test_two_mechanisms_table_plots_report_and_rerun_skips(tmp_path, capsys):
+    code, data, logdir, out = study(tmp_path, "--model", "vit", "--attention", "softmax,linear", sweep=True)
+    assert code == 0
+    assert [(r["attention"], r["status"], r["reused"]) for r in data["runs"]] == [("softmax", "finished", False),
+                                                                               ("linear", "finished", False)]
+    for r in data["runs"]:
+        assert r["efficiency"]["latency_ms_p50"] > 0 and r["results"]["test"]["test/acc"] >= 0
+    for name in ("table.md", "table.csv", "tradeoff.png", "tradeoff.pdf", "attention_maps.png", "attention_maps.pdf",
+                 "report.md"):
+        assert (out / name).stat().st_size > 0, name
+    rows = list(csv.DictReader((out / "table.csv").open()))
+    assert [r["attention"] for r in rows] == ["softmax", "linear"]
+    for r in rows:
+        assert r["metric_name"] == "test/acc" and float(r["latency_ms_p50"]) > 0 and float(r["peak_mem_mib"]) > 0
+        assert float(r["gflop_per_sample"]) > 0 and int(r["parameters"]) > 0 and r["data_source"] == "synthetic"
+    report = (out / "report.md").read_text()
+    assert "| softmax |" in report and "| linear |" in report and "tradeoff.png" in report
+    assert "attention_maps.png" in report and "Pareto front" in report
+    assert "sweep/summary.md" in report and (out / "sweep" / "results.jsonl").is_file()  # profile.py's sweep, linked
+    before = versions(logdir)
+    assert len(before) == 2
+
+    code, again, _, _ = study(tmp_path, "--model", "vit", "--attention", "softmax,linear")
+    assert code == 0 and [r["reused"] for r in again["runs"]] == [True, True]
+    assert versions(logdir) == before  # nothing trained again
+    assert "finished earlier, skipped" in capsys.readouterr().out
+
+
+def test_failing_mechanism_is_recorded_and_the_others_complete(tmp_path, monkeypatch):
+    from models.attention.linear import LinearAttention
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("simulated kernel failure")
+
+    monkeypatch.setattr(LinearAttention, "forward", broken)
+    code, data, logdir, out = study(tmp_path, "--model", "vit", "--attention", "linear,softmax")
+    assert code == 0
+    status = {r["attention"]: r for r in data["runs"]}
+    assert status["linear"]["status"] == "failed" and "simulated kernel failure" in status["linear"]["error"]
+    assert status["softmax"]["status"] == "finished" and status["softmax"]["results"]["test"]
+    report = (out / "report.md").read_text()
+    assert "linear seed 0: failed, RuntimeError: simulated kernel failure" in report
+    rows = {r["attention"]: r for r in csv.DictReader((out / "table.csv").open())}
+    assert rows["linear"]["status"] == "failed" and rows["softmax"]["status"] == "finished"
+
+    monkeypatch.undo()  # the failure is fixed: a re-run trains linear only
+    code, again, _, _ = study(tmp_path, "--model", "vit", "--attention", "linear,softmax")
+    assert {r["attention"]: (r["status"], r["reused"]) for r in again["runs"]} == {"linear": ("finished", False),
+                                                                                   "softmax": ("finished", True)}
+
+
+def test_causal_task_skips_mechanisms_with_reason_and_seeds_aggregate(tmp_path):
+    code, data, logdir, out = study(tmp_path, "--model", "wikitext", "--attention", "linformer,softmax", "--seq-len", "16",
+                                    "--seeds", "2")
+    assert code == 0
+    assert [s["attention"] for s in data["skipped"]] == ["linformer"] and "cannot be causal" in data["skipped"][0]["reason"]
+    assert [(r["attention"], r["seed"]) for r in data["runs"]] == [("softmax", 0), ("softmax", 1)]
+    table = (out / "table.md").read_text()
+    assert "±" in table and "test/ppl" in table  # mean +- std over the two seeds
+    assert "linformer: skipped" in (out / "report.md").read_text()
+
+
+def test_scoped_options_reach_one_mechanism(tmp_path):
+    code, data, _, _ = study(tmp_path, "--model", "vit", "--attention", "performer,local", "--attention-opt",
+                             "performer.features=16", "--attention-opt", "local.window=4")
+    assert code == 0
+    opts = {r["attention"]: r["attention_options"] for r in data["runs"]}
+    assert opts == {"performer": {"features": 16}, "local": {"window": 4}}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model", "vit", "--attention", "all", "--attention-opt", "k=32"], "every option names its mechanism"),
+    (["--model", "inpaint-cnn", "--attention", "all"], "nothing to compare"),
+    (["--model", "vit", "--attention", "softmax,nosuch"], "unknown attention nosuch"),
+    (["--model", "vit", "--attention", "all", "--no-efficiency-callbacks"], "efficiency.json"),
+])
+def test_bad_study_input(tmp_path, capsys, argv, message):
+    code, data, logdir, _ = study(tmp_path, *argv)
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert data is None and not logdir.exists()
+
+
+def test_pareto_front():
+    pts = [("a", 1.0, 0.5), ("b", 2.0, 0.7), ("c", 3.0, 0.6), ("d", 1.5, 0.5)]
+    assert sorted(pareto(pts, maximize=True)) == ["a", "b"]  # c costs more for less; d ties a's metric at more cost
+    assert sorted(pareto(pts, maximize=False)) == ["a"]  # lower metric better: a is cheapest and lowest
+
+
+def test_scoped_options_parse():
+    assert scoped_options(["linformer.k=32", "performer.features=64"], ["linformer", "performer"]) == {
+        "linformer": ["k=32"], "performer": ["features=64"]}

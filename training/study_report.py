@@ -1,0 +1,333 @@
+"""The comparison study's report, from study.json (training/study.py): one row per mechanism, the
+trade-off plots with the Pareto front, the attention maps side by side, report.md tying them together.
+
+    from training.study_report import write_report
+    write_report(json.loads(Path("lightning_logs/study-vit/study.json").read_text()), Path("lightning_logs/study-vit"))
+
+Files: table.md, table.csv, tradeoff.png/.pdf (metric vs latency p50, vs peak memory, vs FLOPs per sample;
+Pareto-optimal mechanisms ringed and joined), attention_maps.png/.pdf (same validation input, every
+mechanism that has attention weights: a row per mechanism, a column per layer, heads averaged),
+report.md. The headline metric is the test score of each run's best checkpoint (the best validation
+score when a run was not tested); with several seeds, mean +- standard deviation over seeds.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import statistics
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+COST_AXES = [  # (key in a row, axis label); lower is better on every axis
+    ("latency_ms_p50", "training step latency p50 (ms)"),
+    ("peak_mem_mib", "peak memory (MiB)"),
+    ("gflop_per_sample", "GFLOP per sample (fwd + bwd)"),
+]
+
+
+def headline_metric(study: Dict[str, Any]) -> str:
+    return "test/" + study["monitor"].split("/", 1)[1]
+
+
+def run_metric(rec: Dict[str, Any], metric: str) -> Optional[float]:
+    res = rec.get("results") or {}
+    value = (res.get("test") or {}).get(metric)
+    return float(value) if value is not None else (float(res["best_val"]) if res.get("best_val") is not None else None)
+
+
+def _mean_std(xs: List[float]) -> Tuple[Optional[float], Optional[float]]:
+    xs = [x for x in xs if x is not None and not (isinstance(x, float) and math.isnan(x))]
+    if not xs:
+        return None, None
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else None)
+
+
+def rows(study: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """One row per mechanism that was planned: aggregated over its finished seeds."""
+    metric = headline_metric(study)
+    by_name: Dict[str, List[Dict[str, Any]]] = {}
+    for rec in study["runs"]:
+        by_name.setdefault(rec["attention"], []).append(rec)
+    out = []
+    for name, recs in by_name.items():
+        ok = [r for r in recs if r["status"] == "finished" and r.get("results")]
+        row: Dict[str, Any] = {"attention": name, "seeds": len(ok), "failed": sum(r["status"] == "failed" for r in recs),
+                               "status": "finished" if ok else recs[0]["status"],
+                               "error": next((r.get("error") for r in recs if r.get("error")), "")}
+        if ok:
+            effs = [r.get("efficiency") or {} for r in ok]
+            row["metric"], row["metric_std"] = _mean_std([run_metric(r, metric) for r in ok])
+            row["best_val"], _ = _mean_std([r["results"].get("best_val") for r in ok])
+            for key, src in (("latency_ms_p50", "latency_ms_p50"), ("peak_mem_mib", "peak_mem_mib"),
+                             ("samples_per_s", "samples_per_s"), ("wall_time_s", "wall_time_s")):
+                row[key], row[f"{key}_std"] = _mean_std([e.get(src) for e in effs])
+            fwd_bwd = [e.get("flops_per_sample_fwd_bwd") for e in effs]
+            row["gflop_per_sample"], _ = _mean_std([f / 1e9 if f else None for f in fwd_bwd])
+            row["gflop_per_sample_std"] = None
+            unit = effs[0].get("token_unit")
+            row["token_unit"] = unit
+            row["tokens_per_s"], _ = _mean_std([e.get(f"{unit}_per_s") for e in effs]) if unit else (None, None)
+            row["parameters"] = ok[0]["results"].get("parameters")
+            row["fit_seconds"], _ = _mean_std([r["results"].get("fit_seconds") for r in ok])
+            row["data_source"] = ok[0]["results"].get("data_source")
+            row["machine"] = effs[0].get("device_name") or ""
+            row["attention_options"] = ok[0].get("attention_options") or {}
+        out.append(row)
+    return out
+
+
+def pareto(points: Sequence[Tuple[str, float, float]], maximize: bool) -> List[str]:
+    """Names of the points (name, cost, metric) that no other point beats on both (lower cost, better
+    metric; ties on one axis need a strict gain on the other)."""
+    def better_or_equal(a: float, b: float) -> bool:
+        return a >= b if maximize else a <= b
+
+    front = []
+    for name, c, m in points:
+        dominated = any(c2 <= c and better_or_equal(m2, m) and (c2 < c or m2 != m) for n2, c2, m2 in points if n2 != name)
+        if not dominated:
+            front.append(name)
+    return front
+
+
+# ------------------------------------------------------------------ table
+COLUMNS = [  # (key, header, format)
+    ("attention", "attention", "s"), ("metric", "{metric}", ".4f"), ("best_val", "best {monitor}", ".4f"),
+    ("parameters", "params", ","), ("gflop_per_sample", "GFLOP / sample (fwd+bwd)", ".4g"),
+    ("latency_ms_p50", "latency p50 (ms)", ".1f"), ("peak_mem_mib", "peak mem (MiB)", ",.0f"),
+    ("samples_per_s", "samples/s", ",.1f"), ("tokens_per_s", "{unit}/s", ",.0f"), ("fit_seconds", "training (s)", ",.0f"),
+    ("seeds", "seeds", "d"), ("data_source", "data", "s"), ("machine", "machine", "s"),
+]
+
+
+def _cell(row: Dict[str, Any], key: str, fmt: str) -> str:
+    v = row.get(key)
+    if v is None or v == "":
+        return "–"
+    text = format(v, fmt) if fmt != "s" else str(v)
+    std = row.get(f"{key}_std")
+    return f"{text} ± {format(std, fmt)}" if std is not None and fmt != "s" and fmt != "d" else text
+
+
+def _headers(study: Dict[str, Any], table_rows: List[Dict[str, Any]]) -> List[str]:
+    unit = next((r.get("token_unit") for r in table_rows if r.get("token_unit")), None) or "tokens"
+    return [h.format(metric=headline_metric(study), monitor=study["monitor"], unit=unit) for _, h, _ in COLUMNS]
+
+
+def table_markdown(study: Dict[str, Any], table_rows: List[Dict[str, Any]]) -> str:
+    heads = _headers(study, table_rows)
+    lines = ["| " + " | ".join(heads) + " |", "|" + "|".join("---" if f == "s" else "---:" for _, _, f in COLUMNS) + "|"]
+    for r in sorted(table_rows, key=lambda r: (r["status"] != "finished", r["attention"])):
+        if r["status"] != "finished":
+            lines.append(f"| {r['attention']} | {r['status']}: {r.get('error') or ''} |" + " |" * (len(COLUMNS) - 2))
+            continue
+        lines.append("| " + " | ".join(_cell(r, k, f) for k, _, f in COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def table_csv(study: Dict[str, Any], table_rows: List[Dict[str, Any]]) -> str:
+    keys = ["attention", "status", "error", "metric", "metric_std", "best_val", "parameters", "gflop_per_sample",
+            "latency_ms_p50", "latency_ms_p50_std", "peak_mem_mib", "peak_mem_mib_std", "samples_per_s",
+            "samples_per_s_std", "tokens_per_s", "token_unit", "fit_seconds", "seeds", "failed", "data_source", "machine"]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=["metric_name", *keys], extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in table_rows:
+        w.writerow({"metric_name": headline_metric(study), **{k: r.get(k) for k in keys}})
+    return buf.getvalue()
+
+
+# ------------------------------------------------------------------ plots
+def plot_tradeoffs(study: Dict[str, Any], table_rows: List[Dict[str, Any]], out_dir: Path) -> List[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    from profiling.plots import STYLE, mechanism_styles
+
+    done = [r for r in table_rows if r["status"] == "finished" and r.get("metric") is not None]
+    if not done:
+        return []
+    maximize = study["mode"] == "max"
+    styles = mechanism_styles([r["attention"] for r in done])
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(1, len(COST_AXES), figsize=(3.3 * len(COST_AXES), 3.0), constrained_layout=True)
+        for ax, (key, label) in zip(axes, COST_AXES):
+            pts = [(r["attention"], r[key], r["metric"]) for r in done if r.get(key)]
+            front = set(pareto(pts, maximize))
+            for r in done:
+                if not r.get(key):
+                    continue
+                color, marker = styles[r["attention"]]
+                ax.errorbar(r[key], r["metric"], xerr=r.get(f"{key}_std"), yerr=r.get("metric_std"), fmt=marker,
+                            color=color, label=r["attention"], markersize=6, zorder=3)
+                if r["attention"] in front:
+                    ax.scatter([r[key]], [r["metric"]], s=160, facecolors="none", edgecolors="black", linewidths=1.0, zorder=4)
+            line = sorted((c, m) for n, c, m in pts if n in front)
+            if len(line) > 1:
+                xs, ys = zip(*line)
+                ax.step(xs, ys, where="post", color="black", linewidth=0.8, linestyle="--", zorder=2)
+            xs = [c for _, c, _ in pts]
+            if xs and max(xs) / max(min(xs), 1e-12) > 5:  # log only where the costs span orders of magnitude
+                ax.set_xscale("log")
+                ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+                ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.set_xlabel(label)
+            ax.set_ylabel(headline_metric(study))
+        handles, labels = axes[0].get_legend_handles_labels()
+        uniq = dict(zip(labels, handles))
+        fig.legend(uniq.values(), uniq.keys(), loc="outside right center", frameon=False)
+        fig.suptitle(f"{study['task']}: {headline_metric(study)} ({'higher' if maximize else 'lower'} is better) "
+                     f"against cost; ringed: Pareto front", fontsize=9)
+        paths = []
+        for ext in ("png", "pdf"):
+            path = out_dir / f"tradeoff.{ext}"
+            fig.savefig(path)
+            paths.append(path)
+        plt.close(fig)
+    return paths
+
+
+def attention_maps(study: Dict[str, Any], out_dir: Path, max_layers: int = 4) -> List[Path]:
+    """Head-averaged attention of one validation input, every layer, for each mechanism that has weights
+    (its first finished seed's best checkpoint). The input is the first validation sample of the data the
+    study trained on."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+
+    from models.tasks import get_task
+    from profiling.plots import STYLE
+    from training.runner import prepare
+
+    firsts: Dict[str, Dict[str, Any]] = {}
+    for rec in study["runs"]:
+        if rec["status"] == "finished" and rec.get("results") and rec["attention"] not in firsts:
+            if (rec["results"].get("best_checkpoint") or "") and Path(rec["results"]["best_checkpoint"]).is_file():
+                firsts[rec["attention"]] = rec
+    if not firsts:
+        return []
+    task = get_task(study["task"])
+    maps: Dict[str, List[torch.Tensor]] = {}
+    batch = None
+    for name, rec in firsts.items():
+        cfg = dict(rec["results"]["config"])
+        _, dm, net = prepare(cfg)
+        if not getattr(net, "has_attention_maps", False):
+            continue
+        state = torch.load(rec["results"]["best_checkpoint"], map_location="cpu", weights_only=False)["state_dict"]
+        net.load_state_dict({k[len("net."):]: v for k, v in state.items() if k.startswith("net.")})
+        net.eval()
+        module = task.module(net, cfg)
+        if batch is None:
+            batch = next(iter(dm.val_dataloader()))
+        with torch.no_grad():
+            layer_maps = net.attention_maps(*module.map_inputs(batch))
+        maps[name] = [m[0].float().mean(0).cpu() for m in layer_maps[:max_layers]]  # (n, n) per layer
+    if not maps:
+        return []
+    layers = max(len(v) for v in maps.values())
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(len(maps), layers, figsize=(1.9 * layers + 0.6, 1.9 * len(maps)), squeeze=False,
+                                 constrained_layout=True)
+        for i, (name, per_layer) in enumerate(sorted(maps.items())):
+            for j in range(layers):
+                ax = axes[i][j]
+                ax.set_xticks([])
+                ax.set_yticks([])
+                ax.grid(False)
+                if j < len(per_layer):
+                    ax.imshow(per_layer[j].numpy(), cmap="viridis", interpolation="nearest")
+                if i == 0:
+                    ax.set_title(f"layer {j + 1}")
+                if j == 0:
+                    ax.set_ylabel(name)
+        fig.suptitle(f"{study['task']}: one validation input, heads averaged", fontsize=9)
+        paths = []
+        for ext in ("png", "pdf"):
+            path = out_dir / f"attention_maps.{ext}"
+            fig.savefig(path)
+            paths.append(path)
+        plt.close(fig)
+    return paths
+
+
+# ------------------------------------------------------------------ report
+BUDGET_KEYS = ("data_source", "max_epochs", "max_steps", "limit_train_batches", "limit_val_batches", "batch_size", "lr",
+               "dim", "depth", "heads", "seq_len", "precision", "accelerator", "devices", "seed")
+
+
+def _rel(path: Path, start: Path) -> str:
+    import os
+
+    return os.path.relpath(path, start)
+
+
+def write_report(study: Dict[str, Any], out_dir: Path) -> Path:
+    """Write table.md, table.csv, the plots and report.md into out_dir; returns report.md's path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table_rows = rows(study)
+    md_table = table_markdown(study, table_rows)
+    _write(out_dir / "table.md", md_table + "\n")
+    _write(out_dir / "table.csv", table_csv(study, table_rows))
+    plots = plot_tradeoffs(study, table_rows, out_dir)
+    try:
+        maps = attention_maps(study, out_dir)
+        maps_note = "" if maps else "No finished mechanism has attention weights to show."
+    except Exception as e:  # noqa: BLE001 - the table and plots are already written
+        maps, maps_note = [], f"Attention maps could not be drawn ({type(e).__name__}: {e})."
+    done = [r for r in table_rows if r["status"] == "finished" and r.get("metric") is not None]
+    maximize = study["mode"] == "max"
+    lines = [f"# Comparison study: `{study['task']}`", "",
+             f"Command: `{study['command']}`", "",
+             f"Machine: {next((r['machine'] for r in done if r.get('machine')), study.get('machine', {}).get('cpu', '?'))}. "
+             f"Seeds: {', '.join(map(str, study['seeds']))}.", "",
+             "Budget and recipe (the same for every mechanism): "
+             + ", ".join(f"{k} {study['recipe'].get(k)}" for k in BUDGET_KEYS if k in study["recipe"] and k != "seed") + ".",
+             "", f"Headline metric: `{headline_metric(study)}` of each run's best checkpoint "
+             f"({'higher' if maximize else 'lower'} is better); costs from each run's efficiency.json "
+             f"(latency p50 of a training step, peak memory, FLOPs per sample of forward + backward).", "",
+             "## Results", "", md_table, ""]
+    for key, label in COST_AXES:
+        front = pareto([(r["attention"], r[key], r["metric"]) for r in done if r.get(key)], maximize)
+        lines.append(f"- Pareto front, {headline_metric(study)} against {label}: {', '.join(sorted(front)) or '–'}")
+    lines.append("")
+    if plots:
+        lines += ["## Trade-offs", "", f"![trade-offs]({_rel(plots[0], out_dir)}) ([PDF]({_rel(plots[1], out_dir)}))", ""]
+    lines += ["## Attention maps", ""]
+    lines += ["The same validation input through each mechanism's best checkpoint: a row per mechanism, a column per "
+              "layer, heads averaged (rows of a matrix: queries; columns: keys).", "",
+              f"![attention maps]({_rel(maps[0], out_dir)}) ([PDF]({_rel(maps[1], out_dir)}))", ""] if maps else [maps_note, ""]
+    if study.get("sweep_dir"):
+        sweep = Path(study["sweep_dir"])
+        lines += ["## Sequence-length sweep at the same width", "",
+                  f"profile.py's sweep of the same mechanisms at the model's width and heads (forward + backward, batch 1), "
+                  f"around the task's sequence length: [summary]({_rel(sweep / 'summary.md', out_dir)}).", ""]
+        for fig in ("time", "memory", "flops"):
+            png = sorted(sweep.glob(f"{fig}*.png"))
+            if png:
+                lines.append(f"![{fig}]({_rel(png[0], out_dir)})")
+        lines.append("")
+    skipped, failed = study.get("skipped") or [], [r for r in study["runs"] if r["status"] == "failed"]
+    if skipped or failed:
+        lines += ["## Not in the comparison", ""]
+        lines += [f"- {s['attention']}: skipped, {s['reason']}" for s in skipped]
+        lines += [f"- {r['attention']} seed {r['seed']}: failed, {r.get('error')}" for r in failed]
+        lines.append("")
+    path = out_dir / "report.md"
+    _write(path, "\n".join(lines))
+    return path
+
+
+def _write(path: Path, text: str) -> None:
+    import os
+
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
