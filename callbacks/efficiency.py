@@ -17,6 +17,11 @@ Every measurement comes from `profiling/` (one timer, one memory meter, one FLOP
   since a reset at the step's start, memory_reserved alongside; CPU: the process's resident-set
   high-water mark, reset at the step's start), absolute; peak_mem_growth_mib is the peak above the
   level at the step's start. The method is written into efficiency.json and TensorBoard.
+- step_alloc_peak_mib: the tensor memory a training step allocates above the level at its start, by the
+  allocator itself (the figure profile.py reports): on CUDA the maximum of the step peaks above; on CPU
+  the profiler method of profiling/memory.py, held over the first batch of each new largest shape (the
+  profiler is too slow for every step; such a step is left out of the latency statistics). Unlike the
+  process figure on CPU, it does not depend on what the process did before (another run in a study).
 - FLOPs: counted on the live training step by `FlopTally` (FlopCounterMode with the fused-attention
   formulas of profiling/flops.py) the first time each distinct batch shape arrives: forward (read at
   `on_before_backward`) and forward + backward; later batches of that shape reuse the count, so the
@@ -67,6 +72,7 @@ from lightning.pytorch.callbacks import Callback
 from torch.utils._pytree import tree_leaves
 
 from profiling import FlopTally, StepMemory, StepTimer, matmul_dtype, mfu_note, peak_tflops, ptflops_macs, summarize_times
+from profiling.memory import CPU_MEMORY_METHOD, CUDA_MEMORY_METHOD, CPUAllocatorPeak
 from profiling.machine import device_name
 
 MIB = 2**20
@@ -88,6 +94,7 @@ class TrainRecord(NamedTuple):
     tokens: Optional[int]  # tokens or patches, None when the task has neither
     flops_fwd: int
     flops: int  # forward + backward
+    profiled: bool = False  # ran under the CPU allocator profiler (slow): left out of the latency statistics
 
 
 def batch_signature(batch: Any) -> str:
@@ -135,10 +142,13 @@ class EfficiencyMonitor(Callback):
         self.flops: Dict[str, Tuple[int, int]] = {}  # signature -> (forward, forward + backward)
         self.ptflops_macs_per_sample: Optional[int] = None
         self.wall_before_s = 0.0  # fit time of earlier (resumed-from) sessions
+        self.step_alloc_peak_bytes: Optional[int] = None  # tensor memory a step allocates above its start (max)
+        self._alloc_numel = 0  # elements of the largest batch measured by the allocator profiler so far
         # this session
         self.timer: Optional[StepTimer] = None
         self.memory: Optional[StepMemory] = None
         self.tally = FlopTally()
+        self.alloc: Optional[CPUAllocatorPeak] = None
         self._eager: Optional[_EagerForCounting] = None
         self._counting: Optional[str] = None
         self._fwd: Optional[int] = None
@@ -160,6 +170,7 @@ class EfficiencyMonitor(Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         dev = trainer.strategy.root_device
         self.timer, self.memory = StepTimer(dev), StepMemory(dev)
+        self.alloc = CPUAllocatorPeak() if dev.type == "cpu" else None
         self._device_name = device_name(dev)
         self._dtype = matmul_dtype(trainer.precision)
         self._peak = peak_tflops(self._device_name, self._dtype) if dev.type == "cuda" else None
@@ -188,7 +199,13 @@ class EfficiencyMonitor(Callback):
             self._counting, self._fwd = sig, None
             self.tally.start()
         counts = pl_module.batch_counts(batch) if hasattr(pl_module, "batch_counts") else default_counts(batch)
-        self._current = {"batch": self._batch, "step": trainer.global_step, "wait": wait, "sig": sig, "counts": counts}
+        self._current = {"batch": self._batch, "step": trainer.global_step, "wait": wait, "sig": sig, "counts": counts,
+                         "profiled": False}
+        numel = sum(t.numel() for t in tree_leaves(batch) if isinstance(t, torch.Tensor))
+        if self.alloc is not None and numel > self._alloc_numel and not self.alloc.active:
+            self._alloc_numel = numel  # each new largest batch once: the tensor memory of a step, as profile.py reads it
+            self._current["profiled"] = True
+            self.alloc.start()
         self.memory.start()
         self.timer.start()
 
@@ -200,6 +217,10 @@ class EfficiencyMonitor(Callback):
         tag = ("train", self._batch)
         self.timer.stop(tag)
         mem = self.memory.stop()
+        if self.alloc is not None and self.alloc.active:
+            self.step_alloc_peak_bytes = max(self.step_alloc_peak_bytes or 0, self.alloc.stop())
+        elif self.alloc is None:  # CUDA: the allocator's own peak above the step's start, every step
+            self.step_alloc_peak_bytes = max(self.step_alloc_peak_bytes or 0, mem.growth_bytes)
         if self._counting is not None:
             total = self._stop_counting()
             self.flops[self._counting] = (self._fwd if self._fwd is not None else total, total)
@@ -249,7 +270,7 @@ class EfficiencyMonitor(Callback):
             unit = next((k for k in counts if k != "samples"), None)
             fwd, flops = self.flops.get(rec["sig"], (0, 0))
             self.train.append(TrainRecord(rec["batch"], rec["step"], ms, rec["wait"], rec["peak"], rec["growth"], rec["reserved"],
-                                          samples, int(counts[unit]) if unit else None, fwd, flops))
+                                          samples, int(counts[unit]) if unit else None, fwd, flops, rec["profiled"]))
             self._unit = unit
             every = max(1, int(trainer.log_every_n_steps or 1))
             if rec["batch"] % every == 0:
@@ -329,6 +350,8 @@ class EfficiencyMonitor(Callback):
     def on_exception(self, trainer, pl_module, exception) -> None:
         if self.tally.active:
             self._stop_counting()
+        if self.alloc is not None and self.alloc.active:
+            self.alloc.stop()
         self._counting = None
 
     def on_train_end(self, trainer, pl_module) -> None:
@@ -339,7 +362,8 @@ class EfficiencyMonitor(Callback):
 
     # ------------------------------------------------------------------ summary
     def summary(self, trainer, pl_module, records: List[TrainRecord], val_latency: List[float], peaks: List[int]) -> Dict[str, Any]:
-        steady = records[self.warmup_batches:] if len(records) > self.warmup_batches else records
+        later = records[self.warmup_batches:] if len(records) > self.warmup_batches else records
+        steady = [r for r in later if not r.profiled] or later
         world = trainer.world_size
         cb = trainer.checkpoint_callback
         best = getattr(cb, "best_model_score", None)
@@ -381,6 +405,9 @@ class EfficiencyMonitor(Callback):
             out["peak_mem_growth_mib"] = max(r.growth_bytes for r in records) / MIB
             reserved = [r.reserved_bytes for r in records if r.reserved_bytes is not None]
             out["reserved_mem_mib"] = max(reserved) / MIB if reserved else None
+            out["step_alloc_peak_mib"] = self.step_alloc_peak_bytes / MIB if self.step_alloc_peak_bytes is not None else None
+            out["step_alloc_method"] = (CUDA_MEMORY_METHOD if self.alloc is None else
+                                        CPU_MEMORY_METHOD + "; on the first batch of each new largest shape")
             span_s = sum(r.latency_ms + (r.wait_ms or 0.0) for r in steady) / 1e3 / world  # pooled ranks ran side by side
             busy_s = sum(r.latency_ms for r in steady) / 1e3 / world
             out["samples_per_s"] = sum(r.samples for r in steady) / span_s if span_s > 0 else None
@@ -421,7 +448,8 @@ class EfficiencyMonitor(Callback):
         wall = self.wall_before_s + (time.perf_counter() - self._fit_start if self._fit_start else 0.0)
         return {"train": [list(r) for r in self.train], "val_latency": list(self.val_latency), "val_peak": list(self.val_peak),
                 "flops": {k: list(v) for k, v in self.flops.items()}, "ptflops_macs_per_sample": self.ptflops_macs_per_sample,
-                "wall_s": wall, "unit": self._unit}
+                "wall_s": wall, "unit": self._unit, "step_alloc_peak_bytes": self.step_alloc_peak_bytes,
+                "alloc_numel": self._alloc_numel}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         self.train = [TrainRecord(*r) for r in state.get("train", [])]
@@ -431,6 +459,8 @@ class EfficiencyMonitor(Callback):
         self.ptflops_macs_per_sample = state.get("ptflops_macs_per_sample")
         self.wall_before_s = float(state.get("wall_s", 0.0))
         self._unit = state.get("unit")
+        self.step_alloc_peak_bytes = state.get("step_alloc_peak_bytes")
+        self._alloc_numel = int(state.get("alloc_numel", 0))
 
 
 def write_json(path: Path, obj: Dict[str, Any]) -> None:
@@ -455,7 +485,8 @@ def format_table(s: Dict[str, Any]) -> str:
                                              f"{_fmt((s.get('flops_per_sample_fwd_bwd') or 0) / 1e9, '.4g')} GFLOP"),
         ("latency p50 / p95", f"{_fmt(s.get('latency_ms_p50'), '.1f')} / {_fmt(s.get('latency_ms_p95'), '.1f')} ms"),
         ("data wait (mean, share)", f"{_fmt(s.get('data_wait_ms_mean'), '.1f', ' ms')}, {_fmt(s.get('data_wait_fraction'), '.1%')}"),
-        ("peak memory", _fmt(s.get("peak_mem_mib"), ",.0f", " MiB")),
+        ("peak memory (process / step's tensors)", f"{_fmt(s.get('peak_mem_mib'), ',.0f', ' MiB')} / "
+                                                   f"{_fmt(s.get('step_alloc_peak_mib'), ',.1f', ' MiB')}"),
         ("throughput", f"{_fmt(s.get('samples_per_s'), ',.1f')} samples/s"
                        + (f", {_fmt(s.get(f'{unit}_per_s'), ',.0f')} {unit}/s" if unit else "")),
         ("achieved", f"{_fmt(s.get('tflop_per_s'), '.3g', ' TFLOP/s')}"

@@ -71,26 +71,57 @@ def _quiet_fd2():
         os.close(devnull)
 
 
-def _cpu_peak(fn: Callable[[], object]) -> int:
-    from torch._C._profiler import _EventType
-    from torch.profiler import ProfilerActivity, profile
+class CPUAllocatorPeak:
+    """The method of CPU_MEMORY_METHOD held open over live work that is not one Python call (a training
+    step across Lightning hooks): `start()`, then `stop()` -> peak bytes allocated above the level at
+    the start. Costly: the profiler records every op in between, so use it on chosen steps only."""
 
-    with _quiet_fd2(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    def __init__(self):
+        self._prof = None
+
+    @property
+    def active(self) -> bool:
+        return self._prof is not None
+
+    def start(self) -> None:
+        from torch.profiler import ProfilerActivity, profile
+
+        self._prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+        with _quiet_fd2():  # the profiler's native layer prints on start and stop
+            self._prof.__enter__()
+
+    def stop(self) -> int:
+        from torch._C._profiler import _EventType
+
+        if self._prof is None:
+            return 0
+        prof, self._prof = self._prof, None
+        with _quiet_fd2():
+            prof.__exit__(None, None, None)
+        events = []
+        stack = list(prof.profiler.kineto_results.experimental_event_tree())
+        while stack:
+            node = stack.pop()
+            if node.tag == _EventType.Allocation and node.extra_fields.device.type == "cpu":
+                ef = node.extra_fields
+                events.append((node.start_time_ns, ef.alloc_size, ef.total_allocated))
+            stack.extend(node.children)
+        if not events:
+            return 0
+        events.sort(key=lambda e: e[0])
+        # the running total carries over from earlier profiling sessions: baseline = level before the first event
+        baseline = events[0][2] - events[0][1]
+        return max(0, max(e[2] for e in events) - baseline)
+
+
+def _cpu_peak(fn: Callable[[], object]) -> int:
+    meter = CPUAllocatorPeak()
+    meter.start()
+    try:
         fn()
-    events = []
-    stack = list(prof.profiler.kineto_results.experimental_event_tree())
-    while stack:
-        node = stack.pop()
-        if node.tag == _EventType.Allocation and node.extra_fields.device.type == "cpu":
-            ef = node.extra_fields
-            events.append((node.start_time_ns, ef.alloc_size, ef.total_allocated))
-        stack.extend(node.children)
-    if not events:
-        return 0
-    events.sort(key=lambda e: e[0])
-    # the running total carries over from earlier profiling sessions: baseline = level before the first event
-    baseline = events[0][2] - events[0][1]
-    return max(0, max(e[2] for e in events) - baseline)
+    finally:
+        peak = meter.stop()
+    return peak
 
 
 def _cuda_peak(fn: Callable[[], object], device) -> int:

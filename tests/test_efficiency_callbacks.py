@@ -10,7 +10,9 @@
   lands in data_wait_ms, not in latency_ms, with the same tolerance.
 - Peak memory: a step that allocates and touches 256 MiB raises the step's peak by 256 MiB (- 4 / + 40 MiB:
   pages released during the step offset a little, other growth adds a little), and agrees within 40 MiB with the allocator's own figure for the same work by the
-  profiler method of profiling/memory.py. On CUDA (when present) the peak equals max_memory_allocated.
+  profiler method of profiling/memory.py; the step's tensor memory by that method itself is 256 MiB (+ 8 MiB)
+  and does not move when the process holds 300 MiB more. On CUDA (when present) the peak equals
+  max_memory_allocated.
 - FLOPs are counted once per distinct batch shape (the counter opens exactly once per shape), a compiled
   network is counted eagerly and left compiled, and an exception in a counted step leaves no counter open.
 - TensorBoard carries every promised tag and efficiency.json every field with plausible values, for a
@@ -211,6 +213,21 @@ def test_peak_memory_sees_a_known_allocation_as_the_allocator_does(tmp_path):
     allocator = peak_allocated_bytes(lambda: torch.ones(alloc * MIB // 4).sum()) / MIB  # profiling's CPU method
     assert abs(min(growth) - allocator) <= 40, (growth, allocator)
     assert eff["peak_mem_mib"] >= eff["peak_mem_growth_mib"] >= alloc - 4
+    # the allocator's own figure for the step (profiler events on the first batch), as profile.py reads it
+    assert alloc <= eff["step_alloc_peak_mib"] <= alloc + 8 and "profile_memory" in eff["step_alloc_method"]
+    assert [r.profiled for r in monitor.train] == [True, False, False, False]  # once per new largest shape
+
+
+def test_step_tensor_memory_does_not_depend_on_what_the_process_did_before(tmp_path):
+    """The process figure on CPU (RSS) carries whatever earlier work left resident; the allocator figure of the
+    step does not: a second identical fit, with 300 MiB more held by the process, gets the same figure."""
+    batches = [(torch.randn(16, 256),) for _ in range(3)]
+    _, first = fit(tmp_path / "a", Regress(linear_stack([256, 1024, 256])), batches)
+    ballast = torch.ones(300 * MIB // 4)
+    _, second = fit(tmp_path / "b", Regress(linear_stack([256, 1024, 256])), batches)
+    assert float(ballast[-1]) == 1.0
+    assert second["peak_mem_mib"] > first["peak_mem_mib"] + 250
+    assert abs(second["step_alloc_peak_mib"] - first["step_alloc_peak_mib"]) < 0.5
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA peak memory needs a GPU")
@@ -249,7 +266,7 @@ FIELDS = {"run", "model", "attention", "attention_options", "data_source", "batc
           "latency_clock", "memory_method", "flop_counter", "aggregation", "flops_per_sample_fwd", "flops_per_sample_fwd_bwd",
           "flop_shapes_counted", "ptflops_macs_per_sample_fwd", "latency_ms_p50", "latency_ms_p95", "latency_ms_p99",
           "latency_ms_mean", "latency_ms_std", "data_wait_ms_mean", "data_wait_ms_p95", "data_wait_fraction",
-          "peak_mem_mib", "peak_mem_growth_mib", "reserved_mem_mib", "samples_per_s", "token_unit", "tflop_per_s",
+          "peak_mem_mib", "peak_mem_growth_mib", "reserved_mem_mib", "step_alloc_peak_mib", "step_alloc_method", "samples_per_s", "token_unit", "tflop_per_s",
           "peak_tflop_per_s", "mfu_pct", "mfu_note", "val_latency_ms_p50", "val_latency_ms_p95", "val_latency_ms_mean",
           "val_peak_mem_mib"}
 TRAIN = ["--data-source", "synthetic", "--accelerator", "cpu", "--no-progress-bar", "--dim", "32", "--depth", "1",

@@ -246,7 +246,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         if is_study(args.attention):
-            run_study(args)
+            run_study(args, list(sys.argv[1:] if argv is None else argv))
         else:
             run_args(args)
     except UsageError as e:

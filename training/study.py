@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import shlex
 import sys
 import time
 import traceback
@@ -151,7 +152,7 @@ def write_study(path: Path, study: Dict[str, Any]) -> None:
     write_json(path, study)
 
 
-def run_study(args: argparse.Namespace) -> Dict[str, Any]:
+def run_study(args: argparse.Namespace, argv: Optional[List[str]] = None) -> Dict[str, Any]:
     """Train (or find) every run of the study, then write study.json and the report. Returns the study."""
     from profiling.machine import cpu_model
 
@@ -163,7 +164,7 @@ def run_study(args: argparse.Namespace) -> Dict[str, Any]:
     study_dir.mkdir(parents=True, exist_ok=True)
     monitor, mode = task.monitor
     study: Dict[str, Any] = {
-        "task": task.name, "monitor": monitor, "mode": mode, "command": " ".join(["train.py", *sys.argv[1:]]),
+        "task": task.name, "monitor": monitor, "mode": mode, "command": shlex.join(["python", "train.py", *(sys.argv[1:] if argv is None else argv)]),
         "seeds": sorted({r["seed"] for r in runs}), "machine": {"cpu": cpu_model()},
         "recipe": {k: v for k, v in _plain(runs[0]["config"]).items() if k not in ("attention", "attention_options", "seed")},
         "skipped": skipped, "runs": [],

@@ -4,7 +4,7 @@ trade-off plots with the Pareto front, the attention maps side by side, report.m
     from training.study_report import write_report
     write_report(json.loads(Path("lightning_logs/study-vit/study.json").read_text()), Path("lightning_logs/study-vit"))
 
-Files: table.md, table.csv, tradeoff.png/.pdf (metric vs latency p50, vs peak memory, vs FLOPs per sample;
+Files: table.md, table.csv, tradeoff.png/.pdf (metric vs latency p50, vs a step's tensor memory, vs FLOPs per sample;
 Pareto-optimal mechanisms ringed and joined), attention_maps.png/.pdf (same validation input, every
 mechanism that has attention weights: a row per mechanism, a column per layer, heads averaged),
 report.md. The headline metric is the test score of each run's best checkpoint (the best validation
@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 COST_AXES = [  # (key in a row, axis label); lower is better on every axis
     ("latency_ms_p50", "training step latency p50 (ms)"),
-    ("peak_mem_mib", "peak memory (MiB)"),
+    ("step_mem_mib", "tensor memory of a training step (MiB)"),
     ("gflop_per_sample", "GFLOP per sample (fwd + bwd)"),
 ]
 
@@ -59,7 +59,8 @@ def rows(study: Dict[str, Any]) -> List[Dict[str, Any]]:
             effs = [r.get("efficiency") or {} for r in ok]
             row["metric"], row["metric_std"] = _mean_std([run_metric(r, metric) for r in ok])
             row["best_val"], _ = _mean_std([r["results"].get("best_val") for r in ok])
-            for key, src in (("latency_ms_p50", "latency_ms_p50"), ("peak_mem_mib", "peak_mem_mib"),
+            for key, src in (("latency_ms_p50", "latency_ms_p50"), ("step_mem_mib", "step_alloc_peak_mib"),
+                             ("process_peak_mem_mib", "peak_mem_mib"),
                              ("samples_per_s", "samples_per_s"), ("wall_time_s", "wall_time_s")):
                 row[key], row[f"{key}_std"] = _mean_std([e.get(src) for e in effs])
             fwd_bwd = [e.get("flops_per_sample_fwd_bwd") for e in effs]
@@ -95,7 +96,7 @@ def pareto(points: Sequence[Tuple[str, float, float]], maximize: bool) -> List[s
 COLUMNS = [  # (key, header, format)
     ("attention", "attention", "s"), ("metric", "{metric}", ".4f"), ("best_val", "best {monitor}", ".4f"),
     ("parameters", "params", ","), ("gflop_per_sample", "GFLOP / sample (fwd+bwd)", ".4g"),
-    ("latency_ms_p50", "latency p50 (ms)", ".1f"), ("peak_mem_mib", "peak mem (MiB)", ",.0f"),
+    ("latency_ms_p50", "latency p50 (ms)", ".1f"), ("step_mem_mib", "step memory (MiB)", ",.1f"),
     ("samples_per_s", "samples/s", ",.1f"), ("tokens_per_s", "{unit}/s", ",.0f"), ("fit_seconds", "training (s)", ",.0f"),
     ("seeds", "seeds", "d"), ("data_source", "data", "s"), ("machine", "machine", "s"),
 ]
@@ -128,7 +129,7 @@ def table_markdown(study: Dict[str, Any], table_rows: List[Dict[str, Any]]) -> s
 
 def table_csv(study: Dict[str, Any], table_rows: List[Dict[str, Any]]) -> str:
     keys = ["attention", "status", "error", "metric", "metric_std", "best_val", "parameters", "gflop_per_sample",
-            "latency_ms_p50", "latency_ms_p50_std", "peak_mem_mib", "peak_mem_mib_std", "samples_per_s",
+            "latency_ms_p50", "latency_ms_p50_std", "step_mem_mib", "step_mem_mib_std", "process_peak_mem_mib", "samples_per_s",
             "samples_per_s_std", "tokens_per_s", "token_unit", "fit_seconds", "seeds", "failed", "data_source", "machine"]
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=["metric_name", *keys], extrasaction="ignore", lineterminator="\n")
@@ -139,6 +140,17 @@ def table_csv(study: Dict[str, Any], table_rows: List[Dict[str, Any]]) -> str:
 
 
 # ------------------------------------------------------------------ plots
+def save_figure(fig, out_dir: Path, stem: str) -> List[Path]:
+    """PNG and PDF of a figure, then closed."""
+    import matplotlib.pyplot as plt
+
+    paths = [out_dir / f"{stem}.{ext}" for ext in ("png", "pdf")]
+    for path in paths:
+        fig.savefig(path)
+    plt.close(fig)
+    return paths
+
+
 def plot_tradeoffs(study: Dict[str, Any], table_rows: List[Dict[str, Any]], out_dir: Path) -> List[Path]:
     import matplotlib
 
@@ -183,13 +195,7 @@ def plot_tradeoffs(study: Dict[str, Any], table_rows: List[Dict[str, Any]], out_
         fig.legend(uniq.values(), uniq.keys(), loc="outside right center", frameon=False)
         fig.suptitle(f"{study['task']}: {headline_metric(study)} ({'higher' if maximize else 'lower'} is better) "
                      f"against cost; ringed: Pareto front", fontsize=9)
-        paths = []
-        for ext in ("png", "pdf"):
-            path = out_dir / f"tradeoff.{ext}"
-            fig.savefig(path)
-            paths.append(path)
-        plt.close(fig)
-    return paths
+        return save_figure(fig, out_dir, "tradeoff")
 
 
 def attention_maps(study: Dict[str, Any], out_dir: Path, max_layers: int = 4) -> List[Path]:
@@ -249,13 +255,7 @@ def attention_maps(study: Dict[str, Any], out_dir: Path, max_layers: int = 4) ->
                 if j == 0:
                     ax.set_ylabel(name)
         fig.suptitle(f"{study['task']}: one validation input, heads averaged", fontsize=9)
-        paths = []
-        for ext in ("png", "pdf"):
-            path = out_dir / f"attention_maps.{ext}"
-            fig.savefig(path)
-            paths.append(path)
-        plt.close(fig)
-    return paths
+        return save_figure(fig, out_dir, "attention_maps")
 
 
 # ------------------------------------------------------------------ report
@@ -292,7 +292,8 @@ def write_report(study: Dict[str, Any], out_dir: Path) -> Path:
              + ", ".join(f"{k} {study['recipe'].get(k)}" for k in BUDGET_KEYS if k in study["recipe"] and k != "seed") + ".",
              "", f"Headline metric: `{headline_metric(study)}` of each run's best checkpoint "
              f"({'higher' if maximize else 'lower'} is better); costs from each run's efficiency.json "
-             f"(latency p50 of a training step, peak memory, FLOPs per sample of forward + backward).", "",
+             f"(latency p50 of a training step; step memory: the tensor memory a training step allocates above "
+             f"its start, by the allocator, as profile.py measures it; FLOPs per sample of forward + backward).", "",
              "## Results", "", md_table, ""]
     for key, label in COST_AXES:
         front = pareto([(r["attention"], r[key], r["metric"]) for r in done if r.get(key)], maximize)
