@@ -129,3 +129,12 @@ def test_pareto_front():
 def test_scoped_options_parse():
     assert scoped_options(["linformer.k=32", "performer.features=64"], ["linformer", "performer"]) == {
         "linformer": ["k=32"], "performer": ["features=64"]}
+
+
+def test_seeds_start_from_the_config_files_seed(tmp_path):
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text("seed: 7\n")
+    code, data, _, _ = study(tmp_path, "--model", "vit", "--attention", "softmax,linear", "--config", str(cfg), "--seeds", "2",
+                             "--limit-train-batches", "1")
+    assert code == 0 and data["seeds"] == [7, 8]
+    assert [(r["attention"], r["seed"]) for r in data["runs"]] == [("softmax", 7), ("softmax", 8), ("linear", 7), ("linear", 8)]

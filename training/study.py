@@ -103,7 +103,12 @@ def plan(args: argparse.Namespace) -> Tuple[Any, List[Dict[str, Any]], List[Dict
         if unknown:
             raise UsageError(f"--attention {args.attention}: unknown attention {', '.join(unknown)}; known: {', '.join(known)}")
     opts = scoped_options(args.attention_opt, known)
-    base_seed = args.seed if args.seed is not None else resolve_config(run_args_for(args, "softmax", 0, []))["seed"]
+    if args.seed is not None:
+        base_seed = args.seed
+    else:  # the YAML file's or the recipe's seed
+        probe = run_args_for(args, "softmax", 0, [])
+        probe.seed = None
+        base_seed = resolve_config(probe)["seed"]
     runs, skipped = [], []
     for name in names:
         for i in range(args.seeds):

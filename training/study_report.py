@@ -94,7 +94,7 @@ def pareto(points: Sequence[Tuple[str, float, float]], maximize: bool) -> List[s
 
 # ------------------------------------------------------------------ table
 COLUMNS = [  # (key, header, format)
-    ("attention", "attention", "s"), ("metric", "{metric}", ".4f"), ("best_val", "best {monitor}", ".4f"),
+    ("attention", "attention", "s"), ("metric", "{metric}", ".4g"), ("best_val", "best {monitor}", ".4g"),
     ("parameters", "params", ","), ("gflop_per_sample", "GFLOP / sample (fwd+bwd)", ".4g"),
     ("latency_ms_p50", "latency p50 (ms)", ".1f"), ("step_mem_mib", "step memory (MiB)", ",.1f"),
     ("samples_per_s", "samples/s", ",.1f"), ("tokens_per_s", "{unit}/s", ",.0f"), ("fit_seconds", "training (s)", ",.0f"),
