@@ -97,9 +97,13 @@ class TrainRecord(NamedTuple):
     profiled: bool = False  # ran under the CPU allocator profiler (slow): left out of the latency statistics
 
 
-def batch_signature(batch: Any) -> str:
+def batch_tensors(batch: Any) -> List[torch.Tensor]:
+    return [t for t in tree_leaves(batch) if isinstance(t, torch.Tensor)]
+
+
+def batch_signature(tensors: List[torch.Tensor]) -> str:
     """Shapes and dtypes of every tensor in a batch: FLOPs are counted once per signature."""
-    return ";".join(f"{tuple(t.shape)}:{t.dtype}" for t in tree_leaves(batch) if isinstance(t, torch.Tensor))
+    return ";".join(f"{tuple(t.shape)}:{t.dtype}" for t in tensors)
 
 
 def default_counts(batch: Any) -> Dict[str, int]:
@@ -193,7 +197,8 @@ class EfficiencyMonitor(Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         now = time.perf_counter()
         wait = (now - self._wait_from) * 1e3 if self._wait_from is not None else None
-        sig = batch_signature(batch)
+        tensors = batch_tensors(batch)
+        sig = batch_signature(tensors)
         if sig not in self.flops and not self.tally.active:
             self._eager = _EagerForCounting(pl_module)
             self._counting, self._fwd = sig, None
@@ -201,7 +206,7 @@ class EfficiencyMonitor(Callback):
         counts = pl_module.batch_counts(batch) if hasattr(pl_module, "batch_counts") else default_counts(batch)
         self._current = {"batch": self._batch, "step": trainer.global_step, "wait": wait, "sig": sig, "counts": counts,
                          "profiled": False}
-        numel = sum(t.numel() for t in tree_leaves(batch) if isinstance(t, torch.Tensor))
+        numel = sum(t.numel() for t in tensors)
         if self.alloc is not None and numel > self._alloc_numel and not self.alloc.active:
             self._alloc_numel = numel  # each new largest batch once: the tensor memory of a step, as profile.py reads it
             self._current["profiled"] = True
@@ -303,6 +308,7 @@ class EfficiencyMonitor(Callback):
             logger.log_metrics(metrics, step=step)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._close_open_meters()  # a batch whose end hook never ran (the module's on_train_batch_start returned -1)
         self._drain(trainer, flush=True)
         epoch = self.train[self._epoch_start:]
         if epoch:
@@ -348,6 +354,9 @@ class EfficiencyMonitor(Callback):
 
     # ------------------------------------------------------------------ failures and the end
     def on_exception(self, trainer, pl_module, exception) -> None:
+        self._close_open_meters()
+
+    def _close_open_meters(self) -> None:
         if self.tally.active:
             self._stop_counting()
         if self.alloc is not None and self.alloc.active:
