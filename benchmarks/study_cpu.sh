@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The comparison study of every applicable attention mechanism on each task, on CPU with real data
 # (README "The comparison study"). Budgets are what a 2-core machine affords: small models (dim 64),
-# a few hundred steps each, the same for every mechanism of a task.
+# a few hundred steps each, the same for every mechanism of a task (ViT: 3 seeds).
 #   bash benchmarks/study_cpu.sh [DATA] [TASK...]   DATA: folder with cifar10-jpg/, imdb/, wikitext-2/ (default ../shared/data)
 # Runs go to benchmarks/scratch/study-cpu (ignored by git); each study's report, table, plots and sweep to
 # benchmarks/results/study-cpu-<task>/. Re-running skips finished runs.
@@ -22,7 +22,7 @@ LONG="--attention-opt linformer.k=64 --attention-opt nystromformer.landmarks=32 
       --attention-opt hybrid.window=32 --attention-opt performer.features=64"
 for task in $TASKS; do
   case $task in
-    vit) $PY train.py --model vit --data-dir "$DATA/cifar10-jpg" $C $SHORT --depth 2 --batch-size 64 \
+    vit) $PY train.py --model vit --data-dir "$DATA/cifar10-jpg" $C $SHORT --depth 2 --batch-size 64 --seeds 3 \
            --limit-train-batches 200 --limit-val-batches 20 --limit-test-batches 40 --study-dir benchmarks/results/study-cpu-vit ;;
     imdb) $PY train.py --model imdb --data-dir "$DATA/imdb" $C $LONG --depth 1 --seq-len 256 --batch-size 32 \
            --limit-train-batches 150 --limit-val-batches 20 --limit-test-batches 40 --study-dir benchmarks/results/study-cpu-imdb ;;
