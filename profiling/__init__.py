@@ -9,14 +9,16 @@ from .flops import FLOP_TOLERANCE, FlopReport, FlopTally, counted_flops, flop_re
 from .memory import (CPU_MEMORY_METHOD, CUDA_MEMORY_METHOD, MemoryStats, StepMemory, StepMemoryReading, measure_peak_memory,
                      module_bytes, peak_allocated_bytes)
 from .peaks import matmul_dtype, mfu_note, peak_tflops
-from .timing import StepTimer, TimeBudgetExceeded, TimingStats, summarize_times, synchronize, time_fn
+from .timing import Clock, ManualClock, StepTimer, TimeBudgetExceeded, TimingStats, summarize_times, synchronize, time_fn
 
 __all__ = [
     "CPU_MEMORY_METHOD",
+    "Clock",
     "CUDA_MEMORY_METHOD",
     "FLOP_TOLERANCE",
     "FlopReport",
     "FlopTally",
+    "ManualClock",
     "MemoryStats",
     "StepMemory",
     "StepMemoryReading",

@@ -5,9 +5,10 @@
 
 Warm-up runs first (lazy initialisation, allocator and cache warm-up), then `runs` timed runs, each
 timed on its own: on CUDA with events recorded around the call (the device is synchronised before the
-first and after the last), elsewhere with time.perf_counter. Garbage is collected before the timed
-loop and the collector is disabled during it. On CPU the thread count is set on purpose for the call
-(and restored afterwards) and recorded in the result.
+first and after the last), elsewhere with a clock (time.perf_counter unless one is handed in: tests
+pass a fake clock that advances by known amounts, so they check the arithmetic, not the machine's
+speed). Garbage is collected before the timed loop and the collector is disabled during it. On CPU the
+thread count is set on purpose for the call (and restored afterwards) and recorded in the result.
 """
 from __future__ import annotations
 
@@ -84,6 +85,36 @@ def _is_cuda(device) -> bool:
     return torch.device(device).type == "cuda"
 
 
+Clock = Callable[[], float]  # seconds from an arbitrary origin, never going back
+
+
+def clock_name(clock: Clock) -> str:
+    """How results name the clock ("perf_counter" for the default)."""
+    return getattr(clock, "__name__", type(clock).__name__)
+
+
+class ManualClock:
+    """A clock that moves only when told: hand it to time_fn, StepTimer, the sweep's budget or the
+    EfficiencyMonitor, make the measured work `advance` it, and the figures are known exactly.
+
+        clock = ManualClock()
+        time_fn(lambda: clock.advance(0.06), runs=3, clock=clock).median_ms   # 60.0
+    """
+
+    __name__ = "manual clock"
+
+    def __init__(self, start: float = 0.0):
+        self.now = float(start)
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        if not seconds >= 0:
+            raise ValueError(f"a clock never goes back; got advance({seconds!r})")
+        self.now += seconds
+
+
 def time_fn(
     fn: Callable[[], object],
     *,
@@ -92,9 +123,11 @@ def time_fn(
     device="cpu",
     threads: Optional[int] = None,
     max_seconds: Optional[float] = None,
+    clock: Clock = time.perf_counter,
 ) -> TimingStats:
     """Time `fn()` after `warmup` untimed calls. Raises TimeBudgetExceeded once warm-up plus timed
-    runs have taken longer than `max_seconds` (checked after every call, so one call may overrun)."""
+    runs have taken longer than `max_seconds` by `clock` (checked after every call, so one call may
+    overrun). On CUDA the runs are timed by events, and `clock` only keeps the budget."""
     if runs < 1:
         raise ValueError(f"runs must be >= 1, got {runs}")
     if warmup < 0:
@@ -103,10 +136,10 @@ def time_fn(
     prev_threads = torch.get_num_threads()
     if not cuda and threads is not None:
         torch.set_num_threads(threads)
-    start = time.perf_counter()
+    start = clock()
 
     def check_budget(stage: str, done: int) -> None:
-        if max_seconds is not None and time.perf_counter() - start > max_seconds:
+        if max_seconds is not None and clock() - start > max_seconds:
             raise TimeBudgetExceeded(f"over the {max_seconds:g} s budget during {stage} (after {done} calls)")
 
     gc_was_enabled = gc.isenabled()
@@ -133,9 +166,9 @@ def time_fn(
             times = [a.elapsed_time(b) for a, b in events]
         else:
             for i in range(runs):
-                t0 = time.perf_counter()
+                t0 = clock()
                 fn()
-                times.append((time.perf_counter() - t0) * 1e3)
+                times.append((clock() - t0) * 1e3)
                 check_budget("timed runs", i + 1)
     finally:
         if gc_was_enabled:
@@ -146,7 +179,7 @@ def time_fn(
         times,
         device=str(torch.device(device)),
         threads=None if cuda else (threads if threads is not None else prev_threads),
-        clock="cuda events" if cuda else "perf_counter",
+        clock="cuda events" if cuda else clock_name(clock),
     )
 
 
@@ -161,8 +194,8 @@ def synchronize(device) -> None:
 
 class StepTimer:
     """Times spans of live work that start and stop in different places (a training step across
-    Lightning hooks), the same two ways as `time_fn`: CUDA events on CUDA, `time.perf_counter` after a
-    device synchronisation elsewhere.
+    Lightning hooks), the same two ways as `time_fn`: CUDA events on CUDA, `clock` (time.perf_counter
+    unless one is handed in) after a device synchronisation elsewhere.
 
         timer.start(); ...; timer.stop(tag)     # tag: what the span was (a step number)
         for tag, ms in timer.ready(): ...       # spans whose times are known
@@ -172,10 +205,11 @@ class StepTimer:
     has passed its end event, so the measured work keeps its CPU/GPU overlap.
     """
 
-    def __init__(self, device="cpu"):
+    def __init__(self, device="cpu", clock: Clock = time.perf_counter):
         self.device = torch.device(device)
         self.cuda = self.device.type == "cuda"
-        self.clock = "cuda events" if self.cuda else "perf_counter"
+        self._now = clock
+        self.clock = "cuda events" if self.cuda else clock_name(clock)  # the name results carry
         self._begin = None
         self._pending: List[tuple] = []  # (tag, start, end): events on CUDA, milliseconds elsewhere
 
@@ -185,7 +219,7 @@ class StepTimer:
             self._begin.record()
         else:
             synchronize(self.device)
-            self._begin = time.perf_counter()
+            self._begin = self._now()
 
     def stop(self, tag=None) -> None:
         if self._begin is None:
@@ -196,7 +230,7 @@ class StepTimer:
             self._pending.append((tag, self._begin, end))
         else:
             synchronize(self.device)
-            self._pending.append((tag, 0.0, (time.perf_counter() - self._begin) * 1e3))
+            self._pending.append((tag, 0.0, (self._now() - self._begin) * 1e3))
         self._begin = None
 
     def ready(self) -> List[tuple]:

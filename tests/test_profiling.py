@@ -1,4 +1,8 @@
-"""The measurement core: timing statistics, the timer itself, the time budget, CPU peak memory."""
+"""The measurement core: timing statistics, the timer itself, the time budget, CPU peak memory.
+
+The timer and its budget are checked on a ManualClock that only the timed function advances, so every
+figure is known exactly (1e-9 ms: float rounding of the clock's sums) whatever the machine's speed or
+load. A real sleep on the real clock is a slow test (`make test-slow`) with a generous bound."""
 import gc
 import math
 import statistics
@@ -11,6 +15,8 @@ from torch import nn
 
 from profiling import (
     CPU_MEMORY_METHOD,
+    ManualClock,
+    StepTimer,
     TimeBudgetExceeded,
     measure_peak_memory,
     module_bytes,
@@ -35,11 +41,47 @@ def test_statistics_against_numpy():
     assert one.std_ms == 0.0 and one.p99_ms == 2.0
 
 
+EXACT_MS = 1e-9
+
+
+def test_timer_measures_each_call_on_a_manual_clock():
+    clock = ManualClock(start=50.0)
+    durations = iter([0.5, 0.4, 0.005, 0.001, 0.003, 0.002])  # two warm-up calls, then four timed ones (s)
+    s = time_fn(lambda: clock.advance(next(durations)), warmup=2, runs=4, clock=clock)
+    assert s.times_ms == pytest.approx([5.0, 1.0, 3.0, 2.0], abs=EXACT_MS)  # warm-up not timed, order kept
+    assert s.median_ms == pytest.approx(2.5, abs=EXACT_MS) and s.min_ms == pytest.approx(1.0, abs=EXACT_MS)
+    assert s.clock == "manual clock" and s.device == "cpu"
+
+
+@pytest.mark.slow
 def test_timer_measures_a_known_sleep():
-    # sleep is a lower bound; allow generous scheduling slack above it (shared, noisy machine)
+    """A real 20 ms sleep on time.perf_counter: at least 20 ms (less 0.5 ms of clock granularity), median
+    under 200 ms (a loaded, shared machine's scheduling)."""
     s = time_fn(lambda: time.sleep(0.02), warmup=1, runs=5)
-    assert 19.5 <= s.min_ms and s.median_ms < 60
+    assert 19.5 <= s.min_ms and s.median_ms < 200
     assert s.clock == "perf_counter" and s.device == "cpu"
+
+
+def test_step_timer_on_a_manual_clock():
+    clock = ManualClock()
+    timer = StepTimer("cpu", clock=clock)
+    assert timer.clock == "manual clock" and StepTimer("cpu").clock == "perf_counter"
+    timer.start()
+    clock.advance(0.060)
+    timer.stop("a")
+    clock.advance(1.0)  # between spans: not counted
+    timer.start()
+    clock.advance(0.015)
+    timer.stop("b")
+    timer.stop("c")  # stop without start: nothing recorded
+    got = timer.ready()
+    assert [t for t, _ in got] == ["a", "b"] and [ms for _, ms in got] == pytest.approx([60.0, 15.0], abs=EXACT_MS)
+    assert timer.flush() == []
+
+
+def test_manual_clock_never_goes_back():
+    with pytest.raises(ValueError, match="never goes back"):
+        ManualClock().advance(-1.0)
 
 
 def test_warmup_runs_are_not_timed_and_gc_is_off_while_timing():
@@ -64,9 +106,25 @@ def test_threads_set_for_the_call_recorded_and_restored():
     assert torch.get_num_threads() == before
 
 
-def test_time_budget_exceeded():
-    with pytest.raises(TimeBudgetExceeded, match="budget"):
-        time_fn(lambda: time.sleep(0.03), warmup=1, runs=50, max_seconds=0.1)
+def test_time_budget_exceeded_during_timed_runs():
+    """Each call takes 30 ms on the clock; the 100 ms budget is passed by the 4th call (1 warm-up + 3 timed)."""
+    clock = ManualClock()
+    calls = []
+    with pytest.raises(TimeBudgetExceeded, match=r"budget during timed runs \(after 3 calls\)"):
+        time_fn(lambda: (calls.append(1), clock.advance(0.030)), warmup=1, runs=50, max_seconds=0.1, clock=clock)
+    assert len(calls) == 4
+
+
+def test_time_budget_exceeded_during_warmup():
+    clock = ManualClock()
+    with pytest.raises(TimeBudgetExceeded, match=r"during warm-up \(after 2 calls\)"):
+        time_fn(lambda: clock.advance(0.060), warmup=10, runs=5, max_seconds=0.1, clock=clock)
+
+
+def test_time_budget_not_exceeded_at_exactly_the_budget():
+    clock = ManualClock()
+    s = time_fn(lambda: clock.advance(0.25), warmup=0, runs=4, max_seconds=1.0, clock=clock)  # 4 x 0.25 s = 1.0 s
+    assert s.runs == 4
 
 
 @pytest.mark.parametrize("kw", [dict(runs=0), dict(warmup=-1)])
