@@ -43,7 +43,7 @@ from .machine import cpu_model, device_name
 from .flops import FLOP_TOLERANCE, counted_flops, flop_report, ptflops_macs
 from .memory import CPU_MEMORY_METHOD, CUDA_MEMORY_METHOD, measure_peak_memory
 from .results import CSV_COLUMNS, FINISHED, flatten, latest_by_key, point_key, read_points
-from .timing import TimeBudgetExceeded, time_fn
+from .timing import Clock, TimeBudgetExceeded, time_fn
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 MODES = ("fwd", "fwd+bwd")
@@ -379,11 +379,19 @@ class Budget:
     """The per-point time budget. Checked between stages and passed to time_fn; where the platform
     allows (main thread, POSIX), an interval timer also interrupts a stage that runs past it (between
     Python-level ops: one long kernel still finishes first). The memory stage is not interrupted
-    (its profiler must close cleanly); a deadline passed during it is reported right after."""
+    (its profiler must close cleanly); a deadline passed during it is reported right after.
 
-    def __init__(self, seconds: float):
+    `clock` (seconds) keeps the budget; by default time.perf_counter. The interval timer counts real
+    seconds, so it is armed only on that default: a test hands in a fake clock and decides exactly
+    when the budget runs out, whatever the machine's speed."""
+
+    MAX_ALARM_S = 1e8  # setitimer overflows a platform time_t somewhere above 1e9 s; a budget this long never fires anyway
+
+    def __init__(self, seconds: float, clock: Optional[Clock] = None):
         self.seconds = float(seconds)
-        self.start = time.perf_counter()
+        self._interrupts = clock is None
+        self.clock: Clock = clock or time.perf_counter
+        self.start = self.clock()
         self.stage = "setup"
         self._shielded = False
         self._pending = False
@@ -391,7 +399,7 @@ class Budget:
         self._old_handler = None
 
     def elapsed(self) -> float:
-        return time.perf_counter() - self.start
+        return self.clock() - self.start
 
     def remaining(self) -> float:
         return self.seconds - self.elapsed()
@@ -413,10 +421,10 @@ class Budget:
         raise self.exceeded("interrupted")
 
     def __enter__(self):
-        if hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread():
+        if self._interrupts and hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread():
             try:
                 self._old_handler = signal.signal(signal.SIGALRM, self._on_alarm)
-                signal.setitimer(signal.ITIMER_REAL, max(self.remaining(), 1e-3))
+                signal.setitimer(signal.ITIMER_REAL, min(max(self.remaining(), 1e-3), self.MAX_ALARM_S))
                 self._armed = True
             except (ValueError, OSError):
                 self._armed = False
@@ -468,11 +476,13 @@ def _base_point(spec: PointSpec, cfg: SweepConfig, options: dict) -> dict:
     }
 
 
-def run_point(spec: PointSpec, cfg: SweepConfig) -> dict:
-    """Build, count, measure one point; never raises for a point-level failure (it is the status)."""
+def run_point(spec: PointSpec, cfg: SweepConfig, clock: Optional[Clock] = None) -> dict:
+    """Build, count, measure one point; never raises for a point-level failure (it is the status).
+    `clock`: see Budget (None: the real clock, with the interval timer)."""
     options = resolved_options(spec.attention, cfg)
     point = _base_point(spec, cfg, options)
-    t0 = time.perf_counter()
+    now = clock or time.perf_counter
+    t0 = now()
     dev = torch.device(spec.device)
     dtype = DTYPES[cfg.dtype]
     backward = cfg.mode == "fwd+bwd"
@@ -517,7 +527,7 @@ def run_point(spec: PointSpec, cfg: SweepConfig) -> dict:
 
             call = forward
 
-        with Budget(cfg.max_seconds) as budget:
+        with Budget(cfg.max_seconds, clock) as budget:
             with budget.in_stage("FLOP counting"):
                 analytic = int(attn.flops(spec.seq_len, cfg.batch, cfg.causal, backward=backward))
                 counted = int(counted_flops(forward, backward=backward))
@@ -546,7 +556,7 @@ def run_point(spec: PointSpec, cfg: SweepConfig) -> dict:
                     stats = time_fn(
                         call, warmup=cfg.warmup, runs=cfg.runs, device=dev,
                         threads=cfg.threads if dev.type == "cpu" else None,
-                        max_seconds=max(budget.remaining(), 1e-6),
+                        max_seconds=max(budget.remaining(), 1e-6), clock=budget.clock,
                     )  # fmt: skip
                 except TimeBudgetExceeded as e:
                     m = re.search(r"during (.*)$", str(e))
@@ -571,7 +581,7 @@ def run_point(spec: PointSpec, cfg: SweepConfig) -> dict:
         free_memory()
     if point["status"] != "ok":  # partial measurements of an unfinished point are not results
         point.update(time=None, achieved_gflops=None)
-    point["elapsed_s"] = round(time.perf_counter() - t0, 3)
+    point["elapsed_s"] = round(now() - t0, 3)
     return point
 
 
@@ -680,8 +690,10 @@ def run_sweep(
     command: Optional[List[str]] = None,
     warn: Optional[Callable[[str], None]] = None,
     stream=None,
+    clock: Optional[Clock] = None,
 ) -> List[dict]:
-    """Run (or finish) a sweep into `out_dir`; returns the flat rows of every point in results.jsonl."""
+    """Run (or finish) a sweep into `out_dir`; returns the flat rows of every point in results.jsonl.
+    `clock`: the per-point budget's (see Budget)."""
     from .report import write_summary
 
     validate(cfg)
@@ -718,7 +730,7 @@ def run_sweep(
                 progress.log(f"resuming {out_dir}: {skipped} finished point(s) kept, {len(todo)} to measure")
             for spec in todo:
                 progress.start(spec)
-                point = run_point(spec, cfg)
+                point = run_point(spec, cfg, clock=clock)
                 append_point(jsonl, point)
                 progress.finish(spec, point)
     finally:  # also after Ctrl-C: the table of what was measured so far (resume for the rest)

@@ -1,6 +1,13 @@
-"""The sweep runner (profiling/sweep.py) and its report (profiling/report.py), on tiny configs."""
+"""The sweep runner (profiling/sweep.py) and its report (profiling/report.py), on tiny configs.
+
+The per-point time budget is checked on a ManualClock that only a patched forward advances, so which
+point times out, in which stage and after how long is known exactly, whatever the machine's speed or
+load (the real clock would also charge the first point's FLOP count to its budget). The interval
+timer that interrupts a stage is checked with a forward that never returns on its own: only the alarm
+can end it, so the test asserts no duration."""
 import csv
 import json
+import signal
 import time
 
 import pytest
@@ -8,6 +15,7 @@ import torch
 
 import profiling.sweep as sw
 from models.attention import get_attention
+from profiling import ManualClock
 from profiling.report import crossover, scaling_exponent, summary_tables, to_markdown
 from profiling.results import CSV_COLUMNS, point_key, read_csv_rows, read_points
 
@@ -114,19 +122,43 @@ def test_oom_messages_are_recognised():
 
 
 def test_timeout_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
+    clock = ManualClock()
+
     def slow(original, self, x, *a, **k):
         if x.shape[1] == 16:
-            time.sleep(0.3)
+            clock.advance(10.0)  # a call at n = 16 "takes" 10 s; every other call takes no time
         return original(self, x, *a, **k)
 
     patch_forward(monkeypatch, "softmax", slow)
-    t0 = time.perf_counter()
-    rows = by_key(run(tiny(max_seconds=0.5), tmp_path))
-    assert rows["softmax", 16]["status"] == "timeout"
-    assert "--max-seconds-per-point budget of 0.5 s" in rows["softmax", 16]["reason"]
-    assert rows["softmax", 16]["elapsed_s"] < 2.0  # stopped, not run to the end (2 + 1 calls + 2 counts)
-    assert rows["softmax", 8]["status"] == "ok"
-    assert time.perf_counter() - t0 < 10
+    rows = by_key(run(tiny(attentions=["softmax", "naive"], max_seconds=1.0), tmp_path, clock=clock))
+    assert rows["softmax", 16]["status"] == "timeout" and rows["softmax", 16]["median_ms"] is None
+    # the first check after the FLOP count (one call) stops it, without measuring memory or time
+    assert rows["softmax", 16]["reason"] == "over the --max-seconds-per-point budget of 1 s: stopped during FLOP counting after 10.0 s"
+    assert rows["softmax", 16]["elapsed_s"] == 10.0 and rows["softmax", 16]["peak_mib"] is None
+    assert [rows[k]["status"] for k in (("softmax", 8), ("naive", 8), ("naive", 16))] == ["ok"] * 3
+    assert rows["softmax", 8]["elapsed_s"] == 0.0
+
+
+def test_the_alarm_interrupts_a_stage_that_never_ends(monkeypatch):
+    """A forward that never returns at n = 16: only the interval timer can stop the point (a 0.2 s budget
+    on the real clock); the point is recorded as a timeout, interrupted, and the alarm is disarmed."""
+    def forever(original, self, x, *a, **k):
+        if x.shape[1] == 16:
+            while True:
+                time.sleep(0.01)
+        return original(self, x, *a, **k)
+
+    patch_forward(monkeypatch, "softmax", forever)
+    handler = signal.getsignal(signal.SIGALRM)
+    point = sw.run_point(sw.PointSpec("softmax", "cpu", 16), tiny(max_seconds=0.2))
+    assert point["status"] == "timeout" and point["reason"].startswith("over the --max-seconds-per-point budget of 0.2 s: stopped during FLOP counting (interrupted)")
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0) and signal.getsignal(signal.SIGALRM) == handler
+
+
+def test_a_budget_too_long_for_the_interval_timer_still_arms_it():
+    with sw.Budget(1e300):  # setitimer overflows a time_t far below this
+        left = signal.getitimer(signal.ITIMER_REAL)[0]
+    assert 0 < left <= sw.Budget.MAX_ALARM_S and signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
 
 
 def test_killed_sweep_resumes_only_the_missing_points(tmp_path, monkeypatch):
@@ -140,7 +172,7 @@ def test_killed_sweep_resumes_only_the_missing_points(tmp_path, monkeypatch):
     (tmp_path / "results.csv").unlink()
     measured = []
     real = sw.run_point
-    monkeypatch.setattr(sw, "run_point", lambda spec, c: measured.append(spec.key(c)) or real(spec, c))
+    monkeypatch.setattr(sw, "run_point", lambda spec, c, **kw: measured.append(spec.key(c)) or real(spec, c, **kw))
     rows = run(cfg, tmp_path, resume=True)
     expected_missing = [json.loads(line)["key"] for line in lines[2:]]
     assert measured == expected_missing
@@ -164,7 +196,7 @@ def test_error_points_are_retried_on_resume(tmp_path, monkeypatch):
     assert rows["softmax", 16]["status"] == "error" and rows["softmax", 16]["reason"] == "RuntimeError: boom"
     measured = []
     real = sw.run_point
-    monkeypatch.setattr(sw, "run_point", lambda spec, c: measured.append(spec.seq_len) or real(spec, c))
+    monkeypatch.setattr(sw, "run_point", lambda spec, c, **kw: measured.append(spec.seq_len) or real(spec, c, **kw))
     rows = run(cfg, tmp_path, resume=True)
     assert measured == [16]
     assert sorted((r["seq_len"], r["status"]) for r in rows) == [(8, "ok"), (16, "ok")]
