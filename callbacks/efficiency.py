@@ -7,7 +7,8 @@ Every measurement comes from `profiling/` (one timer, one memory meter, one FLOP
 
 - latency_ms: a training batch from `on_train_batch_start` to `on_train_batch_end` (forward, backward,
   optimiser step), by `StepTimer`: CUDA events on GPU, resolved without synchronising each step;
-  `time.perf_counter` after a device synchronisation elsewhere. Validation batches are timed the
+  the monitor's clock (time.perf_counter unless one is handed in) after a device synchronisation
+  elsewhere. Data wait and wall time are read on the same clock. Validation batches are timed the
   same way; the sanity check is skipped.
 - data_wait_ms: from the end of the previous training batch (or the epoch's start) to the start of
   this one: fetching the batch from the loader, moving it to the device and the loop's own
@@ -71,7 +72,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch.utils._pytree import tree_leaves
 
-from profiling import FlopTally, StepMemory, StepTimer, matmul_dtype, mfu_note, peak_tflops, ptflops_macs, summarize_times
+from profiling import Clock, FlopTally, StepMemory, StepTimer, matmul_dtype, mfu_note, peak_tflops, ptflops_macs, summarize_times
 from profiling.memory import CPU_MEMORY_METHOD, CUDA_MEMORY_METHOD, CPUAllocatorPeak
 from profiling.machine import device_name
 
@@ -133,9 +134,13 @@ class _EagerForCounting:
 
 
 class EfficiencyMonitor(Callback):
-    def __init__(self, run_info: Optional[Dict[str, Any]] = None, warmup_batches: int = 2, print_table: bool = True):
+    def __init__(self, run_info: Optional[Dict[str, Any]] = None, warmup_batches: int = 2, print_table: bool = True,
+                 clock: Clock = time.perf_counter):
+        """`clock`: seconds, for latency off CUDA, data wait and wall time; tests hand in a fake one that
+        advances by known amounts, so they check the arithmetic exactly whatever the machine's speed."""
         if warmup_batches < 0:
             raise ValueError(f"warmup_batches must be >= 0, got {warmup_batches}")
+        self._clock = clock
         self.run_info = dict(run_info or {})
         self.warmup_batches = warmup_batches
         self.print_table = print_table
@@ -164,7 +169,7 @@ class EfficiencyMonitor(Callback):
         self._batch = 0
         self._epoch_start = 0
         self._val_start = 0
-        self._fit_start = 0.0
+        self._fit_start: Optional[float] = None  # None until the fit starts (a clock may read 0.0)
         self._device_name = ""
         self._dtype: Optional[str] = None
         self._peak: Optional[float] = None
@@ -173,13 +178,13 @@ class EfficiencyMonitor(Callback):
     # ------------------------------------------------------------------ set-up
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         dev = trainer.strategy.root_device
-        self.timer, self.memory = StepTimer(dev), StepMemory(dev)
+        self.timer, self.memory = StepTimer(dev, clock=self._clock), StepMemory(dev)
         self.alloc = CPUAllocatorPeak() if dev.type == "cpu" else None
         self._device_name = device_name(dev)
         self._dtype = matmul_dtype(trainer.precision)
         self._peak = peak_tflops(self._device_name, self._dtype) if dev.type == "cuda" else None
         self.note = mfu_note(self._device_name, self._dtype) if self._peak is None else ""
-        self._fit_start = time.perf_counter()
+        self._fit_start = self._clock()
         self._batch = len(self.train)
         methods = (f"latency clock: {self.timer.clock}; memory: {self.memory.method}; FLOPs: {FLOP_COUNTER}; "
                    f"MFU: {self.note or f'against {self._peak} TFLOP/s ({self._dtype}, {self._device_name})'}")
@@ -191,11 +196,11 @@ class EfficiencyMonitor(Callback):
 
     # ------------------------------------------------------------------ training batches
     def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self._wait_from = time.perf_counter()
+        self._wait_from = self._clock()
         self._epoch_start = len(self.train)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        now = time.perf_counter()
+        now = self._clock()
         wait = (now - self._wait_from) * 1e3 if self._wait_from is not None else None
         tensors = batch_tensors(batch)
         sig = batch_signature(tensors)
@@ -237,7 +242,7 @@ class EfficiencyMonitor(Callback):
         self._open[tag] = rec
         self._batch += 1
         self._drain(trainer)
-        self._wait_from = time.perf_counter()
+        self._wait_from = self._clock()
 
     def _stop_counting(self) -> int:
         total = self.tally.stop()
@@ -384,7 +389,7 @@ class EfficiencyMonitor(Callback):
             "precision": str(trainer.precision), "matmul_dtype": self._dtype, "world_size": world,
             "parameters": params, "trainable_parameters": sum(p.numel() for p in pl_module.parameters() if p.requires_grad),
             "best_val_metric": getattr(cb, "monitor", None), "best_val": float(best) if best is not None else None,
-            "wall_time_s": round(self.wall_before_s + time.perf_counter() - self._fit_start, 3),
+            "wall_time_s": round(self.wall_before_s + self._clock() - self._fit_start, 3),
             "epochs": trainer.current_epoch, "steps": trainer.global_step,
             "train_batches_measured": len(records), "warmup_batches_excluded": len(records) - len(steady),
             "val_batches_measured": len(val_latency),
@@ -454,7 +459,7 @@ class EfficiencyMonitor(Callback):
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> Dict[str, Any]:
-        wall = self.wall_before_s + (time.perf_counter() - self._fit_start if self._fit_start else 0.0)
+        wall = self.wall_before_s + (self._clock() - self._fit_start if self._fit_start is not None else 0.0)
         return {"train": [list(r) for r in self.train], "val_latency": list(self.val_latency), "val_peak": list(self.val_peak),
                 "flops": {k: list(v) for k, v in self.flops.items()}, "ptflops_macs_per_sample": self.ptflops_macs_per_sample,
                 "wall_s": wall, "unit": self._unit, "step_alloc_peak_bytes": self.step_alloc_peak_bytes,

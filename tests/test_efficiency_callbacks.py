@@ -4,10 +4,12 @@
   (forward: 2 * batch * in * out per linear layer, and the mechanism's own formula; forward + backward: each
   matmul's two gradients, less the input gradient of a first layer whose input needs none). Tolerance 2 %
   (the issue's), though both are integer counts of the same matmuls and agree exactly.
-- Latency: a step padded with a known sleep is measured within [sleep, sleep + 15 ms] (median; the step's
-  own compute is well under a millisecond, the rest is Lightning's hook and optimiser overhead and a shared
-  machine's scheduling delays); the data-wait split with a deliberately slow Dataset (sleep in __getitem__)
-  lands in data_wait_ms, not in latency_ms, with the same tolerance.
+- Latency and data wait, on a ManualClock that only the step and the loader advance: a step that "takes"
+  60 ms is measured as 60 ms and a loader that "takes" 50 ms lands in data_wait_ms, not in latency_ms,
+  exactly (1e-9 ms: float rounding of the clock's sums), whatever the machine's speed or load. The same
+  with real sleeps and time.perf_counter is a slow test (`make test-slow`): measured within
+  [sleep, sleep + 100 ms] (sleep is a lower bound; the 100 ms cover Lightning's hooks and a shared,
+  loaded machine's scheduling).
 - Peak memory: a step that allocates and touches 256 MiB raises the step's peak by 256 MiB (- 4 / + 40 MiB:
   pages released during the step offset a little, other growth adds a little), and agrees within 40 MiB with the allocator's own figure for the same work by the
   profiler method of profiling/memory.py; the step's tensor memory by that method itself is 256 MiB (+ 8 MiB)
@@ -33,42 +35,49 @@ from torch import nn
 from callbacks import EfficiencyMonitor
 from callbacks.efficiency import EFFICIENCY_FILE
 from models.attention import build_attention
-from profiling import FlopTally, peak_allocated_bytes
+from profiling import FlopTally, ManualClock, peak_allocated_bytes
 from profiling.peaks import match_device, matmul_dtype, mfu_note, peak_tflops
 
 FLOP_TOL = 0.02
-SLEEP_TOL_MS = 15.0
+EXACT_MS = 1e-9  # a ManualClock's figures are exact but for float rounding of its sums
+SLEEP_TOL_MS = 100.0  # real sleeps (slow tests only): above the sleep, Lightning's hooks and a loaded machine
 MIB = 2**20
 
 
-class Batches(torch.utils.data.Dataset):
-    """Pre-made batches (use with batch_size=None); `delay_s` sleeps in __getitem__ (a slow loader)."""
+def take(seconds: float, clock=None) -> None:
+    """Spend `seconds`: on the ManualClock when given (exactly, at once), else really (time.sleep)."""
+    if clock is not None:
+        clock.advance(seconds)
+    elif seconds:
+        time.sleep(seconds)
 
-    def __init__(self, batches, delay_s: float = 0.0):
-        self.batches, self.delay_s = batches, delay_s
+
+class Batches(torch.utils.data.Dataset):
+    """Pre-made batches (use with batch_size=None); each __getitem__ takes `delay_s` (a slow loader)."""
+
+    def __init__(self, batches, delay_s: float = 0.0, clock=None):
+        self.batches, self.delay_s, self.clock = batches, delay_s, clock
 
     def __len__(self):
         return len(self.batches)
 
     def __getitem__(self, i):
-        if self.delay_s:
-            time.sleep(self.delay_s)
+        take(self.delay_s, self.clock)
         return self.batches[i]
 
 
 class Regress(L.LightningModule):
-    """net(x) -> mean squared output (no matmul in the loss); `sleep_s` pads the step; `alloc_mib` allocates
-    and touches that much memory inside the step."""
+    """net(x) -> mean squared output (no matmul in the loss); each step takes `sleep_s` more (see `take`);
+    `alloc_mib` allocates and touches that much memory inside the step."""
 
-    def __init__(self, net, sleep_s=0.0, alloc_mib=0, fail_at=None):
+    def __init__(self, net, sleep_s=0.0, alloc_mib=0, fail_at=None, clock=None):
         super().__init__()
-        self.net, self.sleep_s, self.alloc_mib, self.fail_at = net, sleep_s, alloc_mib, fail_at
+        self.net, self.sleep_s, self.alloc_mib, self.fail_at, self.clock = net, sleep_s, alloc_mib, fail_at, clock
 
     def training_step(self, batch, batch_idx):
         if self.fail_at is not None and batch_idx == self.fail_at:
             raise RuntimeError("deliberate failure")
-        if self.sleep_s:
-            time.sleep(self.sleep_s)
+        take(self.sleep_s, self.clock)
         if self.alloc_mib:
             block = torch.ones(self.alloc_mib * MIB // 4)  # written, so resident
             assert float(block[-1]) == 1.0
@@ -76,8 +85,7 @@ class Regress(L.LightningModule):
         return self.net(batch[0]).pow(2).mean()
 
     def validation_step(self, batch, batch_idx):
-        if self.sleep_s:
-            time.sleep(self.sleep_s)
+        take(self.sleep_s, self.clock)
         return self.net(batch[0]).pow(2).mean()
 
     def configure_optimizers(self):
@@ -85,12 +93,16 @@ class Regress(L.LightningModule):
 
 
 def fit(tmp_path, module, batches, delay_s=0.0, val_batches=None, **monitor_kw):
-    """Train over `batches` (one epoch) with only the EfficiencyMonitor; returns (monitor, efficiency.json)."""
+    """Train over `batches` (one epoch) with only the EfficiencyMonitor; returns (monitor, efficiency.json).
+    The loader and the monitor share the module's clock."""
+    clock = getattr(module, "clock", None)
+    if clock is not None:
+        monitor_kw.setdefault("clock", clock)
     monitor = EfficiencyMonitor(print_table=False, **monitor_kw)
     trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=1, logger=TensorBoardLogger(tmp_path, name="run"),
                         callbacks=[monitor], enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, log_every_n_steps=1, num_sanity_val_steps=0)
-    loader = torch.utils.data.DataLoader(Batches(batches, delay_s), batch_size=None)
+    loader = torch.utils.data.DataLoader(Batches(batches, delay_s, clock), batch_size=None)
     val = torch.utils.data.DataLoader(Batches(val_batches), batch_size=None) if val_batches else None
     trainer.fit(module, loader, val)
     return monitor, json.loads((Path(trainer.log_dir) / EFFICIENCY_FILE).read_text())
@@ -180,26 +192,54 @@ def test_exception_in_counted_step_leaves_no_counter_open(tmp_path):
 
 
 # ------------------------------------------------------------------ latency and data wait
+def test_latency_of_a_step_that_takes_60_ms_on_a_manual_clock(tmp_path):
+    clock = ManualClock(start=100.0)
+    batches = [(torch.randn(2, 8),) for _ in range(8)]
+    monitor, eff = fit(tmp_path, Regress(linear_stack([8, 8]), sleep_s=0.060, clock=clock), batches, val_batches=batches[:4])
+    assert [r.latency_ms for r in monitor.train] == pytest.approx([60.0] * 8, abs=EXACT_MS)
+    assert monitor.val_latency == pytest.approx([60.0] * 4, abs=EXACT_MS)
+    assert eff["latency_ms_p50"] == pytest.approx(60.0, abs=EXACT_MS) and eff["latency_ms_std"] == pytest.approx(0.0, abs=EXACT_MS)
+    assert eff["val_latency_ms_p50"] == pytest.approx(60.0, abs=EXACT_MS)
+    assert eff["val_batches_measured"] == 4 and eff["train_batches_measured"] == 8
+    assert eff["data_wait_ms_mean"] == pytest.approx(0.0, abs=EXACT_MS)  # nothing in this loader takes time
+    assert eff["wall_time_s"] == pytest.approx(12 * 0.060, abs=1e-3)  # 8 + 4 steps; rounded to the ms
+    assert eff["latency_clock"] == "manual clock"
+
+
+def test_slow_loader_wait_is_data_wait_not_latency_on_a_manual_clock(tmp_path):
+    clock = ManualClock()
+    load_ms, step_ms = 50.0, 20.0
+    batches = [(torch.randn(2, 8),) for _ in range(8)]
+    monitor, eff = fit(tmp_path, Regress(linear_stack([8, 8]), sleep_s=step_ms / 1e3, clock=clock), batches, delay_s=load_ms / 1e3)
+    assert [r.wait_ms for r in monitor.train] == pytest.approx([load_ms] * 8, abs=EXACT_MS)
+    assert [r.latency_ms for r in monitor.train] == pytest.approx([step_ms] * 8, abs=EXACT_MS)
+    assert eff["data_wait_fraction"] == pytest.approx(load_ms / (load_ms + step_ms), abs=1e-12)
+    # throughput counts the wait: 2 samples per (50 + 20) ms
+    assert eff["samples_per_s"] == pytest.approx(2e3 / (load_ms + step_ms), rel=1e-12)
+
+
+@pytest.mark.slow
 def test_latency_of_a_step_padded_with_a_known_sleep(tmp_path):
+    """Real sleeps on the real clock: measured within [sleep, sleep + SLEEP_TOL_MS] (median)."""
     sleep_ms = 60.0
     batches = [(torch.randn(2, 8),) for _ in range(8)]
     _, eff = fit(tmp_path, Regress(linear_stack([8, 8]), sleep_s=sleep_ms / 1e3), batches, val_batches=batches[:4])
     assert sleep_ms <= eff["latency_ms_p50"] <= sleep_ms + SLEEP_TOL_MS, eff["latency_ms_p50"]
     assert sleep_ms <= eff["val_latency_ms_p50"] <= sleep_ms + SLEEP_TOL_MS, eff["val_latency_ms_p50"]
-    assert eff["val_batches_measured"] == 4 and eff["train_batches_measured"] == 8
     assert eff["data_wait_ms_mean"] < SLEEP_TOL_MS  # nothing slow in this loader
+    assert eff["latency_clock"] == "perf_counter"
 
 
+@pytest.mark.slow
 def test_slow_loader_wait_is_data_wait_not_latency(tmp_path):
+    """Real sleeps on the real clock: the loader's sleep is in the wait, not the latency (medians within
+    [sleep, sleep + SLEEP_TOL_MS])."""
     load_ms, step_ms = 50.0, 20.0
     batches = [(torch.randn(2, 8),) for _ in range(8)]
     monitor, eff = fit(tmp_path, Regress(linear_stack([8, 8]), sleep_s=step_ms / 1e3), batches, delay_s=load_ms / 1e3)
     waits = sorted(r.wait_ms for r in monitor.train)
     assert load_ms <= waits[len(waits) // 2] <= load_ms + SLEEP_TOL_MS, waits
     assert step_ms <= eff["latency_ms_p50"] <= step_ms + SLEEP_TOL_MS, eff["latency_ms_p50"]
-    assert 0.6 < eff["data_wait_fraction"] < 0.8  # 50 / (50 + 20) = 0.71
-    # throughput counts the wait: 2 samples per (50 + 20) ms, about 28.6 samples/s
-    assert 2e3 / (load_ms + step_ms + 2 * SLEEP_TOL_MS) <= eff["samples_per_s"] <= 2e3 / (load_ms + step_ms)
 
 
 # ------------------------------------------------------------------ memory
