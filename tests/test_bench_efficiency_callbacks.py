@@ -48,8 +48,9 @@ def test_tiny_run_writes_results(script, tmp_path, capsys):
         assert len(s["per_round_ratio"]) == 2 and s["bootstrap_ci95"][0] <= s["bootstrap_ci95"][1], key
     assert set(r["measures"]) == {"intervals_ms", "windows_ms", "mean_step_ms", "first_step_ms", "epoch_end_ms", "fit_extra_ms"}
     oo = r["one_off"]
-    assert oo["extra_ms"] == pytest.approx(oo["on_ms"] - oo["off_ms"]) and oo["on_ms"] > 0
-    assert oo["extra_ms"] > 0  # the first `on` step runs under the FLOP counter (+ one ptflops forward)
+    # only the arithmetic: whether the first `on` step (under the FLOP counter) is slower is the benchmark's
+    # finding, and two single steps on a loaded machine can come out either way
+    assert oo["extra_ms"] == pytest.approx(oo["on_ms"] - oo["off_ms"]) and oo["on_ms"] > 0 and oo["off_ms"] > 0
 
     # the two sides: really with and without the callback, same work
     cb = r["callbacks"]

@@ -7,7 +7,7 @@ import runpy
 import signal
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 
 import pytest
@@ -15,9 +15,10 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 PROFILE = REPO / "profile.py"
 TINY = ["--dim", "32", "--heads", "4", "--runs", "2", "--warmup", "1", "--threads", "1", "--no-plots"]
+HANG_GUARD_S = 900  # subprocess time-outs only turn a hung child into a failure; no test checks speed
 
 
-def cli(*args, timeout=120):
+def cli(*args, timeout=HANG_GUARD_S):
     return subprocess.run([sys.executable, str(PROFILE), *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
@@ -91,7 +92,7 @@ def test_bad_input_in_subprocesses(tmp_path):
         argv = bad_argv(name, tmp_path, out)
         procs[name] = (out, subprocess.Popen([sys.executable, str(PROFILE), *argv], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     for name, (out, p) in procs.items():
-        stdout, stderr = p.communicate(timeout=120)
+        stdout, stderr = p.communicate(timeout=HANG_GUARD_S)
         assert p.returncode == 2, (name, stderr)
         assert len(stderr.strip().splitlines()) == 1 and stderr.startswith("profile.py: error: "), (name, stderr)
         assert stdout == "" and not out.exists(), name
@@ -110,36 +111,69 @@ def test_missing_gpu_is_one_warning_and_cpu_results_still_come(tmp_path):
     assert "softmax" in r.stdout and "median ms" in r.stdout  # the console table
 
 
+# the child for the killed-sweep test: profile.py's real __main__, with append_point wrapped so that,
+# once the file holds KILL_AFTER rows, it says so on stdout and waits to be killed: the parent kills a
+# sweep that can neither finish nor be between two rows, whatever the machine's speed
+KILL_AFTER = 2
+MARKER = "rows written; waiting to be killed"
+KILLABLE = """
+import runpy, signal, sys
+import profiling.sweep as sw
+real = sw.append_point
+def append(path, point):
+    real(path, point)
+    if len(path.read_text().splitlines()) == {n}:
+        print("{marker}", flush=True)
+        while True:
+            signal.pause()
+sw.append_point = append
+sys.argv = [{profile!r}, *sys.argv[1:]]
+runpy.run_path({profile!r}, run_name="__main__")
+"""
+
+
 def test_killed_sweep_resumes(tmp_path):
-    """Kill a real sweep after its first points land, resume it: only the missing points are measured."""
+    """Kill a real sweep once exactly two points are on disk, resume it: only the missing points are measured."""
     out = tmp_path / "sweep"
     args = ["--devices", "cpu", "--attentions", "softmax,naive", "--seq-lens", "8,16,32,64,128", *TINY, "--out", str(out)]
-    p = subprocess.Popen([sys.executable, str(PROFILE), *args], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    code = KILLABLE.format(n=KILL_AFTER, marker=MARKER, profile=str(PROFILE))
+    p = subprocess.Popen([sys.executable, "-c", code, *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    guard = threading.Timer(HANG_GUARD_S, p.kill)  # a hang guard, not a speed check: a stuck child fails the test
+    guard.start()
+    try:
+        seen = []
+        for line in p.stdout:  # blocks until the marker or the child's end: no polling window to miss
+            seen.append(line)
+            if line.strip() == MARKER:
+                break
+        else:
+            pytest.fail("the sweep ended before writing two rows:\n" + "".join(seen))
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    finally:
+        guard.cancel()
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        p.stdout.close()
     jsonl = out / "results.jsonl"
-    deadline = time.time() + 90
-    while time.time() < deadline and p.poll() is None:
-        if jsonl.exists() and len(jsonl.read_text().splitlines()) >= 2:
-            break
-        time.sleep(0.02)
-    p.send_signal(signal.SIGKILL)
-    p.wait()
-    kept = [json.loads(line)["key"] for line in jsonl.read_text().splitlines() if line.endswith("}")]
-    assert 2 <= len(kept) < 10, "the sweep was not killed midway"
+    kept = [json.loads(line)["key"] for line in jsonl.read_text().splitlines()]
+    assert len(kept) == KILL_AFTER
     r = cli("--resume", str(out), "--no-plots")
     assert r.returncode == 0, r.stderr
     lines = [line for line in jsonl.read_text().splitlines() if line.strip()]
-    added = [json.loads(line)["key"] for line in lines[len(kept):] if line.endswith("}")]
-    assert sorted(kept + added) == sorted(set(kept + added)) and len(kept + added) == 10  # each point once
+    added = [json.loads(line)["key"] for line in lines[len(kept):]]
+    assert len(added) == 10 - KILL_AFTER and len(set(kept + added)) == 10  # each point once
     with open(out / "results.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 10 and {x["status"] for x in rows} == {"ok"}
-    assert f"{10 - len(kept)} to measure" in r.stdout
+    assert f"{10 - KILL_AFTER} to measure" in r.stdout
 
 
 # ---------------------------------------------------------------------------------------------- the name trap
 
 
-def run_py(*args, timeout=120):
+def run_py(*args, timeout=HANG_GUARD_S):
     return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
