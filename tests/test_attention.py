@@ -43,14 +43,19 @@ TEST_OPTIONS = {
     "hybrid": {"local_heads": 2, "window": 3, "chunk": 8},
 }
 
-# Invalid mechanism-specific options: each must raise ValueError naming the option.
+# Invalid mechanism-specific options: each must raise ValueError naming the option and its value. Out of
+# range, and of the wrong type (a float, a bool or None where an int belongs, a string for a flag).
 BAD_OPTIONS = {
-    "linformer": [{"k": 0}, {"max_seq_len": -1}, {"sharing": "bogus"}],
-    "performer": [{"features": 0}, {"chunk": 0}, {"redraw_interval": 0}],
-    "nystromformer": [{"landmarks": 0}, {"pinv_iterations": 0}, {"pinv": "bogus"}, {"conv_kernel": 4}],
-    "local": [{"window": 0}, {"dilation": 0}],
-    "linear": [{"chunk": 0}],
-    "hybrid": [{"local_heads": 5}, {"local_heads": -1}, {"window": 0}, {"dilations": ()}, {"dilations": (1, 0)}],
+    "linformer": [{"k": 0}, {"max_seq_len": -1}, {"sharing": "bogus"}, {"k": 8.0}, {"k": True},
+                  {"max_seq_len": None}, {"sharing": None}],
+    "performer": [{"features": 0}, {"chunk": 0}, {"redraw_interval": 0}, {"features": float("nan")},
+                  {"ortho": "yes"}, {"redraw_interval": 2.5}],
+    "nystromformer": [{"landmarks": 0}, {"pinv_iterations": 0}, {"pinv": "bogus"}, {"conv_kernel": 4},
+                      {"landmarks": None}, {"conv_kernel": True}, {"pinv": 3}],
+    "local": [{"window": 0}, {"dilation": 0}, {"window": 1.5}, {"dilation": None}],
+    "linear": [{"chunk": 0}, {"chunk": "8"}],
+    "hybrid": [{"local_heads": 5}, {"local_heads": -1}, {"window": 0}, {"dilations": ()}, {"dilations": (1, 0)},
+               {"dilations": 2}, {"dilations": "12"}, {"local_heads": 1.0}],
 }
 
 ALL = list_attentions()
@@ -723,6 +728,7 @@ def _raises(fn, *words):
     with pytest.raises(ValueError) as ei:
         fn()
     msg = str(ei.value)
+    assert "\n" not in msg, f"not one sentence: {msg}"
     for word in words:
         assert word in msg, f"{word!r} not in message: {msg}"
     return msg
@@ -813,8 +819,119 @@ def _bad_option_params():
 
 @pytest.mark.parametrize("name,opts", _bad_option_params())
 def test_bad_option_values(name, opts):
-    (key,) = opts
-    _raises(lambda: build_attention(name, DIM, HEADS, **opts), key)
+    ((key, value),) = opts.items()
+    _raises(lambda: build_attention(name, DIM, HEADS, **opts), key, repr(value))
+
+
+# The arguments every mechanism takes, in the constructor, forward and flops: (overrides, argument, value shown).
+BAD_COMMON_ARGS = [
+    (dict(dim=None), "dim", "None"),
+    (dict(dim=32.0), "dim", "32.0"),
+    (dict(dim=True), "dim", "True"),
+    (dict(dim=-32), "dim", "-32"),
+    (dict(heads=0), "heads", "0"),
+    (dict(heads=4.0), "heads", "4.0"),
+    (dict(heads=float("nan")), "heads", "nan"),
+    (dict(dropout=float("nan")), "dropout", "nan"),
+    (dict(dropout=None), "dropout", "None"),
+    (dict(dropout="0.1"), "dropout", "'0.1'"),
+    (dict(dropout=1.0), "dropout", "1.0"),
+    (dict(causal="yes"), "causal", "'yes'"),
+    (dict(causal=None), "causal", "None"),
+    (dict(bias="no"), "bias", "'no'"),
+]
+
+
+@pytest.mark.parametrize("overrides,arg,shown", BAD_COMMON_ARGS, ids=[f"{a}={v}" for _, a, v in BAD_COMMON_ARGS])
+@pytest.mark.parametrize("name", ALL)
+def test_bad_constructor_argument(name, overrides, arg, shown):
+    _raises(lambda: make(name, **overrides), arg, shown)
+
+
+BAD_FLOPS = [
+    (dict(seq_len=-5), "seq_len", "-5"),
+    (dict(seq_len=0), "seq_len", "0"),
+    (dict(seq_len=2.5), "seq_len", "2.5"),
+    (dict(seq_len=True), "seq_len", "True"),
+    (dict(seq_len=None), "seq_len", "None"),
+    (dict(seq_len=float("inf")), "seq_len", "inf"),
+    (dict(seq_len="16"), "seq_len", "'16'"),
+    (dict(seq_len=16, batch=0), "batch", "0"),
+    (dict(seq_len=16, batch=-1), "batch", "-1"),
+    (dict(seq_len=16, batch=1.5), "batch", "1.5"),
+    (dict(seq_len=16, causal="x"), "causal", "'x'"),
+    (dict(seq_len=16, backward="x"), "backward", "'x'"),
+]
+
+
+@pytest.mark.parametrize("kwargs,arg,shown", BAD_FLOPS, ids=[f"{a}={v}" for _, a, v in BAD_FLOPS])
+@pytest.mark.parametrize("name", ALL)
+def test_bad_flops_argument(name, kwargs, arg, shown):
+    _raises(lambda: make(name).flops(**kwargs), arg, shown)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_flops_refuse_what_forward_refuses(name):
+    """No figure for a run that cannot happen: beyond max_seq_len, or causal where the mechanism is not."""
+    attn = make(name)
+    if attn.max_seq_len is not None:
+        L = attn.max_seq_len
+        _raises(lambda: attn.flops(L + 1), str(L + 1), str(L))
+        assert attn.flops(L) > 0
+    if not attn.supports_causal:
+        _raises(lambda: attn.flops(16, causal=True), name, "causal")
+
+
+def _x():
+    return torch.randn(B, N, DIM)
+
+
+BAD_FORWARD = [
+    ("x=None", lambda a: a(None), ("x", "NoneType")),
+    ("x=list", lambda a: a([[0.0] * DIM] * N), ("x", "list")),
+    ("x=int64", lambda a: a(torch.ones(B, N, DIM, dtype=torch.long)), ("x", "int64")),
+    ("x=float64", lambda a: a(_x().double()), ("x", "float64", "float32")),
+    ("x=float16", lambda a: a(_x().half()), ("x", "float16", "float32")),
+    ("batch=0", lambda a: a(torch.randn(0, N, DIM)), ("x", "batch = 0")),
+    ("seq=0", lambda a: a(torch.randn(B, 0, DIM)), ("x", "seq = 0")),
+    ("x-on-meta", lambda a: a(torch.randn(B, N, DIM, device="meta")), ("x", "meta", "cpu")),
+    ("causal='yes'", lambda a: a(_x(), causal="yes"), ("causal", "'yes'")),
+    ("causal=1", lambda a: a(_x(), causal=1), ("causal", "1")),
+    ("return_weights='no'", lambda a: a(_x(), return_weights="no"), ("return_weights", "'no'")),
+]
+
+
+@pytest.mark.parametrize("call,words", [(c, w) for _, c, w in BAD_FORWARD], ids=[i for i, _, _ in BAD_FORWARD])
+@pytest.mark.parametrize("name", ALL)
+def test_bad_forward_argument(name, call, words):
+    _raises(lambda: call(make(name)), *words)
+
+
+BAD_REGISTRY = [
+    ("build-None", lambda: build_attention(None, DIM), ("attention", "None")),
+    ("build-int", lambda: build_attention(3, DIM), ("attention", "3")),
+    ("build-list", lambda: build_attention(["softmax"], DIM), ("attention", "['softmax']")),
+    ("build-non-attention-class", lambda: build_attention(dict, DIM), ("attention", "dict")),
+    ("get-unhashable", lambda: get_attention([]), ("attention", "[]")),
+    ("options-None", lambda: attention_options(None), ("attention", "None")),
+    ("register-None", lambda: register_attention(None), ("register_attention", "None")),
+    ("register-empty", lambda: register_attention(""), ("register_attention", "''")),
+]
+
+
+@pytest.mark.parametrize("call,words", [(c, w) for _, c, w in BAD_REGISTRY], ids=[i for i, _, _ in BAD_REGISTRY])
+def test_bad_registry_argument(call, words):
+    before = list_attentions()
+    _raises(call, *words)
+    assert list_attentions() == before
+
+
+def test_integer_like_sizes_are_accepted():
+    """numpy integers (from a config or an array) are integers: the checks must not refuse them."""
+    np = pytest.importorskip("numpy")
+    attn = build_attention("softmax", np.int64(DIM), np.int32(HEADS))
+    assert (attn.dim, attn.heads) == (DIM, HEADS) and type(attn.dim) is int
+    assert attn.flops(np.int64(16), np.int64(2)) == attn.flops(16, 2)
 
 
 def test_duplicate_registration_raises():

@@ -24,24 +24,22 @@ is not counted, matching what `torch.utils.flop_counter` counts.
 """
 from __future__ import annotations
 
-from typing import ClassVar, Dict, Optional, Tuple, Union
+from typing import ClassVar, Dict, Optional, Tuple, Type, Union
 
 import torch
 from torch import Tensor, nn
 
-from .functional import split_heads
+from .functional import check_bool, check_int, check_probability, split_heads
+
+# name -> class, filled by registry.register_attention. It lives here, below the registry, so that the
+# "cannot be causal" sentence can name the alternatives without this module importing the registry.
+REGISTERED: Dict[str, Type["Attention"]] = {}
+
 
 def causal_alternatives() -> str:
     """The registered mechanisms that declare supports_causal, for error messages."""
-    from .registry import capabilities  # the registry imports this module; look it up when needed
-
-    names = [name for name, caps in capabilities().items() if caps["causal"]]
+    names = sorted(name for name, cls in REGISTERED.items() if cls.supports_causal)
     return ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else "".join(names)
-
-
-def _check_positive_int(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 class Attention(nn.Module):
@@ -58,21 +56,16 @@ class Attention(nn.Module):
 
     def __init__(self, dim: int, heads: int = 8, *, causal: bool = False, dropout: float = 0.0, bias: bool = True):
         super().__init__()
-        _check_positive_int("dim", dim)
-        _check_positive_int("heads", heads)
+        dim, heads = check_int("dim", dim), check_int("heads", heads)
         if dim % heads:
             raise ValueError(f"heads must divide dim, got dim={dim} and heads={heads}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
-        if causal and not self.supports_causal:
-            raise ValueError(
-                f"attention '{self.name}' cannot be causal: {self.not_causal_reason}; "
-                f"use one of {causal_alternatives()} for causal models"
-            )
+        dropout = check_probability("dropout", dropout)
+        if check_bool("causal", causal) and not self.supports_causal:
+            raise self.not_causal_error()
         self.dim, self.heads, self.head_dim = dim, heads, dim // heads
-        self.causal = bool(causal)
+        self.causal = causal
         self.scale = self.head_dim**-0.5
-        self._build_projections(bias)
+        self._build_projections(check_bool("bias", bias))
         self.out_drop = nn.Dropout(dropout)
 
     # ------------------------------------------------------------------ projections
@@ -127,8 +120,8 @@ class Attention(nn.Module):
         Returns:
             (batch, seq, dim) output, or (output, weights) with `return_weights`.
         """
-        causal = self.causal if causal is None else bool(causal)
-        self.check_input(x, mask, causal, return_weights)
+        causal = self.resolve_causal(causal)
+        self.check_input(x, mask, check_bool("return_weights", return_weights))
         out, weights = self._attend(x, mask, causal, return_weights)
         out = self.out_drop(out)
         return (out, weights) if return_weights else out
@@ -136,21 +129,52 @@ class Attention(nn.Module):
     def _attend(self, x: Tensor, mask: Optional[Tensor], causal: bool, need_weights: bool) -> Tuple[Tensor, Optional[Tensor]]:
         raise NotImplementedError
 
-    def check_input(self, x: Tensor, mask: Optional[Tensor], causal: bool, return_weights: bool = False) -> None:
+    def not_causal_error(self) -> ValueError:
+        return ValueError(
+            f"attention '{self.name}' cannot be causal: {self.not_causal_reason}; "
+            f"use one of {causal_alternatives()} for causal models"
+        )
+
+    def resolve_causal(self, causal: Optional[bool]) -> bool:
+        """A per-call `causal` (None: the construction value), refused when the mechanism cannot be causal."""
+        if causal is None:
+            return self.causal
+        if check_bool("causal", causal) and not self.supports_causal:
+            raise self.not_causal_error()
+        return causal
+
+    def check_length(self, n: int) -> None:
+        limit = self.max_seq_len
+        if limit is not None and n > limit:
+            raise ValueError(
+                f"sequence length {n} exceeds the maximum {limit} of attention '{self.name}' "
+                f"(set max_seq_len when building it)"
+            )
+
+    def check_input(self, x: Tensor, mask: Optional[Tensor], return_weights: bool = False) -> None:
         if not isinstance(x, Tensor):
             raise ValueError(f"x must be a torch.Tensor of shape (batch, seq, {self.dim}), got {type(x).__name__}")
         if x.dim() != 3 or x.shape[-1] != self.dim:
             raise ValueError(f"x must have shape (batch, seq, {self.dim}), got {tuple(x.shape)}")
+        if x.shape[0] == 0:
+            raise ValueError("x must hold at least one sequence, got batch = 0")
         if x.shape[1] == 0:
             raise ValueError("x must hold at least one position, got seq = 0")
         if not x.is_floating_point():
             raise ValueError(f"x must be a floating-point tensor, got dtype {x.dtype}")
-        limit = self.max_seq_len
-        if limit is not None and x.shape[1] > limit:
-            raise ValueError(
-                f"sequence length {x.shape[1]} exceeds the maximum {limit} of attention '{self.name}' "
-                f"(set max_seq_len when building it)"
-            )
+        param = next(self.parameters(), None)
+        if param is not None:
+            # caught here, the mismatch names x; inside the projection it is an anonymous "mat1 and mat2" error
+            if x.device != param.device:
+                raise ValueError(f"x must be on the device of the attention's parameters ({param.device}), got {x.device}")
+            device = x.device.type
+            autocast = torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
+            if x.dtype != param.dtype and not autocast:
+                raise ValueError(
+                    f"x must have the dtype of the attention's parameters ({param.dtype}), got {x.dtype}; "
+                    f"convert one of them with .to(dtype) or run under torch.autocast"
+                )
+        self.check_length(x.shape[1])
         if mask is not None:
             if not self.supports_mask:
                 raise ValueError(f"attention '{self.name}' does not support a padding mask; pass mask=None")
@@ -161,11 +185,6 @@ class Attention(nn.Module):
                 raise ValueError(f"mask must have shape (batch, seq) = {tuple(x.shape[:2])}, got {tuple(mask.shape)}")
             if mask.device != x.device:
                 raise ValueError(f"mask must be on the same device as x ({x.device}), got {mask.device}")
-        if causal and not self.supports_causal:
-            raise ValueError(
-                f"attention '{self.name}' cannot be causal: {self.not_causal_reason}; "
-                f"use one of {causal_alternatives()} for causal models"
-            )
         if return_weights and not self.has_weights:
             raise ValueError(f"attention '{self.name}' cannot return attention weights (has_weights is False)")
 
@@ -173,8 +192,12 @@ class Attention(nn.Module):
 
     def flops(self, seq_len: int, batch: int = 1, causal: Optional[bool] = None, backward: bool = False) -> int:
         """Analytic matmul FLOPs (2 per multiply-add), projections included: the forward pass, plus
-        the backward pass (input and parameter gradients) when `backward`."""
-        causal = self.causal if causal is None else bool(causal)
+        the backward pass (input and parameter gradients) when `backward`. Refuses what forward refuses
+        (a causal count for a non-causal mechanism, a length beyond max_seq_len): no figure for a run that
+        cannot happen."""
+        seq_len, batch = check_int("seq_len", seq_len), check_int("batch", batch)
+        causal, backward = self.resolve_causal(causal), check_bool("backward", backward)
+        self.check_length(seq_len)
         fwd = self.projection_flops(seq_len, batch) + self.attention_flops(seq_len, batch, causal)
         return fwd + self.backward_flops(seq_len, batch, causal) if backward else fwd
 

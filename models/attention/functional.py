@@ -1,5 +1,5 @@
-"""Shared pieces of the attention block: head split/merge, mask helpers, masked softmax and the
-kernelised (feature-map) attention used by `linear`, `performer` and `hybrid`.
+"""Shared pieces of the attention block: argument checks, head split/merge, mask helpers, masked softmax
+and the kernelised (feature-map) attention used by `linear`, `performer` and `hybrid`.
 
 Axis letters used in shape comments:
     B batch, n sequence length, d model dim, h heads, e head dim (d / h),
@@ -9,11 +9,62 @@ Everything here depends on torch alone.
 """
 from __future__ import annotations
 
-from typing import Optional
+import math
+import numbers
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+
+# --------------------------------------------------------------------------- argument checks
+# Every bad argument of the attention API is one ValueError sentence naming the argument, the value and what
+# is expected: train.py and the sweep turn ValueError into their usage errors, so nothing reaches a user as a
+# traceback from deep inside a matmul.
+
+
+def check_int(name: str, value, low: int = 1) -> int:
+    """`value` as an int >= low. bool is refused (True would silently be 1); numpy integers are accepted."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        expected = "a positive integer" if low == 1 else f"an integer >= {low}"
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
+    return int(value)
+
+
+def check_int_list(name: str, value, low: int = 1) -> Tuple[int, ...]:
+    """A non-empty list or tuple of ints >= low, as a tuple (a bare int or a string is refused whole)."""
+    try:
+        if not isinstance(value, (list, tuple)) or not value:
+            raise ValueError
+        return tuple(check_int(name, v, low) for v in value)
+    except ValueError:
+        expected = "positive integers" if low == 1 else f"integers >= {low}"
+        raise ValueError(f"{name} must be a non-empty list of {expected}, got {value!r}") from None
+
+
+def check_bool(name: str, value) -> bool:
+    """Only True or False: a string such as "no" would otherwise count as True."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def check_choice(name: str, value, choices: Sequence[str]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def check_probability(name: str, value) -> float:
+    """A number in [0, 1) (dropout): NaN, strings and None fail here, not in nn.Dropout."""
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value)
+            or not 0.0 <= value < 1.0):
+        raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
+    return float(value)
+
+
+# --------------------------------------------------------------------------- small helpers
 
 
 def exists(x) -> bool:

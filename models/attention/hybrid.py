@@ -18,8 +18,8 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from .base import Attention, _check_positive_int
-from .functional import kernel_attention, kernel_attention_flops, kernel_weights, merge_heads
+from .base import Attention
+from .functional import check_int, check_int_list, kernel_attention, kernel_attention_flops, kernel_weights, merge_heads
 from .linear import elu_features
 from .local import dense_window_weights, sliding_window_attention, window_flops
 from .registry import register_attention
@@ -46,15 +46,12 @@ class HybridAttention(Attention):
         bias: bool = True,
     ):
         super().__init__(dim, heads, causal=causal, dropout=dropout, bias=bias)
-        local_heads = heads // 2 if local_heads is None else local_heads
-        if isinstance(local_heads, bool) or not isinstance(local_heads, int) or not 0 <= local_heads <= heads:
+        local_heads = heads // 2 if local_heads is None else check_int("local_heads", local_heads, low=0)
+        if local_heads > heads:
             raise ValueError(f"local_heads must be an integer in [0, heads={heads}], got {local_heads!r}")
-        _check_positive_int("window", window)
-        _check_positive_int("chunk", chunk)
+        window, chunk = check_int("window", window), check_int("chunk", chunk)
         # default: a dense and a dilated window, or the dense one alone when there is a single local head
-        dilations = tuple(dilations) if dilations is not None else (1, 2)[: max(1, local_heads)]
-        if not dilations or any(isinstance(d, bool) or not isinstance(d, int) or d <= 0 for d in dilations):
-            raise ValueError(f"dilations must be a non-empty sequence of positive integers, got {dilations!r}")
+        dilations = (1, 2)[: max(1, local_heads)] if dilations is None else check_int_list("dilations", dilations)
         if local_heads and len(dilations) > local_heads:
             raise ValueError(f"dilations {dilations} needs at least {len(dilations)} local heads, got local_heads={local_heads}")
         self.local_heads, self.window, self.dilations, self.chunk = local_heads, window, dilations, chunk

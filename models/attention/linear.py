@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import Attention, _check_positive_int
-from .functional import kernel_attention, kernel_attention_flops, kernel_weights, merge_heads
+from .base import Attention
+from .functional import check_int, kernel_attention, kernel_attention_flops, kernel_weights, merge_heads
 from .registry import register_attention
 
 
@@ -33,8 +33,7 @@ class LinearAttention(Attention):
 
     def __init__(self, dim: int, heads: int = 8, *, chunk: int = 64, causal: bool = False, dropout: float = 0.0, bias: bool = True):
         super().__init__(dim, heads, causal=causal, dropout=dropout, bias=bias)
-        _check_positive_int("chunk", chunk)
-        self.chunk = chunk
+        self.chunk = check_int("chunk", chunk)
 
     def _attend(self, x: Tensor, mask: Optional[Tensor], causal: bool, need_weights: bool) -> Tuple[Tensor, Optional[Tensor]]:
         q, k, v = self.project_qkv(x)  # (B, h, n, e)

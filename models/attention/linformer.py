@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import Attention, _check_positive_int
-from .functional import merge_heads, split_heads
+from .base import Attention
+from .functional import check_choice, check_int, merge_heads, split_heads
 from .registry import register_attention
 
 SHARING = ("headwise", "kv", "none")
@@ -48,10 +48,8 @@ class LinformerAttention(Attention):
         bias: bool = True,
     ):
         super().__init__(dim, heads, causal=causal, dropout=dropout, bias=bias)
-        _check_positive_int("k", k)
-        _check_positive_int("max_seq_len", max_seq_len)
-        if sharing not in SHARING:
-            raise ValueError(f"sharing must be one of {', '.join(SHARING)}, got {sharing!r}")
+        k, max_seq_len = check_int("k", k), check_int("max_seq_len", max_seq_len)
+        sharing = check_choice("sharing", sharing, SHARING)
         self.k, self._max_len, self.sharing = k, max_seq_len, sharing
         shape = (heads, k, max_seq_len) if sharing == "none" else (k, max_seq_len)
         bound = 1.0 / math.sqrt(k)

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import Attention, _check_positive_int
-from .functional import masked_softmax, merge_heads
+from .base import Attention
+from .functional import check_int, masked_softmax, merge_heads
 from .registry import register_attention
 
 
@@ -126,9 +126,7 @@ class LocalAttention(Attention):
 
     def __init__(self, dim: int, heads: int = 8, *, window: int = 64, dilation: int = 1, causal: bool = False, dropout: float = 0.0, bias: bool = True):
         super().__init__(dim, heads, causal=causal, dropout=dropout, bias=bias)
-        _check_positive_int("window", window)
-        _check_positive_int("dilation", dilation)
-        self.window, self.dilation = window, dilation
+        self.window, self.dilation = check_int("window", window), check_int("dilation", dilation)
 
     def _attend(self, x: Tensor, mask: Optional[Tensor], causal: bool, need_weights: bool) -> Tuple[Tensor, Optional[Tensor]]:
         q, k, v = self.project_qkv(x)  # (B, h, n, e)

@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import Attention, _check_positive_int
-from .functional import key_padding_mask, masked_softmax, merge_heads
+from .base import Attention
+from .functional import check_choice, check_int, key_padding_mask, masked_softmax, merge_heads
 from .registry import register_attention
 
 PINV = ("iterative", "exact")
@@ -98,12 +98,10 @@ class NystromAttention(Attention):
         bias: bool = True,
     ):
         super().__init__(dim, heads, causal=causal, dropout=dropout, bias=bias)
-        _check_positive_int("landmarks", landmarks)
-        _check_positive_int("pinv_iterations", pinv_iterations)
-        if pinv not in PINV:
-            raise ValueError(f"pinv must be one of {', '.join(PINV)}, got {pinv!r}")
+        landmarks, pinv_iterations = check_int("landmarks", landmarks), check_int("pinv_iterations", pinv_iterations)
+        pinv = check_choice("pinv", pinv, PINV)
         if conv_kernel is not None:
-            _check_positive_int("conv_kernel", conv_kernel)
+            conv_kernel = check_int("conv_kernel", conv_kernel)
             if conv_kernel % 2 == 0:
                 raise ValueError(f"conv_kernel must be odd so the output keeps its length, got {conv_kernel}")
         self.landmarks, self.pinv_iterations, self.pinv, self.conv_kernel = landmarks, pinv_iterations, pinv, conv_kernel

@@ -22,8 +22,8 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from .base import Attention, _check_positive_int
-from .functional import kernel_attention, kernel_attention_flops, kernel_weights, merge_heads
+from .base import Attention
+from .functional import check_bool, check_int, kernel_attention, kernel_attention_flops, kernel_weights, merge_heads
 from .registry import register_attention
 
 
@@ -82,10 +82,9 @@ class PerformerAttention(Attention):
         bias: bool = True,
     ):
         super().__init__(dim, heads, causal=causal, dropout=dropout, bias=bias)
-        _check_positive_int("features", features)
-        _check_positive_int("chunk", chunk)
+        features, chunk, ortho = check_int("features", features), check_int("chunk", chunk), check_bool("ortho", ortho)
         if redraw_interval is not None:
-            _check_positive_int("redraw_interval", redraw_interval)
+            redraw_interval = check_int("redraw_interval", redraw_interval)
         self.features, self.ortho, self.redraw_interval, self.chunk = features, ortho, redraw_interval, chunk
         self.register_buffer("projection", self._draw())  # (m, e), includes the e^-1/4 data scaling
         self._calls = 0

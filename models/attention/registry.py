@@ -5,12 +5,14 @@ from __future__ import annotations
 import inspect
 from typing import Dict, List, Type, Union
 
+from .base import REGISTERED as _REGISTRY
 from .base import Attention
-
-_REGISTRY: Dict[str, Type[Attention]] = {}
 
 
 def register_attention(name: str):
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"@register_attention needs a non-empty string name, got {name!r}")
+
     def decorator(cls: Type[Attention]) -> Type[Attention]:
         if not (isinstance(cls, type) and issubclass(cls, Attention)):
             raise TypeError(f"@register_attention({name!r}) must decorate a subclass of Attention, got {cls!r}")
@@ -29,6 +31,8 @@ def list_attentions() -> List[str]:
 
 
 def get_attention(name: str) -> Type[Attention]:
+    if not isinstance(name, str):
+        raise ValueError(f"attention must be a name, one of {', '.join(list_attentions())}; got {name!r}")
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -47,7 +51,10 @@ def attention_options(name: str) -> Dict[str, object]:
 
 
 def build_attention(name: Union[str, Type[Attention]], dim: int, heads: int = 8, **options) -> Attention:
-    cls = get_attention(name) if isinstance(name, str) else name
+    if isinstance(name, type) and issubclass(name, Attention):
+        cls = name
+    else:
+        cls = get_attention(name)
     known = attention_options(cls.name) if cls.name in _REGISTRY else None
     if known is not None:
         unknown = sorted(set(options) - set(known))
