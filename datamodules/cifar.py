@@ -12,7 +12,9 @@ Sources (see `SourcedDataModule`):
     synthetic  random images with class-dependent patterns, deterministic by seed
 
 Every real source is decoded ONCE into a uint8 tensor cache (N, 3, H, W) + int64 labels, one file per split,
-under `cache_dir/cifar10/<settings_key>/{train,test}.pt`, and reused on later runs. A tar.gz is streamed
+under `cache_dir/cifar10/<settings_key>/{train,test}.pt`, and reused on later runs (a cache file that no longer
+loads or checks is decoded again). A copy with a missing or empty batch, or an empty class folder, is refused
+with a sentence naming it, before anything is cached. A tar.gz is streamed
 straight into that cache (its members are never written out as 60,000 small files): the decoded cache is the
 one-time extraction, and the tar is not opened again once the cache exists.
 
@@ -39,7 +41,6 @@ import math
 import os
 import pickle
 import tarfile
-import tempfile
 import zlib
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -48,7 +49,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from .common import DataUnavailableError, SourcedDataModule, seeded_split, settings_key
+from .common import (DataUnavailableError, SourcedDataModule, atomic_write, check_bool, check_choice, check_int,
+                     load_cached, make_folder, seeded_split, settings_key)
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -77,7 +79,7 @@ AUGMENTS = ("none", "standard", "strong")
 TAR_ERRORS = (tarfile.TarError, EOFError, zlib.error, OSError)
 
 
-class ChecksumError(RuntimeError):
+class ChecksumError(DataUnavailableError):
     """A file named like an official CIFAR-10 batch does not have the official content."""
 
 
@@ -154,27 +156,44 @@ def _labelled(items: List[Tuple[str, str, bytes]], classes: Optional[Sequence[st
     return images, labels, classes
 
 
+def empty_class_error(folder, split_dir) -> DataUnavailableError:
+    """An empty class folder would silently drop a class (or leave it without a single test image)."""
+    return DataUnavailableError(f"the class folder {folder} holds no images ({', '.join(IMAGE_EXTS)}): every class "
+                                f"folder of {split_dir} needs at least one; remove it or fill it")
+
+
 def read_folder_split(split_dir: Path, classes, image_size):
-    items = [(p.parent.name, p.name, p.read_bytes())
-             for d in sorted(x for x in split_dir.iterdir() if x.is_dir())
-             for p in sorted(d.iterdir()) if p.suffix.lower() in IMAGE_EXTS]
+    items = []
+    for d in sorted(x for x in split_dir.iterdir() if x.is_dir()):
+        files = [p for p in sorted(d.iterdir()) if p.suffix.lower() in IMAGE_EXTS]
+        if not files and not d.name.startswith("."):
+            raise empty_class_error(d, split_dir)
+        items.extend((d.name, p.name, p.read_bytes()) for p in files)
     return _labelled(items, classes, image_size, str(split_dir))
 
 
 def read_tar_split(tar_path: Path, classes, image_size):
     """Stream `<anything>/<class>/<file>.jpg` members of a tar.gz straight into tensors."""
-    items = []
+    items, dirs, split_roots, filled = [], set(), set(), set()
     try:
         with tarfile.open(tar_path, "r:*") as tf:
             for m in tf:
+                if m.isdir():
+                    dirs.add(Path(m.name))
                 if not m.isfile() or Path(m.name).suffix.lower() not in IMAGE_EXTS:
                     continue
                 parts = Path(m.name).parts
                 if len(parts) < 2 or any(p.startswith(".") for p in parts):
                     continue
                 items.append((parts[-2], parts[-1], tf.extractfile(m).read()))
+                filled.add(Path(m.name).parent)
+                split_roots.add(Path(m.name).parent.parent)
     except TAR_ERRORS as e:
         raise corrupt_archive(tar_path, e) from e
+    # a class folder is a folder beside the ones holding images; one without any is empty
+    empty = sorted(d for d in dirs - filled if d.parent in split_roots and not d.name.startswith("."))
+    if empty:
+        raise empty_class_error(f"{empty[0]} in {tar_path}", f"{empty[0].parent} in {tar_path}")
     return _labelled(items, classes, image_size, str(tar_path))
 
 
@@ -211,14 +230,14 @@ def read_pickle_split(root: Path, split: str, image_size, verify: str):
     for name in names:
         path = root / name
         if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing: the official cifar-10-batches-py holds {', '.join(names)}")
+            raise DataUnavailableError(f"{path} is missing: the official cifar-10-batches-py holds {', '.join(names)}")
         check_md5(path, verify)
         d = _load_pickle(path)
         if b"data" not in d or b"labels" not in d:
             raise DataUnavailableError(f"{path} is corrupt: it lacks the b'data' or b'labels' entry of a CIFAR-10 batch")
         data = torch.as_tensor(d[b"data"]).to(torch.uint8)
-        if data.ndim != 2 or data.shape[1] != 3072 or len(d[b"labels"]) != data.shape[0]:
-            raise DataUnavailableError(f"{path} is corrupt: b'data' should be (N, 3072) uint8 with N labels, "
+        if data.ndim != 2 or data.shape[1] != 3072 or len(d[b"labels"]) != data.shape[0] or data.shape[0] == 0:
+            raise DataUnavailableError(f"{path} is corrupt: b'data' should be (N, 3072) uint8 with N labels, N >= 1, "
                                        f"got {tuple(data.shape)} and {len(d[b'labels'])} labels")
         datas.append(data.view(-1, 3, 32, 32))
         labels.append(torch.as_tensor(list(d[b"labels"]), dtype=torch.int64))
@@ -275,16 +294,16 @@ def folder_fingerprint(folder: Path) -> Tuple[int, int, int]:
     return n, size, newest
 
 
-def atomic_save(obj, path: Path) -> None:
-    """torch.save to a temporary file in the same folder, renamed into place: never a half-written `path`."""
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+def cached_split_ok(blob) -> bool:
+    """Whether a split cache file holds what load_splits wrote: uint8 (N, C, H, W) images, N int64 labels
+    within the classes."""
     try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        images, labels, classes = blob["images"], blob["labels"], blob["classes"]
+        return (images.dtype == torch.uint8 and images.dim() == 4 and len(images) > 0
+                and labels.dtype == torch.int64 and labels.shape == (len(images),)
+                and 0 <= int(labels.min()) and int(labels.max()) < len(classes))
+    except (KeyError, TypeError, AttributeError, RuntimeError):
+        return False
 
 
 def channel_stats(images: torch.Tensor, chunk: int = 4096) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
@@ -464,27 +483,30 @@ class CIFAR10DataModule(SourcedDataModule):
         split's data set (for checks such as which samples each process saw)."""
         super().__init__(data_source=data_source, data_dir=data_dir, cache_dir=cache_dir, batch_size=batch_size,
                          num_workers=num_workers, seed=seed)
-        if augment not in AUGMENTS:
-            raise ValueError(f"augment must be one of {AUGMENTS}, got {augment!r}")
-        if padding_mode not in ("reflect", "zeros"):
-            raise ValueError(f"padding_mode must be 'reflect' or 'zeros', got {padding_mode!r}")
-        if verify_checksums not in (True, False, "auto"):
+        check_choice("augment", augment, AUGMENTS)
+        check_choice("padding_mode", padding_mode, ("reflect", "zeros"))
+        if not (isinstance(verify_checksums, bool) or verify_checksums == "auto"):  # 1 == True: test the type
             raise ValueError(f"verify_checksums must be True, False or 'auto', got {verify_checksums!r}")
-        if isinstance(val_size, bool) or not isinstance(val_size, int) or val_size < 0:
-            raise ValueError(f"val_size must be a non-negative integer, got {val_size!r}")
-        if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1):
-            raise ValueError(f"image_size must be None or a positive integer, got {image_size!r}")
-        if isinstance(crop_padding, bool) or not isinstance(crop_padding, int) or crop_padding < 0:
-            raise ValueError(f"crop_padding must be a non-negative integer, got {crop_padding!r}")
+        val_size = check_int("val_size", val_size, low=0)
+        if image_size is not None:
+            image_size = check_int("image_size", image_size)
+        crop_padding = check_int("crop_padding", crop_padding, low=0)
+        if image_size is not None:
+            self.check_crop_padding(crop_padding, padding_mode, image_size, ValueError)
         if (not isinstance(synthetic_sizes, (tuple, list)) or len(synthetic_sizes) != 2
                 or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in synthetic_sizes)):
             raise ValueError(f"synthetic_sizes must be two positive integers (train, test), got {synthetic_sizes!r}")
+        if data_source == "synthetic" and val_size >= synthetic_sizes[0]:
+            raise ValueError(f"val_size must be below the {synthetic_sizes[0]} synthetic training images "
+                             f"(synthetic_sizes[0]) to leave some for training, got {val_size!r}")
+        if not isinstance(hub_name, str) or not hub_name:
+            raise ValueError(f"hub_name must be a data set name on the hub such as 'uoft-cs/cifar10', got {hub_name!r}")
         self.save_hyperparameters()
         self.val_size, self.augment = val_size, augment
         self.crop_padding, self.padding_mode = crop_padding, padding_mode
         self.verify_checksums, self.hub_name = verify_checksums, hub_name
-        self.synthetic_sizes, self.check_stats = tuple(synthetic_sizes), check_stats
-        self.return_index = bool(return_index)
+        self.synthetic_sizes, self.check_stats = tuple(synthetic_sizes), check_bool("check_stats", check_stats)
+        self.return_index = check_bool("return_index", return_index)
         self.requested_image_size = image_size
         self.image_size = image_size if image_size is not None else 32
         self.channels = 3
@@ -496,6 +518,18 @@ class CIFAR10DataModule(SourcedDataModule):
         self.train_set = self.val_set = self.test_set = None
         self._splits: Dict[str, Tuple[torch.Tensor, torch.Tensor]] = {}
         self._aug_gen = torch.Generator().manual_seed(seed)
+
+    @staticmethod
+    def check_crop_padding(crop_padding: int, padding_mode: str, image_size: int, error=DataUnavailableError) -> None:
+        """Reflect padding must be smaller than the image, or every training batch fails inside F.pad."""
+        if padding_mode == "reflect" and crop_padding >= image_size:
+            raise error(f"crop_padding must be below the image size {image_size} with padding_mode 'reflect', "
+                        f"got {crop_padding}")
+
+    def check_val_size(self, n_train: int, where) -> None:
+        if self.val_size >= n_train:
+            raise DataUnavailableError(f"val_size {self.val_size} leaves no training images out of the {n_train} of "
+                                       f"{where}: lower val_size")
 
     # -- finding a local copy
     def find_local(self, data_dir: Path) -> Optional[Path]:
@@ -586,9 +620,8 @@ class CIFAR10DataModule(SourcedDataModule):
             return out
         out, missing = {}, []
         for split in splits:
-            path = self.cache_path / f"{split}.pt"
-            if path.is_file():
-                blob = torch.load(path, weights_only=True)
+            blob = load_cached(self.cache_path / f"{split}.pt", cached_split_ok)  # a damaged file: decoded again
+            if blob is not None:
                 out[split] = (blob["images"], blob["labels"], list(blob["classes"]))
             else:
                 missing.append(split)
@@ -605,17 +638,19 @@ class CIFAR10DataModule(SourcedDataModule):
             tr, te = decoded["train"][0], decoded["test"][0]
             raise DataUnavailableError(f"the test images of {self.local_root or self.hub_name} are {_hw(te)} but the "
                                        f"training images are {_hw(tr)}: pass image_size to resize both")
-        self.cache_path.mkdir(parents=True, exist_ok=True)
+        if "train" in decoded:  # refused before anything is written
+            self.check_val_size(len(decoded["train"][0]), self.local_root or self.hub_name)
+            self.check_crop_padding(self.crop_padding, self.padding_mode, min(decoded["train"][0].shape[-2:]))
+        make_folder(self.cache_path)
         for split, (images, labels, classes) in decoded.items():
-            atomic_save({"images": images, "labels": labels, "classes": list(classes)}, self.cache_path / f"{split}.pt")
+            blob = {"images": images, "labels": labels, "classes": list(classes)}
+            atomic_write(self.cache_path / f"{split}.pt", lambda tmp, blob=blob: torch.save(blob, tmp))
         out.update(decoded)
         return out
 
     def _cached_classes(self, split: str) -> Optional[List[str]]:
-        path = self.cache_path / f"{split}.pt"
-        if not path.is_file():
-            return None
-        return list(torch.load(path, weights_only=True, mmap=True)["classes"])
+        blob = load_cached(self.cache_path / f"{split}.pt", cached_split_ok, mmap=True)
+        return None if blob is None else list(blob["classes"])
 
     def compute_stats(self, train_images: torch.Tensor, classes: Sequence[str]):
         mean, std = channel_stats(train_images)
@@ -624,9 +659,10 @@ class CIFAR10DataModule(SourcedDataModule):
         if self.check_stats and is_full_cifar:
             for got, known, what in ((mean, CIFAR10_MEAN, "mean"), (std, CIFAR10_STD, "std")):
                 if max(abs(a - b) for a, b in zip(got, known)) > CIFAR10_STATS_TOL:
-                    raise ValueError(f"CIFAR-10 training {what} {tuple(round(v, 4) for v in got)} differs from the known "
-                                     f"{known} by more than {CIFAR10_STATS_TOL}: the decoded data is wrong "
-                                     f"(channel order, scaling or content)")
+                    raise DataUnavailableError(
+                        f"CIFAR-10 training {what} {tuple(round(v, 4) for v in got)} differs from the known {known} "
+                        f"by more than {CIFAR10_STATS_TOL}: the decoded data is wrong (channel order, scaling or "
+                        f"content)")
         return mean, std
 
     # -- Lightning hooks
@@ -646,13 +682,14 @@ class CIFAR10DataModule(SourcedDataModule):
             raise DataUnavailableError(f"the test split's classes {test_classes} differ from the training split's "
                                        f"{classes} (e.g. {extra[:1]}): labels would not match")
         if tuple(test_x.shape[1:]) != tuple(train_x.shape[1:]):
-            raise ValueError(f"test images {tuple(test_x.shape[1:])} and training images {tuple(train_x.shape[1:])} "
-                             f"differ in size: pass image_size")
+            raise DataUnavailableError(f"test images {tuple(test_x.shape[1:])} and training images "
+                                       f"{tuple(train_x.shape[1:])} differ in size: pass image_size")
+        where = "the synthetic training split" if self.source_used == "synthetic" else self.local_root or self.hub_name
+        self.check_val_size(len(train_x), where)
+        self.check_crop_padding(self.crop_padding, self.padding_mode, min(train_x.shape[-2:]))
         self.classes, self.num_classes = list(classes), len(classes)
         self.image_size, self.channels = int(train_x.shape[-1]), int(train_x.shape[1])
         self.mean, self.std = self.compute_stats(train_x, classes)
-        if self.val_size >= len(train_x):
-            raise ValueError(f"val_size {self.val_size} leaves no training images out of {len(train_x)}")
         val_idx, train_idx = seeded_split(len(train_x), [self.val_size, len(train_x) - self.val_size], self.seed)
         train_idx, val_idx = train_idx.sort().values, val_idx.sort().values
         self.train_set = ImageTensorDataset(train_x, train_y, train_idx)

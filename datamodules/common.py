@@ -9,25 +9,134 @@ Source selection (`data_source`):
                  synthetic data silently.
 The source actually used is kept in `source_used` (and `hparams`) so runs can record it.
 
+A `data_dir` that was given but does not exist, or is a file, stops at once with a sentence saying so
+(under "auto" too: a mistyped path must not turn into a hub download).
+
 Caches (tokenizers, tokenized arrays, decoded images) live under `cache_dir`, default
-$ATTENTION_SUITE_CACHE or ~/.cache/attention-suite, keyed by the data and the settings.
+$ATTENTION_SUITE_CACHE or ~/.cache/attention-suite, keyed by the data and the settings. Every cache file is
+written to a temporary name and renamed into place (`atomic_write`), and read back through `load_cached`,
+which drops a file that no longer loads or checks (truncated on disk, copied half-way) so it is rebuilt.
+
+Bad arguments are a ValueError at construction naming the argument and the value (`check_*` below); what is
+found wrong with the data itself (a missing or empty split, a split too short for the settings) is a
+DataUnavailableError naming the file or folder and what is expected, raised before any cache is written.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import math
+import numbers
 import os
+import tempfile
 from pathlib import Path
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Any, Callable, Optional, Sequence, Tuple
 
 import lightning as L
 import torch
+
+log = logging.getLogger(__name__)
 
 DATA_SOURCES = ("auto", "hub", "local", "synthetic")
 
 
 class DataUnavailableError(RuntimeError):
-    """No source could provide the data: the message says what was tried and the ways forward."""
+    """No source could provide usable data: the message names what was tried or found wrong and the ways
+    forward."""
+
+
+# ------------------------------------------------------------------------------------------ argument checks
+def check_int(name: str, value, low: int = 1) -> int:
+    """`value` as an int >= low; bool (True would be 1), floats, NaN and strings are refused."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        expected = {0: "a non-negative integer", 1: "a positive integer"}.get(low, f"an integer >= {low}")
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
+    return int(value)
+
+
+def check_fraction(name: str, value, low_open: bool = False, high_open: bool = True) -> float:
+    """A finite number in [0, 1], each end open or closed as asked."""
+    interval = f"{'(' if low_open else '['}0, 1{')' if high_open else ']'}"
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value)
+            or value < 0 or value > 1 or (low_open and value == 0) or (high_open and value == 1)):
+        raise ValueError(f"{name} must be a number in {interval}, got {value!r}")
+    return float(value)
+
+
+def check_bool(name: str, value) -> bool:
+    """Only True or False: a string such as "no" would otherwise count as True."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def check_choice(name: str, value, choices: Sequence[str]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(str, choices))}, got {value!r}")
+    return value
+
+
+def check_folder_arg(name: str, value) -> Optional[Path]:
+    """A folder argument as a Path (None or "" for none). Only its type is checked here, and that an existing
+    path is a folder; whether it holds the data is the source resolution's business."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, (str, os.PathLike)):
+        raise ValueError(f"{name} must be a path to a folder, got {value!r}")
+    path = Path(value).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{name} {str(value)!r} is a file; expected a folder")
+    return path
+
+
+# ------------------------------------------------------------------------------------------ cache files
+def make_folder(path: Path) -> Path:
+    """mkdir -p, with a failure (permissions, a file in the way) as one sentence naming the folder."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataUnavailableError(f"cannot create the cache folder {path} ({type(e).__name__}: {e.strerror or e}); "
+                                   f"choose another --cache-dir") from e
+    return path
+
+
+def cache_write_error(path: Path, e: OSError) -> DataUnavailableError:
+    return DataUnavailableError(f"cannot write the cache file {path} ({type(e).__name__}: {e.strerror or e}): free "
+                                f"some space or choose another --cache-dir")
+
+
+def atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    """write(tmp) into a temporary file beside `path`, renamed into place: never a half-written `path`, and
+    no temporary file left when `write` fails (a full disk is one sentence naming the file)."""
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise cache_write_error(path, e) from e
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_cached(path: Path, check: Callable[[Any], bool] = lambda obj: True, mmap: bool = False):
+    """A torch cache file's content, or None when it is missing, does not load, or fails `check`; a bad file
+    is removed, so the caller rebuilds it instead of training on (or crashing over) a damaged cache."""
+    if not path.is_file():
+        return None
+    try:
+        obj = torch.load(path, weights_only=True, mmap=mmap)
+        if check(obj):
+            return obj
+        why = "its content does not match what was written"
+    except Exception as e:  # noqa: BLE001 - a damaged zip/pickle raises RuntimeError, EOFError, UnpicklingError...
+        why = f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+    log.warning("cache file %s is damaged (%s): rebuilding it", path, why)
+    path.unlink(missing_ok=True)
+    return None
 
 
 def default_cache_dir() -> Path:
@@ -78,16 +187,15 @@ class SourcedDataModule(L.LightningDataModule):
     def __init__(self, data_source: str = "auto", data_dir: Optional[str] = None, cache_dir: Optional[str] = None,
                  batch_size: int = 64, num_workers: int = 0, seed: int = 0):
         super().__init__()
-        if data_source not in DATA_SOURCES:
-            raise ValueError(f"data_source must be one of {', '.join(DATA_SOURCES)}, got {data_source!r}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-            raise ValueError(f"num_workers must be a non-negative integer, got {num_workers!r}")
-        self.data_source = data_source
+        self.data_source = check_choice("data_source", data_source, DATA_SOURCES)
+        self.batch_size = check_int("batch_size", batch_size)
+        self.num_workers = check_int("num_workers", num_workers, low=0)
+        self.seed = check_int("seed", seed, low=0)  # Lightning's seed_everything takes 0 .. 2^32 - 1
+        # data_dir is checked when the source is resolved: a DataModule that never reads it does not care
+        if data_dir is not None and not isinstance(data_dir, (str, os.PathLike)):
+            raise ValueError(f"data_dir must be a path to a folder, got {data_dir!r}")
         self.data_dir = Path(data_dir).expanduser() if data_dir else None
-        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
+        self.cache_dir = check_folder_arg("cache_dir", cache_dir) or default_cache_dir()
         self.local_root: Optional[Path] = None
         self.source_used: Optional[str] = None
         self._train_gen = torch.Generator().manual_seed(seed + 1)  # shuffling; saved in checkpoints (state_dict)
@@ -112,15 +220,20 @@ class SourcedDataModule(L.LightningDataModule):
             self.source_used = "synthetic"
             return self.source_used
         if self.data_source in ("local", "auto") and self.data_dir is not None:
+            # a path given but wrong is a mistake to report, under "auto" too, not a reason to try the hub
+            if not self.data_dir.exists():
+                raise DataUnavailableError(f"data_dir {self.data_dir} does not exist; expected a folder with "
+                                           f"{self.name} ({self.local_hint})")
             self.local_root = self.find_local(self.data_dir)
             if self.local_root is not None:
                 self.source_used = "local"
                 return self.source_used
+            if not self.data_dir.is_dir():
+                raise DataUnavailableError(f"data_dir {self.data_dir} is a file; expected a folder with "
+                                           f"{self.name} ({self.local_hint})")
         if self.data_source == "local":
             if self.data_dir is None:
                 raise DataUnavailableError(f"data_source='local' needs a data_dir holding {self.name}; expected {self.local_hint}")
-            if not self.data_dir.exists():
-                raise DataUnavailableError(f"data_dir {self.data_dir} does not exist; expected a folder holding {self.local_hint}")
             raise DataUnavailableError(
                 f"no local copy of {self.name} found in {self.data_dir}; expected {self.local_hint}"
             )

@@ -29,17 +29,18 @@ Caches under `<cache_dir>/imdb/<key>/` where key = settings_key(source, data ide
 vocab size, lowercase): `tokenizer.json` (bpe) and `tokens-L<max_len>[-cls].pt` (flat token ids +
 offsets + labels + ratings for both splits). A second prepare/setup with the same settings reuses both.
 
-Splits: validation is `val_fraction` of the official train split, drawn with `seeded_split(seed)`;
-test is the official test split. Batches are padded dynamically to the longest sequence in the batch
-(at most `max_len`); `bucket_by_length=True` groups similar lengths into batches to cut padding.
+Splits: validation is `val_fraction` of the official train split, drawn with `seeded_split(seed)`
+(0 for none; a fraction too small to give one review is refused); test is the official test split.
+A local copy must hold reviews of both classes in both splits: an empty or one-sided split is refused
+with a sentence naming it, before anything is cached. A cached file that no longer loads is rebuilt.
+Batches are padded dynamically to the longest sequence in the batch (at most `max_len`);
+`bucket_by_length=True` groups similar lengths into batches to cut padding.
 """
 from __future__ import annotations
 
 import math
-import os
 import re
 import tarfile
-import tempfile
 import zlib
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence
@@ -48,7 +49,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .common import DataUnavailableError, SourcedDataModule, seeded_split, settings_key
+from .common import (DataUnavailableError, SourcedDataModule, atomic_write, check_bool, check_choice, check_fraction,
+                     check_int, load_cached, make_folder, seeded_split, settings_key)
 
 PAD, UNK, CLS = "[PAD]", "[UNK]", "[CLS]"
 SPECIALS = (PAD, UNK, CLS)
@@ -129,18 +131,6 @@ def _tarball_has_aclimdb(path: Path) -> Optional[bool]:
     except (tarfile.TarError, EOFError, zlib.error, OSError):
         return None
     return False
-
-
-def _atomic_write(path: Path, write) -> None:
-    """write(tmp_path) into a temporary file beside `path`, renamed into place: never a half-written `path`."""
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 # ----------------------------------------------------------------------------------------------- tokenizers
@@ -315,28 +305,30 @@ class IMDBDataModule(SourcedDataModule):
                  synthetic_sizes: Sequence[int] = (2000, 500)):
         super().__init__(data_source=data_source, data_dir=data_dir, cache_dir=cache_dir,
                          batch_size=batch_size, num_workers=num_workers, seed=seed)
-        if tokenizer not in TOKENIZERS:
-            raise ValueError(f"tokenizer must be one of {', '.join(TOKENIZERS)}, got {tokenizer!r}")
-        if tokenizer == "bpe" and (isinstance(vocab_size, bool) or not isinstance(vocab_size, int)
-                                   or vocab_size <= len(SPECIALS) + 1):
-            raise ValueError(f"vocab_size must be an integer above {len(SPECIALS) + 1}, got {vocab_size!r}")
-        if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1:
-            raise ValueError(f"max_len must be a positive integer, got {max_len!r}")
-        if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0.0 <= val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
+        check_choice("tokenizer", tokenizer, TOKENIZERS)
+        # checked whatever the tokenizer: the byte tokenizer ignores it, but a nonsense value is still a mistake
+        vocab_size = check_int("vocab_size", vocab_size, low=len(SPECIALS) + 2)
+        max_len = check_int("max_len", max_len)
+        if check_bool("add_cls", add_cls) and max_len < 2:
+            raise ValueError(f"max_len must be at least 2 with add_cls (the [CLS] token and one of the review), "
+                             f"got {max_len!r}")
+        val_fraction = check_fraction("val_fraction", val_fraction)
         if (not isinstance(synthetic_sizes, (tuple, list)) or len(synthetic_sizes) != 2
                 or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in synthetic_sizes)):
             raise ValueError(f"synthetic_sizes must be two positive integers (train, test), got {synthetic_sizes!r}")
         self.tokenizer_kind = tokenizer
-        self.lowercase = (tokenizer == "bpe") if lowercase is None else bool(lowercase)
+        self.lowercase = (tokenizer == "bpe") if lowercase is None else check_bool("lowercase", lowercase)
         self.max_len, self.seq_len, self.add_cls = max_len, max_len, add_cls
-        self.val_fraction, self.bucket_by_length = val_fraction, bucket_by_length
+        self.val_fraction, self.bucket_by_length = val_fraction, check_bool("bucket_by_length", bucket_by_length)
         self.synthetic_sizes = tuple(int(s) for s in synthetic_sizes)
         # the BPE vocabulary may come out smaller than asked on tiny corpora: updated after training
         self.requested_vocab_size = vocab_size
         self.vocab_size = ByteTokenizer.vocab_size if tokenizer == "byte" else vocab_size
         self.tokenizer = None
         self.train_set = self.val_set = self.test_set = None
+        if data_source == "synthetic":
+            self.synthetic_pairs()  # its size requirements are known now: a ValueError here, not in setup
+            self.split_sizes(self.synthetic_sizes[0], "the synthetic training split (synthetic_sizes[0])", ValueError)
         self.save_hyperparameters(ignore=["data_dir", "cache_dir", "num_workers"])
 
     # -- source discovery
@@ -381,12 +373,36 @@ class IMDBDataModule(SourcedDataModule):
     def tokens_path(self) -> Path:
         return self.cache_path / f"tokens-L{self.max_len}{'-cls' if self.add_cls else ''}.pt"
 
+    def split_sizes(self, n_train: int, where: str, error=DataUnavailableError):
+        """(validation, training) review counts from the official training split's n_train reviews; a
+        val_fraction that gives no validation review (or leaves no training review) is refused."""
+        n_val = int(round(self.val_fraction * n_train))
+        if self.val_fraction > 0 and n_val == 0:
+            raise error(f"val_fraction {self.val_fraction} of the {n_train} reviews of {where} gives no validation "
+                        f"review: raise it to at least {1 / n_train:.3g} or use a larger copy")
+        if n_train - n_val < 1:
+            raise error(f"val_fraction {self.val_fraction} of the {n_train} reviews of {where} leaves no training "
+                        f"review: lower it or use a larger copy")
+        return n_val, n_train - n_val
+
     # -- raw data
+    def _check_raw(self, raw: Dict[str, Dict[str, list]], where: str) -> None:
+        """Both classes in both splits: an empty split would train or test on nothing, a one-sided one on a
+        single class."""
+        for split in ("train", "test"):
+            if not raw[split]["label"]:
+                raise DataUnavailableError(f"{where} holds no reviews in its {split} split: expected "
+                                           f"{split}/{{pos,neg}}/<id>_<rating>.txt files")
+            for label, polarity in ((0, "neg"), (1, "pos")):
+                if label not in raw[split]["label"]:
+                    raise DataUnavailableError(f"{where} holds no {split}/{polarity} reviews: every split of IMDB "
+                                               f"needs reviews of both classes ({split}/{polarity}/<id>_<rating>.txt)")
+        self.split_sizes(len(raw["train"]["label"]), where)
+
     def _read_raw(self) -> Dict[str, Dict[str, list]]:
         if self.source_used == "local":
             raw = read_aclimdb(self.local_root)
-            if not raw["train"]["text"] or not raw["test"]["text"]:
-                raise self.unavailable(f"no reviews were found in {self.local_root}")
+            self._check_raw(raw, str(self.local_root))
             return raw
 
         def load():
@@ -400,13 +416,31 @@ class IMDBDataModule(SourcedDataModule):
             texts = [clean_review(t) for t in d["text"]]
             raw[split] = {"text": texts, "label": [int(x) for x in d["label"]], "rating": [-1] * len(texts),
                           "id": list(range(len(texts)))}
+        self._check_raw(raw, f"the hub copy {HUB_NAME}")
         return raw
 
     def _load_tokenizer(self):
+        """The tokenizer, or None when the cached BPE file is missing or no longer loads (it is then removed)."""
         if self.tokenizer_kind == "byte":
             return ByteTokenizer(self.lowercase)
         from tokenizers import Tokenizer
-        return Tokenizer.from_file(str(self.tokenizer_path))
+        if not self.tokenizer_path.is_file():
+            return None
+        try:
+            return Tokenizer.from_file(str(self.tokenizer_path))
+        except Exception:  # noqa: BLE001 - the tokenizers library raises its own exception type
+            self.tokenizer_path.unlink(missing_ok=True)
+            return None
+
+    @staticmethod
+    def _packed_ok(packed) -> bool:
+        """Whether a tokens file holds what prepare_data wrote: both splits, offsets matching ids and labels."""
+        try:
+            return all(len(packed[s]["offsets"]) == len(packed[s]["labels"]) + 1 == len(packed[s]["ratings"]) + 1
+                       and int(packed[s]["offsets"][-1]) == len(packed[s]["ids"]) for s in ("train", "test")
+                       ) and int(packed["vocab_size"]) > 0
+        except (KeyError, TypeError, IndexError):
+            return False
 
     def _encode(self, tok, texts: Sequence[str]) -> List[np.ndarray]:
         return tok.encode_batch(texts) if isinstance(tok, ByteTokenizer) else _bpe_encode(tok, texts)
@@ -429,15 +463,15 @@ class IMDBDataModule(SourcedDataModule):
         source = self.resolve_source()
         if source == "synthetic" or self.tokens_path.is_file():
             return
-        raw = self._read_raw()
-        self.cache_path.mkdir(parents=True, exist_ok=True)
-        if self.tokenizer_kind == "bpe" and not self.tokenizer_path.is_file():
-            tok = train_bpe(raw["train"]["text"], self.requested_vocab_size, self.lowercase)  # train split only
-            _atomic_write(self.tokenizer_path, lambda tmp: tok.save(str(tmp)))
+        raw = self._read_raw()  # checked (both classes, a validation split) before anything is written
+        make_folder(self.cache_path)
         tok = self._load_tokenizer()
+        if tok is None:
+            tok = train_bpe(raw["train"]["text"], self.requested_vocab_size, self.lowercase)  # train split only
+            atomic_write(self.tokenizer_path, lambda tmp: tok.save(str(tmp)))
         packed = {split: self._pack(self._encode(tok, raw[split]["text"]), raw[split]) for split in ("train", "test")}
         packed["vocab_size"] = tok.get_vocab_size() if self.tokenizer_kind == "bpe" else ByteTokenizer.vocab_size
-        _atomic_write(self.tokens_path, lambda tmp: torch.save(packed, tmp))
+        atomic_write(self.tokens_path, lambda tmp: torch.save(packed, tmp))
 
     def _synthetic(self) -> dict:
         """A long-range matching task that needs attention, not a bag of words (deterministic by seed).
@@ -496,15 +530,23 @@ class IMDBDataModule(SourcedDataModule):
         if source == "synthetic":
             packed = self._synthetic()
         else:
-            if not self.tokens_path.is_file():  # prepare_data runs on one process per node; be safe alone
+            self.prepare_data()  # a no-op once cached; prepare_data runs on one process per node, so be safe alone
+            packed, tok = load_cached(self.tokens_path, self._packed_ok), self._load_tokenizer()
+            if packed is None or (self.tokenizer_kind == "bpe" and tok is None):  # damaged: built again, once
+                self.tokens_path.unlink(missing_ok=True)
                 self.prepare_data()
-            packed = torch.load(self.tokens_path, weights_only=True)
+                packed, tok = load_cached(self.tokens_path, self._packed_ok), self._load_tokenizer()
+                if packed is None or tok is None:
+                    raise DataUnavailableError(f"the cache files in {self.cache_path} cannot be read back even after "
+                                               f"rebuilding them: check the disk, or choose another --cache-dir")
             if self.tokenizer_kind == "bpe":
-                self.tokenizer = self._load_tokenizer()
+                self.tokenizer = tok
         self.vocab_size = int(packed["vocab_size"])
         tr, te = packed["train"], packed["test"]
-        n_val = int(round(self.val_fraction * len(tr["labels"])))
-        val_idx, train_idx = seeded_split(len(tr["labels"]), [n_val, len(tr["labels"]) - n_val], seed=self.seed)
+        where = ("the synthetic training split (synthetic_sizes[0])" if source == "synthetic"
+                 else str(self.local_root or HUB_NAME))
+        n_val, n_train = self.split_sizes(len(tr["labels"]), where)
+        val_idx, train_idx = seeded_split(len(tr["labels"]), [n_val, n_train], seed=self.seed)
         self.train_set = TokenizedReviews(tr["ids"], tr["offsets"], tr["labels"], train_idx)
         self.val_set = TokenizedReviews(tr["ids"], tr["offsets"], tr["labels"], val_idx)
         self.test_set = TokenizedReviews(te["ids"], te["offsets"], te["labels"])

@@ -24,7 +24,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from .cifar import CIFAR10DataModule, WorkerGenerator, stack_items
-from .common import generator_states, load_generator_states
+from .common import (DataUnavailableError, check_choice, check_fraction, check_int, generator_states,
+                     load_generator_states)
 
 MASK_KINDS = ("center", "boxes", "strokes")
 
@@ -150,10 +151,13 @@ class InpaintingDataModule(L.LightningDataModule):
         `train_set`/`val_set`/`test_set` of (image, label, index), a `transform(images, train, generator)`);
         when None a CIFAR10DataModule is built from `cifar_kwargs` (data_source, data_dir, batch_size, ...)."""
         super().__init__()
-        if mask not in MASK_KINDS:
-            raise ValueError(f"mask must be one of {MASK_KINDS}, got {mask!r}")
-        if isinstance(hole_fraction, bool) or not isinstance(hole_fraction, (int, float)) or not 0.0 < hole_fraction < 1.0:
-            raise ValueError(f"hole_fraction must be in (0, 1), got {hole_fraction!r}")
+        check_choice("mask", mask, MASK_KINDS)
+        hole_fraction = check_fraction("hole_fraction", hole_fraction, low_open=True)
+        if seed is not None:
+            seed = check_int("seed", seed, low=0)
+        if datamodule is not None and not isinstance(datamodule, L.LightningDataModule):
+            raise ValueError(f"datamodule must be an image LightningDataModule such as CIFAR10DataModule, "
+                             f"got {datamodule!r}")
         if datamodule is None:
             if seed is not None:
                 cifar_kwargs.setdefault("seed", seed)
@@ -184,6 +188,12 @@ class InpaintingDataModule(L.LightningDataModule):
 
     def setup(self, stage: Optional[str] = None):
         self.datamodule.setup(stage)
+        sets = [getattr(self.datamodule, f"{split}_set", None) for split in ("train", "val", "test")]
+        image = next((d[0][0] for d in sets if d is not None and len(d)), None)
+        h, w = image.shape[-2:] if image is not None else (1, 1)
+        if image is not None and round(self.hole_fraction * h * w) < 1:  # every mask empty: nothing to inpaint
+            raise DataUnavailableError(f"hole_fraction {self.hole_fraction} of a {h}x{w} image is less than one pixel: "
+                                       f"raise it to at least {1 / (h * w):.2g}")
         self.hparams["source_used"] = self.source_used
 
     def _loader(self, split: str):

@@ -46,7 +46,11 @@ The training blocks are shuffled by a generator seeded with `seed`; valid/test k
 Cache: `<cache_dir>/wikitext/<key>/` with `vocab.json` (word) or `tokenizer.json` (bpe), the
 streams `{train,valid,test}.pt` (int32) and `meta.json` (written last: a complete entry). The key
 hashes the variant, the tokenizer settings and the source (a local copy's path, sizes, mtimes;
-the hub config; the synthetic settings), so a second run reuses the entry.
+the hub config; the synthetic settings), so a second run reuses the entry. An entry that no longer
+reads back (a stream truncated or of the wrong length, unreadable JSON) is removed and built again.
+
+Refused with a sentence naming the file: a split that holds no text (an empty wiki.valid.tokens
+would otherwise train without validation) and a split shorter than one block of seq_len + 1 tokens.
 """
 from __future__ import annotations
 
@@ -63,7 +67,8 @@ from typing import Dict, Iterable, List, Optional, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .common import DataUnavailableError, SourcedDataModule, settings_key
+from .common import (DataUnavailableError, SourcedDataModule, cache_write_error, check_bool, check_choice, check_int,
+                     load_cached, make_folder, settings_key)
 
 log = logging.getLogger(__name__)
 
@@ -257,19 +262,16 @@ class WikiTextDataModule(SourcedDataModule):
         their split (for checks such as which blocks each process saw)."""
         super().__init__(data_source=data_source, data_dir=data_dir, cache_dir=cache_dir,
                          batch_size=batch_size, num_workers=num_workers, seed=seed)
-        if name not in NAMES:
-            raise ValueError(f"name must be one of {', '.join(NAMES)}, got {name!r}")
-        if tokenizer not in TOKENIZERS:
-            raise ValueError(f"tokenizer must be one of {', '.join(TOKENIZERS)}, got {tokenizer!r}")
-        for arg, value, low in (("seq_len", seq_len, 1), ("bpe_vocab_size", bpe_vocab_size, 257),
-                                ("synthetic_tokens", synthetic_tokens, 10), ("synthetic_vocab", synthetic_vocab, 4)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{arg} must be an integer >= {low}, got {value!r}")
+        check_choice("name", name, NAMES)
+        check_choice("tokenizer", tokenizer, TOKENIZERS)
+        seq_len, bpe_vocab_size = check_int("seq_len", seq_len), check_int("bpe_vocab_size", bpe_vocab_size, low=257)
+        synthetic_tokens = check_int("synthetic_tokens", synthetic_tokens, low=10)
+        synthetic_vocab = check_int("synthetic_vocab", synthetic_vocab, low=4)
         self.save_hyperparameters()
-        self.variant, self.raw, self.tokenizer = name, bool(raw), tokenizer
+        self.variant, self.raw, self.tokenizer = name, check_bool("raw", raw), tokenizer
         self.bpe_vocab_size, self.seq_len = bpe_vocab_size, seq_len
         self.synthetic_tokens, self.synthetic_vocab = synthetic_tokens, synthetic_vocab
-        self.return_index = bool(return_index)
+        self.return_index = check_bool("return_index", return_index)
         self.ext = "raw" if self.raw else "tokens"
         self.hub_config = f"{name}{'-raw' if self.raw else ''}-v1"
         # for the base class's messages
@@ -305,18 +307,23 @@ class WikiTextDataModule(SourcedDataModule):
     def _read_split_lines(self) -> Dict[str, List[str]]:
         if self.source_used == "local":
             out = {s: read_lines(self.local_root / f"wiki.{s}.{self.ext}") for s in SPLITS}
-            if not any(out["train"]):
-                raise DataUnavailableError(f"{self.local_root / f'wiki.train.{self.ext}'} holds no text: it is empty "
-                                           f"or truncated")
+            for s in SPLITS:  # an empty valid/test file would train without validation, or test nothing
+                if not any(out[s]):
+                    raise DataUnavailableError(f"{self.split_where(s)} holds no text: it is empty or truncated, and "
+                                               f"every split of {self.name} needs some")
             return out
         if self.source_used == "hub":
             import datasets
 
             ds = self.hub_load(lambda: datasets.load_dataset(HUB_PATH, self.hub_config))
             try:
-                return {s: [normalize_line(t) for t in ds[HUB_SPLITS[s]]["text"]] for s in SPLITS}
+                out = {s: [normalize_line(t) for t in ds[HUB_SPLITS[s]]["text"]] for s in SPLITS}
             except (KeyError, TypeError) as e:
                 raise self.unavailable(f"the hub copy lacks a split or its text column ({e})") from e
+            for s in SPLITS:
+                if not any(out[s]):
+                    raise self.unavailable(f"{self.split_where(s)} holds no text")
+            return out
         sizes = {"train": self.synthetic_tokens, "valid": max(10, self.synthetic_tokens // 10),
                  "test": max(10, self.synthetic_tokens // 10)}
         lines = markov_lines(sum(sizes.values()), self.synthetic_vocab, self.seed)
@@ -328,6 +335,24 @@ class WikiTextDataModule(SourcedDataModule):
                 stop += 1
             out[s], start = lines[start:stop], stop
         return out
+
+    def split_where(self, split: str) -> str:
+        """Where a split comes from, for messages: its file, the hub split, or the synthetic split."""
+        if self.source_used == "local":
+            return str(self.local_root / f"wiki.{split}.{self.ext}")
+        if self.source_used == "hub":
+            return f"the {HUB_SPLITS[split]} split of {HUB_PATH} ({self.hub_config})"
+        return f"the synthetic {split} split"
+
+    def check_blocks(self, counts: Dict[str, int]) -> None:
+        """Every split must fill at least one block of seq_len + 1 tokens: a shorter one gives no batch at all,
+        and the run would train, validate or test on nothing without saying so."""
+        for s in SPLITS:
+            if (counts[s] - 1) // self.seq_len < 1:
+                raise DataUnavailableError(
+                    f"{self.split_where(s)} gives {counts[s]:,} {self.tokenizer} tokens, fewer than one block of "
+                    f"seq_len + 1 = {self.seq_len + 1:,}: lower seq_len (at most {max(counts[s] - 1, 0):,} here) "
+                    f"or use a larger copy")
 
     # -- cache
     def _cache_key(self) -> str:
@@ -347,15 +372,16 @@ class WikiTextDataModule(SourcedDataModule):
         lines = self._read_split_lines()
         vocab = (_WordVocab.build(lines["train"]) if self.tokenizer == "word"
                  else _BPEVocab.build(lines["train"], self.bpe_vocab_size))
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".tmp", dir=folder.parent))
+        streams = {s: torch.tensor(vocab.encode_lines(lines[s]), dtype=torch.int32) for s in SPLITS}
+        counts = {s: len(ids) for s, ids in streams.items()}
+        self.check_blocks(counts)  # before anything is written: a refused run leaves no cache behind
+        make_folder(folder.parent)
+        tmp = None
         try:
+            tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".tmp", dir=folder.parent))
             vocab.save(tmp)
-            counts = {}
             for s in SPLITS:
-                ids = torch.tensor(vocab.encode_lines(lines[s]), dtype=torch.int32)
-                torch.save(ids, tmp / f"{s}.pt")
-                counts[s] = len(ids)
+                torch.save(streams[s], tmp / f"{s}.pt")
             meta = {"variant": self.variant, "raw": self.raw, "tokenizer": self.tokenizer, "source": self.source_used,
                     "vocab_size": len(vocab), "tokens_per_split": counts, "lines_per_split": {s: len(lines[s]) for s in SPLITS}}
             (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
@@ -364,28 +390,60 @@ class WikiTextDataModule(SourcedDataModule):
             except OSError:  # another process finished the same entry first
                 if not (folder / "meta.json").is_file():
                     raise
+        except OSError as e:
+            raise cache_write_error(folder, e) from e
         finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    def _read_entry(self, folder: Path, splits: Sequence[str]):
+        """(meta, vocabulary, {split: stream}) of a cache entry, or None when a part is missing or damaged
+        (the damaged stream file is removed by load_cached)."""
+        try:
+            meta = json.loads((folder / "meta.json").read_text())
+            counts = {s: int(meta["tokens_per_split"][s]) for s in SPLITS}
+            vocab = _WordVocab.load(folder) if self.tokenizer == "word" else _BPEVocab.load(folder)
+        except Exception as e:  # noqa: BLE001 - missing file, bad JSON, a tokenizer file cut short: all rebuilt
+            log.warning("cache entry %s is damaged (%s: %s): rebuilding it", folder, type(e).__name__, e)
+            return None
+        streams = {}
+        for s in splits:
+            streams[s] = load_cached(folder / f"{s}.pt", lambda t, n=counts[s]: (
+                isinstance(t, torch.Tensor) and t.dtype == torch.int32 and t.dim() == 1 and len(t) == n))
+            if streams[s] is None:
+                return None
+        return meta, vocab, streams
 
     def setup(self, stage: Optional[str] = None):
         folder = self._cache_folder()
         if not (folder / "meta.json").is_file():
             self.prepare_data()
+        splits = [s for s, stages in (("train", (None, "fit")), ("valid", (None, "fit", "validate")),
+                                      ("test", (None, "test"))) if stage in stages]
+        entry = self._read_entry(folder, splits)
+        if entry is None:  # damaged: built again from the data, once
+            shutil.rmtree(folder, ignore_errors=True)
+            self.prepare_data()
+            entry = self._read_entry(folder, splits)
+            if entry is None:
+                raise DataUnavailableError(f"the cache entry {folder} cannot be read back even after rebuilding it: "
+                                           f"check the disk, or choose another --cache-dir")
+        meta, vocab, streams = entry
         self.cache_path = folder
-        meta = json.loads((folder / "meta.json").read_text())
         if self._vocab is None:
-            self._vocab = _WordVocab.load(folder) if self.tokenizer == "word" else _BPEVocab.load(folder)
+            self._vocab = vocab
         self.tokens_per_split = dict(meta["tokens_per_split"])
+        self.check_blocks(self.tokens_per_split)  # an entry built for a shorter seq_len
         self.hparams["source_used"] = self.source_used
 
         def load(split):
-            return LMBlocks(torch.load(folder / f"{split}.pt", weights_only=True), self.seq_len, self.return_index)
+            return LMBlocks(streams[split], self.seq_len, self.return_index)
 
-        if stage in (None, "fit"):
+        if "train" in streams:
             self.train_set = load("train")
-        if stage in (None, "fit", "validate"):
+        if "valid" in streams:
             self.val_set = load("valid")
-        if stage in (None, "test"):
+        if "test" in streams:
             self.test_set = load("test")
         msg = (f"{self.name} [{self.source_used}, {self.tokenizer}]: vocabulary {self.vocab_size:,}; tokens "
                + ", ".join(f"{s} {n:,}" for s, n in self.tokens_per_split.items())

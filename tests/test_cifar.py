@@ -185,6 +185,7 @@ def test_hub_path_decodes_pil_images(tmp_path, monkeypatch):
 
 
 def test_hub_failure_under_auto_names_three_ways_and_never_goes_synthetic(hub_down, tmp_path, monkeypatch):
+    (tmp_path / "empty").mkdir()  # a folder that exists but holds no copy: the hub is next
     dm = make_dm(tmp_path, data_source="auto", data_dir=str(tmp_path / "empty"))
     with pytest.raises(DataUnavailableError) as e:
         dm.prepare_data()

@@ -39,7 +39,19 @@ def test_auto_prefers_local_then_hub(tmp_path):
     (tmp_path / "toy.txt").write_text("x")
     dm = Toy(data_source="auto", data_dir=str(tmp_path), hub=True)
     assert dm.resolve_source() == "local" and dm.local_root == tmp_path
-    assert Toy(data_source="auto", data_dir=str(tmp_path / "nowhere"), hub=True).resolve_source() == "hub"
+    (tmp_path / "other").mkdir()
+    assert Toy(data_source="auto", data_dir=str(tmp_path / "other"), hub=True).resolve_source() == "hub"
+
+
+@pytest.mark.parametrize("source", ["auto", "local"])
+def test_a_data_dir_that_is_missing_or_a_file_is_named_at_once_never_the_hub(tmp_path, source):
+    """A mistyped --data-dir must not turn into a hub download (tens of seconds of retries) under "auto"."""
+    (tmp_path / "file").write_text("x")
+    for path, words in ((tmp_path / "nowhere", "does not exist"), (tmp_path / "file", "is a file")):
+        dm = Toy(data_source=source, data_dir=str(path), hub=True)
+        with pytest.raises(DataUnavailableError, match=words) as e:
+            dm.resolve_source()
+        assert str(path) in str(e.value) and "toy.txt" in str(e.value) and dm.source_used is None
 
 
 def test_auto_without_any_source_names_three_ways_and_never_goes_synthetic(tmp_path):

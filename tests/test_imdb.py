@@ -200,6 +200,7 @@ def test_auto_uses_hub_when_no_local_copy(monkeypatch, tmp_path):
     monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: _fake_hub())
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    (tmp_path / "empty").mkdir()  # a folder that exists but holds no copy: the hub is next
     dm = IMDBDataModule(data_source="auto", data_dir=str(tmp_path / "empty"), cache_dir=str(tmp_path / "c"),
                         tokenizer="byte")
     dm.prepare_data()

@@ -129,7 +129,8 @@ def test_local_files_give_the_word_streams(tmp_path):
 
 def test_local_subfolder_and_raw_file_names(tmp_path):
     write_files(tmp_path / "wikitext-2-raw", ext="raw")
-    dm = WikiTextDataModule(raw=True, data_source="local", data_dir=str(tmp_path), cache_dir=str(tmp_path / "c"))
+    dm = WikiTextDataModule(raw=True, data_source="local", data_dir=str(tmp_path), cache_dir=str(tmp_path / "c"),
+                            seq_len=4)
     assert dm.resolve_source() == "local" and dm.local_root == tmp_path / "wikitext-2-raw"
     ready(dm)
     assert dm.tokens_per_split["train"] == len(expected_words(TRAIN))
@@ -167,7 +168,7 @@ def test_hub_rows_give_the_same_streams_as_the_files(tmp_path, monkeypatch, toke
         return hub_dict()
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load)
-    kw = dict(tokenizer=tokenizer, bpe_vocab_size=300, cache_dir=str(tmp_path / "cache"))
+    kw = dict(tokenizer=tokenizer, bpe_vocab_size=300, cache_dir=str(tmp_path / "cache"), seq_len=4)
     hub = ready(WikiTextDataModule(data_source="hub", **kw))
     local = ready(WikiTextDataModule(data_source="local", data_dir=str(write_files(tmp_path / "wt")), **kw))
     assert hub.source_used == "hub" and calls == [("Salesforce/wikitext", "wikitext-2-v1")]
@@ -183,11 +184,12 @@ def test_hub_configs(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(datasets, "load_dataset", lambda path, name=None, **kw: calls.append(name) or hub_dict())
     for name, raw in (("wikitext-2", True), ("wikitext-103", False), ("wikitext-103", True)):
-        WikiTextDataModule(name=name, raw=raw, data_source="hub", cache_dir=str(tmp_path)).prepare_data()
+        WikiTextDataModule(name=name, raw=raw, data_source="hub", cache_dir=str(tmp_path), seq_len=4).prepare_data()
     assert calls == ["wikitext-2-raw-v1", "wikitext-103-v1", "wikitext-103-raw-v1"]
 
 
 def test_auto_with_failing_hub_and_no_local_copy_is_unavailable_never_synthetic(hub_down, tmp_path, monkeypatch):
+    (tmp_path / "empty").mkdir()  # a folder that exists but holds no copy: the hub is next
     dm = WikiTextDataModule(data_source="auto", data_dir=str(tmp_path / "empty"), cache_dir=str(tmp_path / "c"))
     with pytest.raises(DataUnavailableError) as e:
         dm.prepare_data()
