@@ -47,10 +47,14 @@ class DataUnavailableError(RuntimeError):
 
 
 # ------------------------------------------------------------------------------------------ argument checks
-def check_int(name: str, value, low: int = 1) -> int:
-    """`value` as an int >= low; bool (True would be 1), floats, NaN and strings are refused."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-        expected = {0: "a non-negative integer", 1: "a positive integer"}.get(low, f"an integer >= {low}")
+def check_int(name: str, value, low: int = 1, high: Optional[int] = None) -> int:
+    """`value` as an int in [low, high]; bool (True would be 1), floats, NaN and strings are refused."""
+    if (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low
+            or (high is not None and value > high)):
+        if high is not None:
+            expected = f"an integer in [{low}, {high}]"
+        else:
+            expected = {0: "a non-negative integer", 1: "a positive integer"}.get(low, f"an integer >= {low}")
         raise ValueError(f"{name} must be {expected}, got {value!r}")
     return int(value)
 
@@ -190,7 +194,7 @@ class SourcedDataModule(L.LightningDataModule):
         self.data_source = check_choice("data_source", data_source, DATA_SOURCES)
         self.batch_size = check_int("batch_size", batch_size)
         self.num_workers = check_int("num_workers", num_workers, low=0)
-        self.seed = check_int("seed", seed, low=0)  # Lightning's seed_everything takes 0 .. 2^32 - 1
+        self.seed = check_int("seed", seed, low=0, high=2**32 - 1)  # the range Lightning's seed_everything takes
         # data_dir is checked when the source is resolved: a DataModule that never reads it does not care
         if data_dir is not None and not isinstance(data_dir, (str, os.PathLike)):
             raise ValueError(f"data_dir must be a path to a folder, got {data_dir!r}")

@@ -154,7 +154,7 @@ class InpaintingDataModule(L.LightningDataModule):
         check_choice("mask", mask, MASK_KINDS)
         hole_fraction = check_fraction("hole_fraction", hole_fraction, low_open=True)
         if seed is not None:
-            seed = check_int("seed", seed, low=0)
+            seed = check_int("seed", seed, low=0, high=2**32 - 1)
         if datamodule is not None and not isinstance(datamodule, L.LightningDataModule):
             raise ValueError(f"datamodule must be an image LightningDataModule such as CIFAR10DataModule, "
                              f"got {datamodule!r}")

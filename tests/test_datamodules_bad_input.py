@@ -249,6 +249,7 @@ BAD_ARGS = [
     (WikiTextDataModule, dict(seed=-1), "seed"),
     (WikiTextDataModule, dict(seed="0"), "seed"),
     (WikiTextDataModule, dict(seed=1.5), "seed"),
+    (CIFAR10DataModule, dict(seed=2**64), "seed"),
     (WikiTextDataModule, dict(data_source=None), "data_source"),
     (WikiTextDataModule, dict(data_dir=3), "data_dir"),
     (WikiTextDataModule, dict(batch_size=float("nan")), "batch_size"),
