@@ -37,6 +37,16 @@ if __name__ != "__main__":  # imported as `profile`: become the standard library
 # ---------------------------------------------------------------------------------------------- the CLI
 # (underscored names only: when imported, this namespace is the standard library's)
 
+# flags each job reads (argparse dests); any other flag given with it would be ignored, so it is refused
+_JOB_FLAGS = {
+    "compare": ({"compare_builtin", "devices", "dtype", "runs", "warmup", "threads", "out"},
+                "it times naive, torch_mha and softmax forward at fixed (batch, n, dim, heads) configurations"),
+    "breakdown": ({"breakdown", "attentions", "seq_lens", "devices", "batch", "dim", "heads", "opt", "runs", "warmup",
+                   "threads", "out", "no_plots"}, "it times one model's fp32 forward pass, once per sequence length"),
+}
+_OUTPUT_FILE = {"sweep": "results.jsonl", "compare": "compare_builtin.csv", "breakdown": "breakdown.csv"}
+_JOB_FLAG = {"compare": "--compare-builtin", "breakdown": "--breakdown"}
+
 
 def _build_parser(suppress: bool = False):
     """The flags; with `suppress`, defaults are left out, so parsing shows which flags were given."""
@@ -48,14 +58,35 @@ def _build_parser(suppress: bool = False):
             sys.stderr.write(f"profile.py: error: {message} (see --help)\n")
             sys.exit(2)
 
+    class _Once:
+        """A flag given twice is refused: argparse would keep the last value and drop the first unsaid."""
+
+        def __call__(self, parser, namespace, values, option_string=None):
+            if self.dest in parser.seen:
+                shown = "" if values is None or isinstance(values, bool) or self.nargs == 0 else f" (again as {values!r})"
+                parser.error(f"{option_string} is given twice{shown}; expected it once")
+            parser.seen.add(self.dest)
+            super().__call__(parser, namespace, values, option_string)
+
+    class _Store(_Once, argparse._StoreAction):
+        pass
+
+    class _StoreTrue(_Once, argparse._StoreTrueAction):
+        pass
+
     p = _Parser(
         prog="profile.py",
         description="Sequence-length sweep of the registered attention mechanisms: time, peak memory, FLOPs.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    p.seen, p.flag_of = set(), {}
+    for name in (None, "store"):
+        p.register("action", name, _Store)
+    p.register("action", "store_true", _StoreTrue)
 
     def add(*flags, default=None, **kw):
-        p.add_argument(*flags, default=argparse.SUPPRESS if suppress else default, **kw)
+        action = p.add_argument(*flags, default=argparse.SUPPRESS if suppress else default, **kw)
+        p.flag_of[action.dest] = flags[0]
 
     add("--attentions", default=None, help="comma-separated mechanisms (default: every registered one)")
     add("--devices", default="cpu,gpu", help="comma-separated: cpu, gpu (= cuda); a missing GPU is skipped with a warning")
@@ -79,29 +110,49 @@ def _build_parser(suppress: bool = False):
     return p
 
 
-def _fail(message: str) -> int:
+def _fail(message: str, code: int = 2) -> int:
     sys.stderr.write(f"profile.py: error: {message}\n")
-    return 2
+    return code
 
 
-def _check_out_dir(out) -> str:
-    """Why `out` cannot take a new sweep, or "" (nothing is created: a probe folder is made and removed)."""
+def _shown(dest: str, args, flag_of: dict) -> str:
+    """A given flag as the user wrote it: `--mode fwd+bwd`, `--causal`, `--opt linformer.k=8`."""
+    value = getattr(args, dest)
+    if isinstance(value, bool):
+        return flag_of[dest]
+    if isinstance(value, list):
+        value = " ".join(value)
+    return f"{flag_of[dest]} {value}"
+
+
+def _writable(out, label: str) -> str:
+    """Why no folder can be made or written at `out`, or "" (a probe folder is made and removed)."""
     import tempfile
     from pathlib import Path
 
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        return f"--out {out} exists and is not a folder; expected a folder to write the results into"
-    if (out / "results.jsonl").exists():
-        return f"--out {out} already holds a sweep (results.jsonl); continue it with --resume {out} or choose another folder"
     parent = out if out.exists() else next((a for a in out.absolute().parents if a.exists()), None)
     if parent is None or not parent.is_dir():
-        return f"--out {out} cannot be created: {parent} is not a folder"
+        return f"{label} {out} cannot be created: {parent} is not a folder; expected a folder path"
     try:
         tempfile.TemporaryDirectory(dir=parent).cleanup()
     except OSError as e:
-        return f"--out {out} cannot be written: creating a folder in {parent} failed ({e.strerror or e}); expected a folder you can write to"
+        return f"{label} {out} cannot be written: creating a folder in {parent} failed ({e.strerror or e}); expected a folder you can write to"
     return ""
+
+
+def _check_out_dir(out, label: str, job: str) -> str:
+    """Why `out` cannot take a new run of `job`, or "" (nothing is created)."""
+    from pathlib import Path
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        return f"{label} {out} exists and is not a folder; expected a folder to write the results into"
+    held = out / _OUTPUT_FILE[job]
+    if held.exists():
+        hint = f"continue it with --resume {out}" if job == "sweep" else "move it away"
+        return f"{label} {out} already holds {held.name}; {hint} or choose another folder"
+    return _writable(out, label)
 
 
 def _config(args, saved: dict, given: set):
@@ -137,61 +188,103 @@ def _breakdown_models() -> dict:
     return {"encoder": breakdown_target}
 
 
-def _cli_main(argv=None) -> int:
+def _request(argv):
+    """(args, job, config, out_dir, resuming) from the command line, or the one sentence saying why not.
+    Everything is checked here, before any folder is made."""
     import json
     from pathlib import Path
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = _build_parser().parse_args(argv)
-    given = set(vars(_build_parser(suppress=True).parse_args(argv)))
-    # flag dest -> SweepConfig field
-    given = {{"opt": "options"}.get(g, g) for g in given}
-
     from profiling import sweep as sw
+
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    given = set(vars(_build_parser(suppress=True).parse_args(argv)))
+    if args.compare_builtin and args.breakdown is not None:
+        return f"--compare-builtin and --breakdown {args.breakdown} are two different jobs; expected one of them per run"
+    job = "compare" if args.compare_builtin else ("breakdown" if args.breakdown is not None else "sweep")
+    if job in _JOB_FLAGS:
+        used, what = _JOB_FLAGS[job]
+        unused = sorted(given - used, key=list(parser.flag_of).index)
+        if unused:
+            return f"{_shown(unused[0], args, parser.flag_of)} has no effect with {_JOB_FLAG[job]} ({what}); expected it without that flag"
+    if job == "breakdown" and args.breakdown not in _breakdown_models():
+        return f"--breakdown {args.breakdown!r} is not a model it knows; expected one of: {', '.join(sorted(_breakdown_models()))}"
 
     saved: dict = {}
     resume = None
     if args.resume is not None:
         resume = Path(args.resume)
         if args.out is not None:
-            return _fail("--resume DIR writes into DIR; give --resume alone, without --out")
+            return f"--resume {resume} writes into {resume}, so --out {args.out} would be ignored; expected --resume alone"
         if not (resume / "results.jsonl").is_file():
-            return _fail(f"--resume {resume} holds no results.jsonl; expected the folder of an earlier sweep")
+            return f"--resume {resume} holds no results.jsonl; expected the folder of an earlier sweep"
         try:
-            saved = json.loads((resume / "env.json").read_text()).get("config") or {}
-        except (OSError, ValueError):
-            saved = {}
+            saved = json.loads((resume / "env.json").read_text())["config"]
+            if not isinstance(saved, dict):
+                raise ValueError(saved)
+        except (OSError, ValueError, KeyError, TypeError):
+            return f"--resume {resume} has no readable env.json with the sweep's config; expected the folder of an earlier sweep, with the env.json profile.py wrote"
     try:
-        cfg = sw.validate(_config(args, saved, given))
+        cfg = _config(args, saved, {{"opt": "options"}.get(g, g) for g in given})
+        if job == "breakdown" and "attentions" not in given:
+            cfg.attentions = ["softmax"]  # the model's mechanism when none is named (not every registered one)
+        cfg = sw.validate(cfg)
     except sw.ConfigError as e:
-        return _fail(str(e))
-    if resume is None and args.out is not None:
-        problem = _check_out_dir(args.out)
-        if problem:
-            return _fail(problem)
-    mode = "compare" if args.compare_builtin else ("breakdown" if args.breakdown else "sweep")
-    if mode == "breakdown" and args.breakdown not in _breakdown_models():
-        return _fail(f"--breakdown: unknown model {args.breakdown!r}; available: {', '.join(sorted(_breakdown_models()))}")
+        return str(e)
+    except TypeError as e:  # a saved config with fields this version does not know
+        return f"--resume {resume}: its env.json holds a config this version cannot read ({e}); expected one written by this profile.py"
+    if job == "breakdown":
+        if len(cfg.attentions) != 1:
+            return f"--attentions {args.attentions} names {len(cfg.attentions)} mechanisms, but --breakdown breaks down one model; expected one mechanism"
+        if "devices" in given and len(cfg.devices) != 1:
+            return f"--devices {args.devices} names {len(cfg.devices)} devices, but --breakdown runs on one; expected one device"
+    if not sw.available_devices(cfg, warn=lambda message: None):
+        shown = args.devices if "devices" in given else ",".join(cfg.devices)
+        return f"--devices {shown}: this machine has no GPU (torch.cuda.is_available() is False); expected cpu, or a machine with a GPU"
+
     if resume is not None:
-        out_dir = resume
+        out_dir, problem = resume, _writable(resume, "--resume")
     elif args.out is not None:
         out_dir = Path(args.out)
+        problem = _check_out_dir(out_dir, "--out", job) if str(args.out).strip() else "--out is empty; expected a folder path"
     else:
-        out_dir = sw.default_out_dir(prefix=mode)
-    args.config = cfg  # the validated config, for the hooks below
+        out_dir = sw.default_out_dir(prefix=job)
+        problem = _check_out_dir(out_dir, "the default output folder", job)
+    if problem:
+        return problem
+    args.config = cfg  # the validated config, for the jobs below
+    return args, job, cfg, out_dir, resume is not None
 
-    if mode == "compare":  # out_dir is not created yet: it is made when results are written
-        from profiling.compare import run_compare_builtin
 
-        run_compare_builtin(args, out_dir)
-        return 0
-    if mode == "breakdown":
-        from profiling.breakdown import run_breakdown
+def _cli_main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    request = _request(argv)
+    if isinstance(request, str):
+        return _fail(request)
+    args, job, cfg, out_dir, resuming = request
 
-        run_breakdown(args, out_dir, models=_breakdown_models())
-        return 0
+    from profiling import sweep as sw
 
-    rows = sw.run_sweep(cfg, out_dir, resume=resume is not None, command=[sys.executable, *sys.argv])
+    try:
+        if job == "compare":  # out_dir is made when results are written
+            from profiling.compare import run_compare_builtin
+
+            run_compare_builtin(args, out_dir)
+            return 0
+        if job == "breakdown":
+            from profiling.breakdown import run_breakdown
+
+            run_breakdown(args, out_dir, models=_breakdown_models())
+            return 0
+        rows = sw.run_sweep(cfg, out_dir, resume=resuming, command=[sys.executable, *sys.argv])
+    except KeyboardInterrupt:
+        kept = f"the points measured so far are in {out_dir}; continue with --resume {out_dir}" if job == "sweep" else "nothing was written"
+        return _fail(f"interrupted; {kept}", code=130)
+    except Exception as e:  # noqa: BLE001 - sorted: a disk or an allocation that fails ends the run in one sentence
+        if not (isinstance(e, OSError) or sw.is_oom(e)):
+            raise
+        kept = f"what was written before is kept in {out_dir}" if out_dir.exists() else "nothing was written"
+        return _fail(f"the run stopped: {sw.one_line(e)}; {kept}", code=1)
     from profiling.report import print_summary
 
     print_summary(rows)

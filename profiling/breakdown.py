@@ -297,7 +297,7 @@ def _plot_breakdown(rows: List[Dict], out_dir: Path, title: str, stem: str) -> L
 def run_breakdown(args, out_dir: Path, models: Mapping[str, Callable]) -> List[Dict]:
     """`profile.py --breakdown MODEL`: build MODEL (args.breakdown) with args.dim / args.heads and the
     first of args.attentions, break its forward down over args.seq_lens, write breakdown.csv,
-    breakdown.md and breakdown.png/.pdf to out_dir."""
+    breakdown.md and (unless args.no_plots) breakdown.png/.pdf to out_dir."""
     from .compare import available_devices, cli_list, cli_value
 
     name = getattr(args, "breakdown", None) or "encoder"
@@ -340,7 +340,8 @@ def run_breakdown(args, out_dir: Path, models: Mapping[str, Callable]) -> List[D
     title = f"{name} ({attention}), depth {depth}, dim {dim}, heads {heads}, batch {batch}, {device}, fwd"
     write_csv(rows, out_dir / "breakdown.csv")
     (out_dir / "breakdown.md").write_text(markdown(rows, title))
-    plot_breakdown(rows, out_dir, title)
+    if not getattr(args, "no_plots", False):
+        plot_breakdown(rows, out_dir, title)
     _print_table(rows, title)
     return rows
 

@@ -1,6 +1,6 @@
 """The sequence-length sweep: what does each attention cost as the sequence grows?
 
-    cfg = config_from_strings(attentions="softmax,linformer", devices="cpu", seq_lens="128,1024")
+    cfg = validate(SweepConfig(attentions=["softmax", "linformer"], devices=["cpu"], seq_lens=[128, 1024]))
     points = run_sweep(cfg, Path("results/my-sweep"))
 
 A point is attention x device x seq_len, at the batch / dim / heads / dtype / mode / causal of the
@@ -18,10 +18,12 @@ else; retried on resume).
 from __future__ import annotations
 
 import ast
+import cmath
 import contextlib
 import copy
 import gc
 import json
+import math
 import os
 import platform
 import re
@@ -63,6 +65,10 @@ FLOP_CONVENTIONS = {
 }
 
 
+MAX_NUMEL = 2**63 - 1  # torch indexes elements with int64
+MAX_RUNS = 1_000_000  # per point; on CUDA every timed run holds an event pair from the start
+
+
 class ConfigError(ValueError):
     """A bad sweep request; the message is one sentence saying what was wrong and what is expected."""
 
@@ -91,64 +97,92 @@ class SweepConfig:
         return asdict(self)
 
 
-def _split(text: str) -> List[str]:
-    return [t.strip() for t in str(text).split(",") if t.strip()]
+def _items(flag: str, text: str, expected: str) -> List[str]:
+    """The items of a comma-separated flag; an empty list or an empty item (10,,100 or a trailing
+    comma) is refused rather than dropped: it is more often a typo than a wish."""
+    items = [t.strip() for t in str(text).split(",")]
+    if not any(items):
+        raise ConfigError(f"{flag} is empty; expected {expected}")
+    if "" in items:
+        raise ConfigError(f"{flag} {text!r} has an empty item; expected {expected}, with no empty item between commas")
+    return items
+
+
+def _once(flag: str, text: str, values: List[Any], items: List[str]) -> None:
+    """Refuse a value named twice (after canonicalising: 10 and 010, gpu and cuda)."""
+    first: Dict[Any, str] = {}
+    for value, item in zip(values, items):
+        if value in first:
+            alias = f" ({first[value]} and {item} are the same)" if first[value] != item else ""
+            raise ConfigError(f"{flag} {text!r} names {value} twice{alias}; expected each once")
+        first[value] = item
 
 
 def parse_seq_lens(text: str) -> List[int]:
-    items = _split(text)
-    if not items:
-        raise ConfigError("--seq-lens is empty; expected a comma-separated list of positive integers such as 128,1024")
+    expected = "a comma-separated list of positive integers such as 128,1024"
+    items = _items("--seq-lens", text, expected)
     lens = []
     for t in items:
         try:
             n = int(t)
         except ValueError:
-            raise ConfigError(f"--seq-lens has {t!r}, which is not an integer; expected positive integers such as 128,1024") from None
+            raise ConfigError(f"--seq-lens {text!r} has {t!r}, which is not an integer; expected {expected}") from None
         if n <= 0:
-            raise ConfigError(f"--seq-lens has {n}; every sequence length must be a positive integer")
+            raise ConfigError(f"--seq-lens {text!r} has {n}; expected {expected}")
         lens.append(n)
-    return sorted(set(lens))
+    _once("--seq-lens", text, lens, items)
+    return sorted(lens)
 
 
 def parse_attentions(text: Optional[str]) -> List[str]:
     known = list_attentions()
     if text is None:
         return known
-    names = list(dict.fromkeys(_split(text)))
-    if not names:
-        raise ConfigError(f"--attentions is empty; expected a comma-separated list from: {', '.join(known)}")
+    expected = f"a comma-separated list from: {', '.join(known)}"
+    names = _items("--attentions", text, expected)
     for name in names:
         if name not in known:
-            raise ConfigError(f"unknown attention {name!r} in --attentions; known: {', '.join(known)}")
+            raise ConfigError(f"--attentions {text!r} has unknown attention {name!r}; known: {', '.join(known)}")
+    _once("--attentions", text, names, names)
     return names
 
 
 def parse_devices(text: str) -> List[str]:
-    items = _split(text)
-    if not items:
-        raise ConfigError("--devices is empty; expected a comma-separated list of cpu and gpu (or cuda)")
+    expected = "a comma-separated list of cpu and gpu (or cuda)"
+    items = _items("--devices", text, expected)
     out = []
     for t in items:
         dev = DEVICE_ALIASES.get(t.lower())
         if dev is None:
-            raise ConfigError(f"unknown device {t!r} in --devices; expected cpu, gpu or cuda")
+            raise ConfigError(f"--devices {text!r} has unknown device {t!r}; expected cpu, gpu or cuda")
         out.append(dev)
-    return list(dict.fromkeys(out))
+    _once("--devices", text, out, items)
+    return out
 
 
 def parse_value(text: str) -> Any:
     """A Python literal when it reads as one (8, 0.5, True, None, (1, 2)), else the string itself."""
     try:
         return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
         return text
+
+
+def _not_finite(value: Any) -> bool:
+    if isinstance(value, (float, complex)):
+        return not cmath.isfinite(value)
+    if isinstance(value, (tuple, list, set, frozenset)):
+        return any(_not_finite(v) for v in value)
+    if isinstance(value, dict):
+        return any(_not_finite(v) for v in value.values())
+    return False
 
 
 def parse_opts(items: Iterable[str]) -> Dict[str, Dict[str, Any]]:
     """["linformer.k=64", "performer.features=128"] -> {"linformer": {"k": 64}, "performer": {...}}"""
     known = list_attentions()
     out: Dict[str, Dict[str, Any]] = {}
+    given: Dict[tuple, str] = {}
     for item in items or ():
         m = re.fullmatch(r"\s*([^.=\s]+)\.([A-Za-z_]\w*)\s*=(.*)", item)
         if not m:
@@ -163,65 +197,101 @@ def parse_opts(items: Iterable[str]) -> Dict[str, Dict[str, Any]]:
             raise ConfigError(f"--opt {item!r}: attention {name!r} has no option {key!r}; its options are: {', '.join(sorted(accepted))}")
         if raw == "":
             raise ConfigError(f"--opt {item!r} has no value; expected NAME.KEY=VALUE, for example {name}.{key}=...")
-        out.setdefault(name, {})[key] = parse_value(raw)
+        if (name, key) in given:
+            raise ConfigError(f"--opt {item!r} sets {name}.{key} again (after --opt {given[name, key]!r}); expected each option once")
+        value = parse_value(raw)
+        if _not_finite(value):
+            raise ConfigError(f"--opt {item!r} has a value that is not finite ({value!r}); expected a finite number")
+        given[name, key] = item
+        out.setdefault(name, {})[key] = value
     return out
 
 
-def _positive_int(flag: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigError(f"{flag} must be a positive integer, got {value!r}")
+def _int_in(flag: str, value, low: int, high: Optional[int] = None, expected: str = "") -> int:
+    """An integer in [low, high]; bools are not integers here."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        raise ConfigError(f"{flag} {value!r} is out of range; expected {expected}")
     return value
 
 
+def _positive_int(flag: str, value) -> int:
+    return _int_in(flag, value, 1, expected="a positive integer")
+
+
 def validate(cfg: SweepConfig) -> SweepConfig:
-    """Check a config before anything is measured or written; raises ConfigError (one sentence)."""
+    """Check a config before anything is measured or written; raises ConfigError (one sentence that
+    names the flag, the value and what is expected)."""
     known = list_attentions()
     if not cfg.attentions:
-        raise ConfigError(f"no attention to sweep; expected one or more of: {', '.join(known)}")
+        raise ConfigError(f"--attentions is empty; expected one or more of: {', '.join(known)}")
     for name in cfg.attentions:
         if name not in known:
-            raise ConfigError(f"unknown attention {name!r}; known: {', '.join(known)}")
+            raise ConfigError(f"--attentions has unknown attention {name!r}; known: {', '.join(known)}")
+    _once("--attentions", ",".join(map(str, cfg.attentions)), list(cfg.attentions), list(cfg.attentions))
+    if not cfg.devices:
+        raise ConfigError("--devices is empty; expected cpu, gpu or both")
     for dev in cfg.devices:
         if dev not in ("cpu", "cuda"):
-            raise ConfigError(f"unknown device {dev!r}; expected cpu, gpu or cuda")
-    if not cfg.devices:
-        raise ConfigError("no device to sweep; expected cpu, gpu or both")
+            raise ConfigError(f"--devices has unknown device {dev!r}; expected cpu, gpu or cuda")
+    _once("--devices", ",".join(map(str, cfg.devices)), list(cfg.devices), list(cfg.devices))
     if not cfg.seq_lens:
-        raise ConfigError("no sequence length to sweep; expected one or more positive integers")
+        raise ConfigError("--seq-lens is empty; expected one or more positive integers")
     for n in cfg.seq_lens:
-        _positive_int("every sequence length", n)
+        if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+            raise ConfigError(f"--seq-lens has {n!r}; expected positive integers")
+    _once("--seq-lens", ",".join(map(str, cfg.seq_lens)), list(cfg.seq_lens), [str(n) for n in cfg.seq_lens])
     _positive_int("--dim", cfg.dim)
     _positive_int("--heads", cfg.heads)
     if cfg.dim % cfg.heads:
-        raise ConfigError(f"--heads must divide --dim, got dim={cfg.dim} and heads={cfg.heads}")
+        raise ConfigError(f"--heads {cfg.heads} does not divide --dim {cfg.dim}; expected a number of heads that divides the width")
     _positive_int("--batch", cfg.batch)
+    # sizes no tensor can hold fail here, not as an overflow in every point
+    if cfg.batch * max(cfg.seq_lens) * cfg.dim > MAX_NUMEL:
+        raise ConfigError(f"--seq-lens {max(cfg.seq_lens)} with --batch {cfg.batch} and --dim {cfg.dim} makes an input of "
+                          f"{cfg.batch * max(cfg.seq_lens) * cfg.dim:.3g} elements; expected at most 2^63 - 1 (a tensor's limit)")
+    if cfg.dim * cfg.dim > MAX_NUMEL:
+        raise ConfigError(f"--dim {cfg.dim} makes a dim x dim projection of {cfg.dim * cfg.dim:.3g} elements; expected at most 2^63 - 1 (a tensor's limit)")
     if cfg.dtype not in DTYPES:
-        raise ConfigError(f"unknown dtype {cfg.dtype!r}; expected one of {', '.join(DTYPES)}")
+        raise ConfigError(f"--dtype {cfg.dtype!r} is unknown; expected one of {', '.join(DTYPES)}")
     if cfg.mode not in MODES:
-        raise ConfigError(f"unknown mode {cfg.mode!r}; expected one of {', '.join(MODES)}")
-    _positive_int("--runs", cfg.runs)
-    if isinstance(cfg.warmup, bool) or not isinstance(cfg.warmup, int) or cfg.warmup < 0:
-        raise ConfigError(f"--warmup must be a non-negative integer, got {cfg.warmup!r}")
-    if not (isinstance(cfg.max_seconds, (int, float)) and cfg.max_seconds > 0):
-        raise ConfigError(f"--max-seconds-per-point must be a positive number, got {cfg.max_seconds!r}")
-    _positive_int("--threads", cfg.threads)
+        raise ConfigError(f"--mode {cfg.mode!r} is unknown; expected one of {', '.join(MODES)}")
+    if not isinstance(cfg.causal, bool):
+        raise ConfigError(f"--causal {cfg.causal!r} is not a flag value; expected true or false")
+    _int_in("--runs", cfg.runs, 1, MAX_RUNS, f"an integer from 1 to {MAX_RUNS}")
+    _int_in("--warmup", cfg.warmup, 0, MAX_RUNS, f"an integer from 0 to {MAX_RUNS}")
+    if isinstance(cfg.max_seconds, bool) or not isinstance(cfg.max_seconds, (int, float)) or not (0 < cfg.max_seconds < math.inf):
+        raise ConfigError(f"--max-seconds-per-point {cfg.max_seconds!r} is out of range; expected a positive, finite number of seconds")
+    cpus = os.cpu_count() or 1
+    _int_in("--threads", cfg.threads, 1, cpus, f"an integer from 1 to {cpus} (this machine's logical CPUs)")
     for name, opts in cfg.options.items():
+        shown = " ".join(f"{name}.{k}={v}" for k, v in opts.items())
+        if name not in cfg.attentions:
+            raise ConfigError(f"--opt {shown} is for {name!r}, which is not measured (--attentions {','.join(cfg.attentions)}); "
+                              f"expected options for measured mechanisms only: add {name} to --attentions or drop the option")
         accepted = attention_options(name)  # raises on an unknown name
         for key in opts:
             if key in RESERVED_OPTIONS or key not in accepted:
-                raise ConfigError(f"attention {name!r} has no settable option {key!r}; its options are: {', '.join(sorted(set(accepted) - set(RESERVED_OPTIONS)))}")
+                raise ConfigError(f"--opt {name}.{key}: attention {name!r} has no settable option {key!r}; its options are: {', '.join(sorted(set(accepted) - set(RESERVED_OPTIONS)))}")
         # a bad value fails here rather than turning every point "unsupported": build once on the CPU
-        # with and without the user's options; only a failure the options cause is theirs
+        # with and without the user's options; only a failure the options cause is theirs (a module too
+        # large to build included: every point would be built the same way)
         try:
             build_attention(name, cfg.dim, cfg.heads, **resolved_options(name, cfg))
-        except (ValueError, TypeError) as e:
+        except Exception as e:  # noqa: BLE001 - sorted below: bad values and allocations are the user's
+            if not isinstance(e, (ValueError, TypeError)) and not is_oom(e):
+                raise
             try:
                 build_attention(name, cfg.dim, cfg.heads, **_generic_options(name, cfg))
-            except (ValueError, TypeError):
-                continue  # the mechanism cannot run this config anyway: its points say so
-            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise ConfigError(f"--opt for {name!r} is invalid: {msg}") from None
+            except Exception:  # noqa: BLE001 - the mechanism cannot run this config anyway: its points say so
+                continue
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            if is_oom(e):
+                msg = f"building it runs out of memory ({msg})"
+            raise ConfigError(f"--opt {shown} is invalid: {msg}") from None
+        finally:
+            free_memory()
     return cfg
+
 
 
 def _generic_options(name: str, cfg: SweepConfig) -> Dict[str, Any]:

@@ -1,5 +1,7 @@
-"""profile.py: bad input fails early and cleanly, a missing GPU is one warning, a killed sweep resumes,
-and the file does not break the standard library's `profile` (cProfile, lightning) it shadows."""
+"""profile.py: bad input fails early and cleanly (exit 2, one sentence naming the flag and the value,
+nothing written), errors during a run end in one sentence (exit 1, what was written kept), a missing GPU
+is one warning, a killed sweep resumes, and the file does not break the standard library's `profile`
+(cProfile, lightning) it shadows. No test here depends on the machine's speed: time-outs are hang guards."""
 import csv
 import json
 import os
@@ -26,76 +28,207 @@ def listing(path: Path):
     return sorted(p.name for p in path.iterdir()) if path.exists() else []
 
 
-BAD_CASES = {  # name -> argv ({tmp}: the test's temporary folder, holding a file "afile" and an empty folder "empty")
-    "seq-lens-not-int": ["--seq-lens", "10,abc"],
-    "seq-lens-zero": ["--seq-lens", "0,10"],
-    "seq-lens-negative": ["--seq-lens=10,-5"],
-    "seq-lens-empty": ["--seq-lens="],
-    "unknown-attention": ["--attentions", "softmax,nosuch"],
-    "unknown-device": ["--devices", "cpu,tpu"],
-    "unknown-dtype": ["--dtype", "fp64"],
-    "unknown-mode": ["--mode", "bwd"],
-    "runs-zero": ["--runs", "0"],
-    "runs-not-int": ["--runs", "abc"],
-    "warmup-negative": ["--warmup", "-1"],
-    "dim-zero": ["--dim", "0"],
-    "heads-not-dividing": ["--dim", "32", "--heads", "5"],
-    "threads-zero": ["--threads", "0"],
-    "budget-zero": ["--max-seconds-per-point", "0"],
-    "out-unwritable": ["--out", "{tmp}/afile/sub"],
-    "out-is-a-file": ["--out", "{tmp}/afile"],
-    "resume-without-results": ["--resume", "{tmp}/empty"],
-    "resume-missing-folder": ["--resume", "{tmp}/nowhere"],
-    "opt-malformed": ["--opt", "linformer-k-64"],
-    "opt-unknown-attention": ["--opt", "nosuch.k=64"],
-    "opt-unknown-key": ["--opt", "linformer.nosuch=1"],
-    "opt-bad-value": ["--opt", "linformer.k=-1"],
-    "unknown-flag": ["--nosuch"],
-    "breakdown-unknown-model": ["--breakdown", "resnet"],
+# name -> (argv, what the message must name: the flag and the value). {tmp}: the test's temporary folder,
+# holding a file "afile", an empty folder "empty", a folder "noenv" with a results.jsonl but no env.json and
+# a folder "done" with a finished sweep's results.jsonl. Without --out or --resume, --out {tmp}/out is added.
+BAD_CASES = {
+    "seq-lens-not-int": (["--seq-lens", "10,abc"], ["--seq-lens", "'abc'"]),
+    "seq-lens-zero": (["--seq-lens", "0,10"], ["--seq-lens", "0,10"]),
+    "seq-lens-negative": (["--seq-lens=10,-5"], ["--seq-lens", "-5"]),
+    "seq-lens-empty": (["--seq-lens="], ["--seq-lens", "empty"]),
+    "seq-lens-empty-item": (["--seq-lens", "10,,100"], ["--seq-lens", "10,,100", "empty item"]),
+    "seq-lens-trailing-comma": (["--seq-lens", "10,100,"], ["--seq-lens", "10,100,", "empty item"]),
+    "seq-lens-duplicate": (["--seq-lens", "10,100,010"], ["--seq-lens", "10,100,010", "twice"]),
+    "seq-lens-absurd": (["--seq-lens", "99999999999999999999999"], ["--seq-lens", "99999999999999999999999", "2^63"]),
+    "unknown-attention": (["--attentions", "softmax,nosuch"], ["--attentions", "'nosuch'", "linformer"]),
+    "attentions-duplicate": (["--attentions", "softmax,naive,softmax"], ["--attentions", "softmax,naive,softmax", "twice"]),
+    "unknown-device": (["--devices", "cpu,tpu"], ["--devices", "'tpu'"]),
+    "devices-alias-duplicate": (["--devices", "cpu,gpu,cuda"], ["--devices", "cpu,gpu,cuda", "gpu and cuda are the same"]),
+    "devices-gpu-without-a-gpu": (["--devices", "gpu"], ["--devices gpu", "no GPU"]),
+    "unknown-dtype": (["--dtype", "fp64"], ["--dtype", "'fp64'", "fp32"]),
+    "unknown-mode": (["--mode", "bwd"], ["--mode", "'bwd'", "fwd+bwd"]),
+    "runs-zero": (["--runs", "0"], ["--runs 0"]),
+    "runs-not-int": (["--runs", "abc"], ["--runs", "'abc'"]),
+    "runs-absurd": (["--runs", "10000000"], ["--runs 10000000", "1000000"]),
+    "warmup-negative": (["--warmup", "-1"], ["--warmup -1"]),
+    "dim-zero": (["--dim", "0"], ["--dim 0"]),
+    "dim-absurd": (["--dim", "4000000000", "--heads", "1"], ["--dim 4000000000", "2^63"]),
+    "heads-not-dividing": (["--dim", "32", "--heads", "5"], ["--heads 5", "--dim 32"]),
+    "batch-zero": (["--batch", "0"], ["--batch 0"]),
+    "threads-zero": (["--threads", "0"], ["--threads 0"]),
+    "threads-beyond-the-machine": (["--threads", "100000"], ["--threads 100000", "logical CPUs"]),
+    "budget-zero": (["--max-seconds-per-point", "0"], ["--max-seconds-per-point 0"]),
+    "budget-nan": (["--max-seconds-per-point", "nan"], ["--max-seconds-per-point nan", "finite"]),
+    "budget-inf": (["--max-seconds-per-point", "inf"], ["--max-seconds-per-point inf", "finite"]),
+    "budget-not-a-number": (["--max-seconds-per-point", "soon"], ["--max-seconds-per-point", "'soon'"]),
+    "flag-twice": (["--dim", "32", "--dim", "64"], ["--dim", "64", "twice"]),
+    "positional-argument": (["softmax"], ["softmax"]),
+    "unknown-flag": (["--nosuch"], ["--nosuch"]),
+    "out-unwritable": (["--out", "{tmp}/afile/sub"], ["--out", "afile/sub"]),
+    "out-is-a-file": (["--out", "{tmp}/afile"], ["--out", "afile", "not a folder"]),
+    "out-empty": (["--out="], ["--out", "empty"]),
+    "out-holds-a-sweep": (["--out", "{tmp}/done"], ["--out", "done", "--resume"]),
+    "resume-without-results": (["--resume", "{tmp}/empty"], ["--resume", "empty", "results.jsonl"]),
+    "resume-missing-folder": (["--resume", "{tmp}/nowhere"], ["--resume", "nowhere"]),
+    "resume-without-env": (["--resume", "{tmp}/noenv"], ["--resume", "noenv", "env.json"]),
+    "resume-with-out": (["--resume", "{tmp}/done", "--out", "{tmp}/out"], ["--resume", "--out", "out"]),
+    "opt-malformed": (["--opt", "linformer-k-64"], ["--opt", "linformer-k-64"]),
+    "opt-unknown-attention": (["--opt", "nosuch.k=64"], ["--opt", "nosuch.k=64"]),
+    "opt-unknown-key": (["--opt", "linformer.nosuch=1"], ["--opt", "linformer.nosuch=1"]),
+    "opt-bad-value": (["--opt", "linformer.k=-1"], ["--opt", "linformer.k=-1"]),
+    "opt-not-finite": (["--opt", "linformer.k=1e999"], ["--opt", "linformer.k=1e999", "finite"]),
+    "opt-too-large-to-build": (["--attentions", "linformer", "--opt", "linformer.k=10000000000000"],
+                               ["--opt", "linformer.k=10000000000000", "out of memory"]),
+    "opt-twice": (["--opt", "linformer.k=8", "--opt", "linformer.k=16"], ["--opt", "linformer.k=16", "again"]),
+    "opt-for-a-mechanism-not-swept": (["--attentions", "softmax", "--opt", "linformer.k=8"], ["--opt", "linformer.k=8", "--attentions softmax"]),
+    "compare-and-breakdown": (["--compare-builtin", "--breakdown", "encoder"], ["--compare-builtin", "--breakdown encoder"]),
+    "compare-ignores-seq-lens": (["--compare-builtin", "--seq-lens", "128"], ["--seq-lens 128", "--compare-builtin"]),
+    "compare-ignores-causal": (["--compare-builtin", "--causal"], ["--causal", "--compare-builtin"]),
+    "compare-ignores-resume": (["--compare-builtin", "--resume", "{tmp}/done"], ["--resume", "done", "--compare-builtin"]),
+    "breakdown-unknown-model": (["--breakdown", "resnet"], ["--breakdown", "'resnet'", "encoder"]),
+    "breakdown-empty-model": (["--breakdown="], ["--breakdown", "''"]),
+    "breakdown-ignores-dtype": (["--breakdown", "encoder", "--dtype", "bf16"], ["--dtype bf16", "--breakdown"]),
+    "breakdown-two-attentions": (["--breakdown", "encoder", "--attentions", "softmax,linformer"], ["--attentions softmax,linformer", "one"]),
+    "breakdown-two-devices": (["--breakdown", "encoder", "--devices", "cpu,gpu"], ["--devices cpu,gpu", "one"]),
+    "breakdown-opt-for-another-mechanism": (["--breakdown", "encoder", "--opt", "linformer.k=8"], ["--opt", "linformer.k=8", "softmax"]),
 }
 
 
-def bad_argv(name: str, tmp: Path, out: Path):
+def fixtures(tmp: Path) -> None:
     (tmp / "afile").write_text("not a folder")
     (tmp / "empty").mkdir(exist_ok=True)
-    argv = [a.replace("{tmp}", str(tmp)) for a in BAD_CASES[name]]
+    (tmp / "noenv").mkdir(exist_ok=True)
+    (tmp / "noenv" / "results.jsonl").write_text("")
+    (tmp / "done").mkdir(exist_ok=True)
+    (tmp / "done" / "results.jsonl").write_text("")
+    (tmp / "done" / "env.json").write_text(json.dumps({"config": {}}))
+
+
+def bad_argv(name: str, tmp: Path, out: Path):
+    fixtures(tmp)
+    argv = [a.replace("{tmp}", str(tmp)) for a in BAD_CASES[name][0]]
     if name == "runs-zero":
         return argv  # the default output folder: results/ must stay as it was
-    return argv if ("--out" in argv or "--resume" in argv) else argv + ["--out", str(out)]
+    given = any(a.split("=")[0] in ("--out", "--resume") for a in argv)
+    return argv if given else argv + ["--out", str(out)]
+
+
+def tree(path: Path):
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*"))
 
 
 @pytest.mark.parametrize("name", list(BAD_CASES))
 def test_bad_input_in_process(name, tmp_path, monkeypatch, capsys):
-    """Every bad-input case, through the real `__main__` path of profile.py (in-process, for speed)."""
+    """Every bad-input case, through the real `__main__` path of profile.py (in-process, for speed): exit
+    code 2, one line on stderr naming the flag and the value, and nothing written anywhere."""
     out = tmp_path / "out"
     argv = bad_argv(name, tmp_path, out)
+    if name == "devices-gpu-without-a-gpu":
+        import torch
+
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     results = REPO / "results"
-    before = listing(results)
+    before, before_tmp = listing(results), tree(tmp_path)
     monkeypatch.setattr(sys, "argv", [str(PROFILE), *argv])
     with pytest.raises(SystemExit) as exc:
         runpy.run_path(str(PROFILE), run_name="__main__")
-    err = capsys.readouterr().err
+    captured = capsys.readouterr()
+    err = captured.err
     assert exc.value.code == 2, (name, err)
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("profile.py: error: "), (name, err)
-    assert not out.exists() and listing(results) == before and not (tmp_path / "nowhere").exists(), name
-    if name == "unknown-attention":
-        assert "softmax" in err and "linformer" in err  # lists the known ones
+    for part in BAD_CASES[name][1]:
+        assert part in lines[0], (name, part, lines[0])
+    assert captured.out == "", name
+    assert tree(tmp_path) == before_tmp and listing(results) == before, name
 
 
 def test_bad_input_in_subprocesses(tmp_path):
-    """A few cases as real processes, run side by side: exit code 2, one stderr line, no folder."""
-    chosen = ["seq-lens-not-int", "unknown-attention", "heads-not-dividing", "resume-without-results"]
+    """A few cases as real processes, run side by side: exit code 2, one stderr line and no traceback,
+    nothing written."""
+    chosen = ["seq-lens-empty-item", "runs-not-int", "opt-for-a-mechanism-not-swept", "compare-and-breakdown",
+              "resume-without-results", "budget-inf"]
+    fixtures(tmp_path)
+    before = tree(tmp_path)
     procs = {}
     for name in chosen:
-        out = tmp_path / f"out-{name}"
-        argv = bad_argv(name, tmp_path, out)
-        procs[name] = (out, subprocess.Popen([sys.executable, str(PROFILE), *argv], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    for name, (out, p) in procs.items():
+        argv = bad_argv(name, tmp_path, tmp_path / f"out-{name}")
+        procs[name] = subprocess.Popen([sys.executable, str(PROFILE), *argv], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for name, p in procs.items():
         stdout, stderr = p.communicate(timeout=HANG_GUARD_S)
         assert p.returncode == 2, (name, stderr)
         assert len(stderr.strip().splitlines()) == 1 and stderr.startswith("profile.py: error: "), (name, stderr)
-        assert stdout == "" and not out.exists(), name
+        assert "Traceback" not in stderr and stdout == "", name
+        assert all(part in stderr for part in BAD_CASES[name][1]), (name, stderr)
+    assert tree(tmp_path) == before
+
+
+# ---------------------------------------------------------------------------------------------- errors during a run
+
+
+def run_main(argv, monkeypatch):
+    monkeypatch.setattr(sys, "argv", [str(PROFILE), *argv])
+    with pytest.raises(SystemExit) as exc:
+        runpy.run_path(str(PROFILE), run_name="__main__")
+    return exc.value.code
+
+
+SWEEP = ["--devices", "cpu", "--attentions", "softmax", "--seq-lens", "8,16,32", *TINY]
+
+
+def test_a_disk_that_fills_ends_the_run_in_one_sentence_and_keeps_the_rows(tmp_path, monkeypatch, capsys):
+    import errno
+
+    import profiling.sweep as sw
+
+    real = sw.append_point
+
+    def append(path, point):
+        if path.exists() and path.read_text().count("\n") >= 1:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real(path, point)
+
+    monkeypatch.setattr(sw, "append_point", append)
+    out = tmp_path / "out"
+    code = run_main([*SWEEP, "--out", str(out)], monkeypatch)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(lines) == 1 and "No space left on device" in lines[0], lines
+    assert lines[0].startswith("profile.py: error: ") and f"kept in {out}" in lines[0]
+    assert len((out / "results.jsonl").read_text().splitlines()) == 1  # the point written before the disk filled
+
+
+def test_an_allocation_that_fails_outside_a_point_ends_in_one_sentence(tmp_path, monkeypatch, capsys):
+    import torch
+
+    import profiling.compare as pc
+
+    def compare_config(*a, **k):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(pc, "compare_config", compare_config)
+    out = tmp_path / "out"
+    code = run_main(["--compare-builtin", "--devices", "cpu", "--runs", "1", "--warmup", "0", "--threads", "1", "--out", str(out)], monkeypatch)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(lines) == 1 and "out of memory" in lines[0] and "nothing was written" in lines[0], lines
+    assert not out.exists()
+
+
+def test_ctrl_c_says_how_to_resume(tmp_path, monkeypatch, capsys):
+    import profiling.sweep as sw
+
+    real = sw.run_point
+
+    def point(spec, cfg, **kw):
+        if spec.seq_len == 16:
+            raise KeyboardInterrupt
+        return real(spec, cfg, **kw)
+
+    monkeypatch.setattr(sw, "run_point", point)
+    out = tmp_path / "out"
+    code = run_main([*SWEEP, "--out", str(out)], monkeypatch)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 130 and len(lines) == 1 and f"--resume {out}" in lines[0], lines
+    assert len((out / "results.jsonl").read_text().splitlines()) == 1 and (out / "results.csv").is_file()
 
 
 def test_missing_gpu_is_one_warning_and_cpu_results_still_come(tmp_path):

@@ -222,6 +222,25 @@ def test_opts_are_parsed_and_validated():
         sw.validate(tiny(attentions=["linformer"], options={"linformer": {"k": -1}}))
 
 
+@pytest.mark.parametrize("kw, message", [
+    (dict(options={"linformer": {"k": 8}}), "--opt linformer.k=8 is for 'linformer', which is not measured"),
+    (dict(attentions=["softmax", "softmax"]), "--attentions 'softmax,softmax' names softmax twice"),
+    (dict(devices=["cpu", "cpu"]), "--devices 'cpu,cpu' names cpu twice"),
+    (dict(seq_lens=[8, 8]), "--seq-lens '8,8' names 8 twice"),
+    (dict(seq_lens=[8.5]), "--seq-lens has 8.5"),
+    (dict(max_seconds=float("inf")), "--max-seconds-per-point inf"),
+    (dict(max_seconds=True), "--max-seconds-per-point True"),
+    (dict(runs=sw.MAX_RUNS + 1), f"--runs {sw.MAX_RUNS + 1}"),
+    (dict(causal="yes"), "--causal 'yes'"),
+    (dict(batch=2**40, seq_lens=[2**20], dim=2**10), "2^63"),
+])
+def test_validate_refuses_what_the_cli_refuses(kw, message):
+    """A config built in code (the study's sweep, a notebook) meets the same checks as the command line."""
+    with pytest.raises(sw.ConfigError) as e:
+        sw.validate(tiny(**kw))
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
 # ---------------------------------------------------------------------------------------------- report
 
 
