@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import argparse
 import ast
+import math
+import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
+from datamodules.common import DATA_SOURCES
 from models.attention import attention_options, build_attention, get_attention, list_attentions
 from models.attention.base import causal_alternatives
 from models.tasks import get_task, list_tasks
@@ -23,65 +27,194 @@ class UsageError(ValueError):
     """Bad input: the message is one sentence saying what was wrong and what is expected."""
 
 
-# (flag, config key, type, help). Types: int, float, str, "bool" (a --flag / --no-flag pair), "int|float".
-FLAGS = [
+@dataclass(frozen=True)
+class Setting:
+    """One config key: its type, its valid range and, when it has a command-line flag, the flag's help.
+
+    kind: "int", "float", "str", "bool", "int|float" (an int count or a float fraction), "devices", "any".
+    lo / hi bound numbers (lo_open / hi_open: the bound itself is excluded); `special` values are valid
+    outside them (-1: no limit); `choices` lists the valid values; `nullable`: None is valid.
+    """
+    key: str
+    kind: str
+    help: Optional[str] = None
+    lo: Optional[float] = None
+    hi: Optional[float] = None
+    lo_open: bool = False
+    hi_open: bool = False
+    special: Tuple[Any, ...] = ()
+    choices: Tuple[Any, ...] = ()
+    nullable: bool = False
+    fraction_hi: float = 1.0  # int|float: a float is a fraction in (0, fraction_hi]
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.key.replace("_", "-")
+
+    def expected(self) -> str:
+        if self.choices:
+            text = "one of " + ", ".join(str(c) for c in self.choices)
+        elif self.kind == "bool":
+            text = "true or false"
+        elif self.kind == "str":
+            text = "a string"
+        elif self.kind == "devices":
+            text = "'auto', a device count (-1: all) or a comma-separated list of device indices such as 0,1"
+        elif self.kind == "int|float":
+            low = int(self.lo) if self.lo is not None else 0
+            text = f"an integer >= {low} (a count) or a number in (0, {self.fraction_hi:g}] (a fraction)"
+        else:
+            text = {"int": "an integer", "float": "a finite number"}.get(self.kind, "a value")
+            bounds = []
+            if self.lo is not None:
+                bounds.append(f"{'>' if self.lo_open else '>='} {_num(self.lo)}")
+            if self.hi is not None:
+                bounds.append(f"{'<' if self.hi_open else '<='} {_num(self.hi)}")
+            text += (" " + " and ".join(bounds)) if bounds else ""
+        if self.special:
+            text += " (or " + " or ".join(f"{v}" for v in self.special) + " for no limit)"
+        if self.nullable:
+            text += " (or null)"
+        return text
+
+    def valid(self, value: Any) -> bool:
+        if value is None:
+            return self.nullable
+        if value in self.special and not isinstance(value, bool):
+            return True
+        if self.choices:
+            return value in self.choices
+        if self.kind == "any":
+            return True
+        if self.kind == "bool":
+            return isinstance(value, bool)
+        if self.kind == "str":
+            return isinstance(value, str)
+        if self.kind == "devices":
+            return _valid_devices(value)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        if self.kind == "int|float":
+            if isinstance(value, int):
+                return value >= (self.lo if self.lo is not None else 0)
+            return math.isfinite(value) and 0 < value <= self.fraction_hi
+        if self.kind == "int" and not isinstance(value, int):
+            return False
+        if not math.isfinite(value):
+            return False
+        if self.lo is not None and (value < self.lo or (self.lo_open and value == self.lo)):
+            return False
+        if self.hi is not None and (value > self.hi or (self.hi_open and value == self.hi)):
+            return False
+        return True
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+def _valid_devices(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return value >= 1 or value == -1
+    if isinstance(value, (list, tuple)):
+        return len(value) > 0 and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
+    if not isinstance(value, str):
+        return False
+    if value == "auto":
+        return True
+    parts = value.split(",")
+    if len(parts) == 1:
+        return re.fullmatch(r"-1|[1-9]\d*", value.strip()) is not None
+    return all(re.fullmatch(r"\d+", p.strip()) for p in parts)
+
+
+def S(key, kind, help=None, **kw) -> Setting:
+    return Setting(key, kind, help, **kw)
+
+
+POSITIVE = dict(lo=0, lo_open=True)
+PROBABILITY = dict(lo=0, hi=1, hi_open=True)  # a rate in [0, 1)
+SEED_MAX = 2**32 - 1  # numpy's seeds are 32-bit
+# Every key a run config can hold. Those with help text are also command-line flags (in this order).
+SETTINGS: List[Setting] = [
     # data
-    ("--data-source", "data_source", str, "auto | local | hub | synthetic (default auto: a local copy, else the hub)"),
-    ("--data-dir", "data_dir", str, "folder holding the data set (e.g. ../shared/data/cifar10-jpg)"),
-    ("--cache-dir", "cache_dir", str, "tokenizer / image caches (default $ATTENTION_SUITE_CACHE or ~/.cache/attention-suite)"),
-    ("--num-workers", "num_workers", int, "DataLoader worker processes"),
-    ("--dataset", "dataset", str, "wikitext: wikitext-2 or wikitext-103"),
-    ("--tokenizer", "tokenizer", str, "imdb: bpe | byte; wikitext: word | bpe"),
-    ("--vocab-size", "vocab_size", int, "imdb: BPE vocabulary size"),
-    ("--augment", "augment", str, "images: none | standard | strong"),
-    ("--mask", "mask", str, "inpainting: center | boxes | strokes"),
-    ("--hole-fraction", "hole_fraction", float, "inpainting: fraction of the pixels masked"),
-    ("--image-size", "image_size", int, "image side in pixels (32 for CIFAR-10)"),
+    S("data_source", "str", "auto | local | hub | synthetic (default auto: a local copy, else the hub)",
+      choices=DATA_SOURCES),
+    S("data_dir", "str", "folder holding the data set (e.g. ../shared/data/cifar10-jpg)", nullable=True),
+    S("cache_dir", "str", "tokenizer / image caches (default $ATTENTION_SUITE_CACHE or ~/.cache/attention-suite)",
+      nullable=True),
+    S("num_workers", "int", "DataLoader worker processes", lo=0),
+    S("dataset", "str", "wikitext: wikitext-2 or wikitext-103"),
+    S("tokenizer", "str", "imdb: bpe | byte; wikitext: word | bpe"),
+    S("vocab_size", "int", "imdb: BPE vocabulary size", lo=2),
+    S("augment", "str", "images: none | standard | strong"),
+    S("mask", "str", "inpainting: center | boxes | strokes"),
+    S("hole_fraction", "float", "inpainting: fraction of the pixels masked", lo=0, hi=1, lo_open=True, hi_open=True),
+    S("image_size", "int", "image side in pixels (32 for CIFAR-10)", lo=1),
     # network
-    ("--dim", "dim", int, "model width"),
-    ("--depth", "depth", int, "transformer blocks"),
-    ("--heads", "heads", int, "attention heads"),
-    ("--mlp-ratio", "mlp_ratio", float, "MLP hidden width / model width"),
-    ("--patch-size", "patch_size", int, "ViT / transformer inpainting patch side"),
-    ("--seq-len", "seq_len", int, "text: tokens per example (IMDB truncation, LM context)"),
-    ("--dropout", "dropout", float, "dropout rate"),
-    ("--drop-path", "drop_path", float, "stochastic depth rate of the last block"),
-    ("--base-width", "base_width", int, "inpaint-cnn: channels of the first U-Net level"),
-    ("--levels", "levels", int, "inpaint-cnn: U-Net downsamplings"),
+    S("dim", "int", "model width", lo=1),
+    S("depth", "int", "transformer blocks", lo=1),
+    S("heads", "int", "attention heads", lo=1),
+    S("mlp_ratio", "float", "MLP hidden width / model width", **POSITIVE),
+    S("patch_size", "int", "ViT / transformer inpainting patch side", lo=1),
+    S("seq_len", "int", "text: tokens per example (IMDB truncation, LM context)", lo=1),
+    S("dropout", "float", "dropout rate", **PROBABILITY),
+    S("drop_path", "float", "stochastic depth rate of the last block", **PROBABILITY),
+    S("base_width", "int", "inpaint-cnn: channels of the first U-Net level", lo=1),
+    S("levels", "int", "inpaint-cnn: U-Net downsamplings", lo=1),
     # optimisation
-    ("--batch-size", "batch_size", int, "samples per step (per device)"),
-    ("--lr", "lr", float, "peak learning rate (AdamW)"),
-    ("--weight-decay", "weight_decay", float, "AdamW weight decay (not on biases, norms, positions)"),
-    ("--warmup", "warmup", float, "warm-up: a fraction of the steps (< 1) or a number of steps"),
-    ("--label-smoothing", "label_smoothing", float, "classification label smoothing"),
-    ("--gradient-clip-val", "gradient_clip_val", float, "gradient norm clipping (0 turns it off)"),
-    ("--accumulate-grad-batches", "accumulate_grad_batches", int, "batches per optimiser step"),
+    S("batch_size", "int", "samples per step (per device)", lo=1),
+    S("lr", "float", "peak learning rate (AdamW)", **POSITIVE),
+    S("weight_decay", "float", "AdamW weight decay (not on biases, norms, positions)", lo=0),
+    S("warmup", "float", "warm-up: a fraction of the steps (< 1) or a number of steps", lo=0),
+    S("label_smoothing", "float", "classification label smoothing", **PROBABILITY),
+    S("gradient_clip_val", "float", "gradient norm clipping (0 turns it off)", lo=0),
+    S("accumulate_grad_batches", "int", "batches per optimiser step", lo=1),
     # budget and hardware
-    ("--max-epochs", "max_epochs", int, "epochs to train"),
-    ("--max-steps", "max_steps", int, "optimiser steps to train (-1: no limit; stops before max-epochs if reached)"),
-    ("--limit-train-batches", "limit_train_batches", "int|float", "batches per training epoch (int) or a fraction"),
-    ("--limit-val-batches", "limit_val_batches", "int|float", "batches per validation (int) or a fraction"),
-    ("--limit-test-batches", "limit_test_batches", "int|float", "batches of the final test (int) or a fraction"),
-    ("--val-check-interval", "val_check_interval", "int|float", "validate every N steps (int) or fraction of an epoch"),
-    ("--log-every-n-steps", "log_every_n_steps", int, "training scalars every N steps"),
-    ("--precision", "precision", str, "32-true | bf16-mixed | 16-mixed | ..."),
-    ("--accelerator", "accelerator", str, "auto | cpu | gpu | ..."),
-    ("--devices", "devices", str, "auto, a count, or a list such as 0,1"),
-    ("--strategy", "strategy", str, "auto | ddp | ddp_spawn | fsdp | deepspeed ... (Lightning's)"),
-    ("--seed", "seed", int, "random seed (data order, initialisation, dropout)"),
-    ("--deterministic", "deterministic", "bool", "deterministic algorithms where PyTorch has them (default on; "
-     "--no-deterministic may be faster on GPU)"),
-    ("--compile", "compile", "bool", "torch.compile the network"),
-    ("--profiler", "profiler", str, "Lightning's profiler: simple | advanced | pytorch (per-hook times at the end)"),
-    ("--efficiency-callbacks", "efficiency_callbacks", "bool", "log latency, data wait, peak memory, FLOPs, throughput and MFU "
-     "per step and write efficiency.json (default on)"),
-    ("--progress-bar", "progress_bar", "bool", "show Lightning's progress bar (--no-progress-bar for logs and pipes)"),
-    ("--sample-prompt", "sample_prompt", str, "wikitext: prompt of the samples logged while training"),
+    S("max_epochs", "int", "epochs to train (-1: no limit, with --max-steps)", lo=1, special=(-1,)),
+    S("max_steps", "int", "optimiser steps to train (-1: no limit; stops before max-epochs if reached)",
+      lo=1, special=(-1,)),
+    S("limit_train_batches", "int|float", "batches per training epoch (int) or a fraction", lo=1),
+    S("limit_val_batches", "int|float", "batches per validation (int) or a fraction; 0 skips validation", lo=0),
+    S("limit_test_batches", "int|float", "batches of the final test (int) or a fraction", lo=1),
+    S("val_check_interval", "int|float", "validate every N steps (int) or fraction of an epoch", lo=1),
+    S("log_every_n_steps", "int", "training scalars every N steps", lo=1),
+    S("precision", "str", "32-true | bf16-mixed | 16-mixed | ..."),
+    S("accelerator", "str", "auto | cpu | gpu | ..."),
+    S("devices", "devices", "auto, a count, or a list such as 0,1"),
+    S("strategy", "str", "auto | ddp | ddp_spawn | fsdp | deepspeed ... (Lightning's)"),
+    S("seed", "int", "random seed (data order, initialisation, dropout)", lo=0, hi=SEED_MAX),
+    S("deterministic", "bool", "deterministic algorithms where PyTorch has them (default on; "
+      "--no-deterministic may be faster on GPU)"),
+    S("compile", "bool", "torch.compile the network"),
+    S("profiler", "str", "Lightning's profiler: simple | advanced | pytorch (per-hook times at the end)",
+      choices=("simple", "advanced", "pytorch"), nullable=True),
+    S("efficiency_callbacks", "bool", "log latency, data wait, peak memory, FLOPs, throughput and MFU "
+      "per step and write efficiency.json (default on)"),
+    S("progress_bar", "bool", "show Lightning's progress bar (--no-progress-bar for logs and pipes)"),
+    S("sample_prompt", "str", "wikitext: prompt of the samples logged while training"),
+    # recipe keys without a flag (settable in a --config file)
+    S("min_lr_ratio", "float", lo=0, hi=1),
+    S("betas", "any"),
+    S("num_classes", "int", lo=2),
+    S("bucket_by_length", "bool"),
+    S("sample_tokens", "int", lo=0),
+    S("temperature", "float", lo=0),
+    S("top_k", "int", lo=0),
+    S("loss", "str"),
+    S("outside_weight", "float", lo=0),
+    S("model", "str"),
+    S("attention", "str", nullable=True),
+    S("attention_options", "any"),
 ]
+SETTING = {s.key: s for s in SETTINGS}
+FLAGS = [s for s in SETTINGS if s.help is not None]
 TRAINER_DEFAULTS = dict(precision="32-true", accelerator="auto", devices="auto", strategy="auto", compile=False,
                         progress_bar=True, profiler=None, efficiency_callbacks=True,
                         deterministic=True)
-KEYS = {key for _, key, _, _ in FLAGS} | {"model", "attention", "attention_options"}
+KEYS = set(SETTING)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,11 +247,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=50, help="--generate: tokens to sample")
     p.add_argument("--temperature", type=float, default=0.8, help="--generate: sampling temperature (0 = greedy)")
     p.add_argument("--top-k", type=int, default=40, help="--generate: keep the k most likely tokens (0 = all)")
-    for flag, key, kind, help_ in FLAGS:
-        if kind == "bool":
-            p.add_argument(flag, dest=key, action=argparse.BooleanOptionalAction, default=None, help=help_)
+    for s in FLAGS:
+        if s.kind == "bool":
+            p.add_argument(s.flag, dest=s.key, action=argparse.BooleanOptionalAction, default=None, help=s.help)
         else:
-            p.add_argument(flag, dest=key, type=_number if kind == "int|float" else kind, default=None, help=help_)
+            kind = {"int|float": _number, "int": int, "float": float}.get(s.kind, str)
+            p.add_argument(s.flag, dest=s.key, type=kind, default=None, help=s.help)
     return p
 
 
@@ -159,7 +293,11 @@ def load_yaml(path: str) -> Dict[str, Any]:
     if not p.is_file():
         raise UsageError(f"config file {path} does not exist; pass a YAML file of settings such as 'model: vit'")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = yaml.safe_load(p.read_bytes().decode("utf-8")) or {}
+    except UnicodeDecodeError:
+        raise UsageError(f"config file {path} is not a text file; pass a YAML file of settings such as 'model: vit'") from None
+    except OSError as e:
+        raise UsageError(f"config file {path} could not be read ({e.strerror or type(e).__name__})") from None
     except yaml.YAMLError as e:
         raise UsageError(f"config file {path} is not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(data, dict):
@@ -173,7 +311,7 @@ def load_yaml(path: str) -> Dict[str, Any]:
 
 def explicit_settings(args: argparse.Namespace) -> Dict[str, Any]:
     """The settings given as flags (None means not given)."""
-    out = {key: getattr(args, key) for _, key, _, _ in FLAGS if getattr(args, key) is not None}
+    out = {s.key: getattr(args, s.key) for s in FLAGS if getattr(args, s.key) is not None}
     if args.model is not None:
         out["model"] = args.model
     if args.attention is not None:
@@ -182,13 +320,15 @@ def explicit_settings(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def resolve_config(args: argparse.Namespace, saved: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """args (+ the config saved in a checkpoint) -> the run config; raises UsageError."""
+    """args (+ the config saved in a checkpoint) -> the validated run config; raises UsageError."""
     from_file = load_yaml(args.config) if args.config else {}
     flags = explicit_settings(args)
     flag_opts = parse_attention_opts(args.attention_opt)
     name = flags.get("model") or from_file.get("model") or (saved or {}).get("model")
     if name is None:
         raise UsageError(f"--model is required (one of: {', '.join(list_tasks())})")
+    if not isinstance(name, str):
+        raise UsageError(f"model in {args.config} must be a task name (one of: {', '.join(list_tasks())}), got {name!r}")
     try:
         task = get_task(name)
     except ValueError as e:
@@ -198,10 +338,15 @@ def resolve_config(args: argparse.Namespace, saved: Optional[Dict[str, Any]] = N
     if unknown:
         raise UsageError(f"config file {args.config} has unknown setting(s) {', '.join(unknown)}; "
                          f"known settings: {', '.join(sorted(set(cfg) | KEYS))}")
-    for layer in (saved or {}, from_file, flags):
-        cfg.update({k: v for k, v in layer.items() if k != "attention_options"})
+    source = {key: f"the recipe of --model {name}" for key in cfg}
+    for layer, origin in ((saved or {}, "checkpoint"), (from_file, "file"), (flags, "flag")):
+        for k, v in layer.items():
+            if k != "attention_options":
+                cfg[k] = v
+                source[k] = origin
     cfg["attention_options"] = {**(saved or {}).get("attention_options", {}),
                                 **(from_file.get("attention_options") or {}), **flag_opts}
+    validate(cfg, {k: _where(k, o, args) for k, o in source.items()})
     if not task.uses_attention:
         if cfg.get("attention") not in (None, NO_ATTENTION) or cfg["attention_options"]:
             raise UsageError(f"--model {name} has no attention layer; leave out --attention and --attention-opt")
@@ -210,6 +355,36 @@ def resolve_config(args: argparse.Namespace, saved: Optional[Dict[str, Any]] = N
         cfg["attention"] = cfg.get("attention") or "softmax"
         check_attention(task, cfg)
     return cfg
+
+
+def _where(key: str, origin: str, args: argparse.Namespace) -> str:
+    """How a user would name where a setting came from, for messages."""
+    if origin == "flag":
+        return SETTING[key].flag if key in SETTING else f"--{key}"
+    if origin == "file":
+        return f"{key} in {args.config}"
+    if origin == "checkpoint":
+        return f"{key} saved in the checkpoint"
+    return f"{key} in {origin}"
+
+
+def validate(cfg: Dict[str, Any], where: Dict[str, str]) -> None:
+    """Every known setting's type and range, and the combinations Lightning would refuse mid-run."""
+    for key, value in cfg.items():
+        s = SETTING.get(key)
+        if s is not None and not s.valid(value):
+            shown = f"{value!r} (a {type(value).__name__})" if isinstance(value, str) and s.kind not in ("str", "devices") else repr(value)
+            raise UsageError(f"{where.get(key, key)} must be {s.expected()}, got {shown}")
+    if cfg.get("max_epochs") == -1 and cfg.get("max_steps") == -1:
+        raise UsageError(f"{where['max_epochs']} -1 (no epoch limit) needs --max-steps, or the run would never end")
+    opts = cfg.get("attention_options")
+    if not isinstance(opts, dict):
+        raise UsageError(f"{where.get('attention_options', 'attention_options')} must be a mapping such as "
+                         f"{{features: 128}}, got {opts!r}")
+    betas = cfg.get("betas")
+    if (not isinstance(betas, (list, tuple)) or len(betas) != 2
+            or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in betas)):
+        raise UsageError(f"{where.get('betas', 'betas')} must be two numbers in [0, 1) (AdamW's betas), got {betas!r}")
 
 
 def check_attention(task, cfg: Dict[str, Any]) -> None:

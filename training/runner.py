@@ -7,19 +7,44 @@ same run name in place; `--generate PROMPT` samples from a language-model checkp
 """
 from __future__ import annotations
 
+import errno
 import json
+import math
 import os
 import re
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from training.config import UsageError, build_parser, resolve_config
+import lightning as L
+import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from callbacks import (EfficiencyMonitor, FiniteLossGuard, LastCheckpoint, NonFiniteLossError, TrainingInterrupted,
+                       truncate_events)
+from datamodules import DataUnavailableError
+from models.tasks import get_task
+from profiling.sweep import is_oom, one_line
+from training.config import SETTING, UsageError, build_parser, resolve_config
 from training.study import is_study, run_study
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
+# settings a resumed run may change: budget, hardware and bookkeeping, not what the network is
+RESUME_FREE = {"max_epochs", "max_steps", "limit_train_batches", "limit_val_batches", "limit_test_batches",
+               "val_check_interval", "log_every_n_steps", "precision", "accelerator", "devices", "strategy",
+               "num_workers", "data_dir", "cache_dir", "profiler", "progress_bar", "efficiency_callbacks",
+               "compile", "deterministic", "lr", "weight_decay", "gradient_clip_val", "sample_prompt"}
+
+
+class RunFailed(RuntimeError):
+    """A run stopped by a problem that only shows while it runs (a full disk, memory); the message says
+    what happened and where the last good checkpoint is."""
 
 
 def run_name(cfg: Dict[str, Any]) -> str:
@@ -45,17 +70,68 @@ def find_last_checkpoint(logdir: Path, model: str, attention: Optional[str]) -> 
     return found[-1]
 
 
-def load_checkpoint_config(path: Path) -> Dict[str, Any]:
-    import torch
-
+def load_checkpoint(path: Path) -> Dict[str, Any]:
+    """The checkpoint dict of a train.py run (its config under hyper_parameters); UsageError otherwise."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # noqa: BLE001 - any unreadable file is the same problem to a user
         raise UsageError(f"checkpoint {path} could not be read ({type(e).__name__}); pass a .ckpt written by train.py") from None
-    cfg = (ckpt.get("hyper_parameters") or {}).get("config")
-    if not isinstance(cfg, dict):
+    cfg = (ckpt.get("hyper_parameters") or {}).get("config") if isinstance(ckpt, dict) else None
+    if not isinstance(cfg, dict) or not isinstance(ckpt.get("state_dict"), dict):
         raise UsageError(f"checkpoint {path} has no run config; pass a .ckpt written by train.py")
-    return cfg
+    return ckpt
+
+
+def check_resumable(cfg: Dict[str, Any], saved: Dict[str, Any], ckpt: Path) -> None:
+    """The run to resume must be the checkpoint's model with the checkpoint's attention."""
+    for key, flag in (("model", "--model"), ("attention", "--attention")):
+        if cfg.get(key) != saved.get(key):
+            raise UsageError(f"checkpoint {ckpt} is a {saved.get('model')} run with attention {saved.get('attention')!r}, "
+                             f"but {flag} {cfg.get(key)} was asked for; leave out {flag} to resume it, or train "
+                             f"without --ckpt-path")
+
+
+def check_network(net, ckpt_dict: Dict[str, Any], cfg: Dict[str, Any], saved: Dict[str, Any], ckpt: Path) -> None:
+    """The checkpoint's weights must fit the network these settings build (same names and shapes)."""
+    want = {k[len("net."):]: tuple(v.shape) for k, v in ckpt_dict["state_dict"].items() if k.startswith("net.")}
+    have = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    if want != have:
+        changed = sorted(k for k in set(cfg) | set(saved)
+                         if k in SETTING and k not in RESUME_FREE and cfg.get(k) != saved.get(k))
+        what = ", ".join(f"{k} {saved.get(k)!r} -> {cfg.get(k)!r}" for k in changed) or "the network's layout"
+        raise UsageError(f"checkpoint {ckpt} holds weights of another network shape than these settings build "
+                         f"({what}); resume with the checkpoint's settings (leave those flags out)")
+
+
+def check_logdir(logdir: str, need_bytes: int = 0) -> None:
+    """The log folder is a folder (or can become one), can be written, and has room for the run's
+    checkpoints. Nothing is created: a probe file is written and removed in the nearest existing folder."""
+    path = Path(logdir).expanduser()
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--logdir {logdir} is a file; pass a folder for the runs (it is created if missing)")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"--logdir {logdir}: {existing} is a file, so the folder cannot be created; pass another folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UsageError(f"--logdir {logdir} cannot be written ({e.strerror or type(e).__name__} in {existing}); "
+                         f"pass a folder you can write to") from None
+    free = shutil.disk_usage(existing).free
+    if need_bytes and free < need_bytes:
+        raise UsageError(f"--logdir {logdir} has {free / 2**20:,.0f} MiB free but this run's checkpoints need about "
+                         f"{need_bytes / 2**20:,.0f} MiB; free some space or pass another folder")
+
+
+def checkpoint_bytes(net) -> int:
+    """About what the run writes: last.ckpt, the best checkpoint and a temporary copy while one is saved,
+    each holding the weights and AdamW's two moments (fp32), plus 1 MiB of the rest."""
+    params = sum(p.numel() for p in net.parameters())
+    return 3 * (12 * params + 2**20)
 
 
 def resolve_checkpoint(args) -> Optional[Path]:
@@ -80,8 +156,6 @@ def resolve_checkpoint(args) -> Optional[Path]:
 
 def prepare(cfg: Dict[str, Any]):
     """DataModule (data prepared and set up) and network for a config."""
-    from models.tasks import get_task
-
     task = get_task(cfg["model"])
     try:
         dm = task.build_datamodule(cfg)  # only validates its settings (batch size, mask, tokenizer, ...): reads nothing
@@ -94,17 +168,19 @@ def prepare(cfg: Dict[str, Any]):
         value = getattr(dm, key, None)
         if value is not None:
             cfg[key] = list(value) if isinstance(value, (tuple, list)) else value
-    net = task.build_network(cfg, dm)
+    try:
+        net = task.build_network(cfg, dm)
+    except (ValueError, TypeError) as e:
+        raise UsageError(f"--model {cfg['model']}: {e}") from None
+    except (RuntimeError, MemoryError) as e:
+        if not is_oom(e):
+            raise
+        raise UsageError(f"--model {cfg['model']}: the network for these sizes does not fit in memory "
+                         f"({one_line(e)[:120]}); lower --dim, --depth or --seq-len") from None
     return task, dm, net
 
 
 def build_trainer(cfg: Dict[str, Any], args, task, logger_version: Optional[int], extra_callbacks: Sequence = ()):
-    import lightning as L
-    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-    from lightning.pytorch.loggers import TensorBoardLogger
-
-    from callbacks import EfficiencyMonitor, FiniteLossGuard
-
     monitor, mode = task.monitor
     fast = int(args.fast_dev_run or 0)
     logger = False if fast else TensorBoardLogger(args.logdir, name=run_name(cfg), version=logger_version,
@@ -116,15 +192,14 @@ def build_trainer(cfg: Dict[str, Any], args, task, logger_version: Optional[int]
             "attention_options": cfg["attention_options"], "data_source": cfg["source_used"],
             "batch_size": cfg["batch_size"], "seed": cfg["seed"]}))
     if not fast:
-        callbacks += [ModelCheckpoint(monitor=monitor, mode=mode, save_last=True, save_top_k=1,
+        # the best-k file only; last.ckpt is LastCheckpoint's (written at every validation, not only on improvement)
+        callbacks += [ModelCheckpoint(monitor=monitor, mode=mode, save_last=False, save_top_k=1,
                                       filename=f"best-{{epoch}}-{{step}}-{{{monitor}:.4f}}", auto_insert_metric_name=False),
+                      LastCheckpoint(),
                       LearningRateMonitor(logging_interval="step")]
-    devices = cfg["devices"]
-    if isinstance(devices, str) and devices not in ("auto", "-1"):
-        devices = [int(d) for d in devices.split(",") if d != ""] if "," in devices else int(devices)
     kwargs = dict(
         max_epochs=cfg["max_epochs"], max_steps=cfg["max_steps"], precision=cfg["precision"],
-        accelerator=cfg["accelerator"], devices=devices, strategy=cfg["strategy"],
+        accelerator=cfg["accelerator"], devices=parse_devices(cfg["devices"]), strategy=cfg["strategy"],
         gradient_clip_val=cfg["gradient_clip_val"] or None, accumulate_grad_batches=cfg["accumulate_grad_batches"],
         limit_train_batches=cfg["limit_train_batches"], limit_val_batches=cfg["limit_val_batches"],
         limit_test_batches=cfg["limit_test_batches"], val_check_interval=cfg["val_check_interval"],
@@ -137,8 +212,16 @@ def build_trainer(cfg: Dict[str, Any], args, task, logger_version: Optional[int]
     )
     try:
         return L.Trainer(**kwargs)
-    except (ValueError, TypeError) as e:  # Lightning's MisconfigurationException is a ValueError
-        raise UsageError(f"invalid trainer setting: {str(e).splitlines()[0]}") from None
+    except (ValueError, TypeError, MisconfigurationException) as e:  # Lightning 2.6's is not a ValueError
+        raise UsageError(f"invalid trainer setting: {str(e).strip().splitlines()[0]}") from None
+
+
+def parse_devices(devices):
+    """'auto', '2', '-1' or '0,1' (validated by the config) as Lightning takes them."""
+    if isinstance(devices, str) and devices != "auto":
+        parts = [d.strip() for d in devices.split(",") if d.strip()]
+        return [int(d) for d in parts] if "," in devices else int(parts[0])
+    return devices
 
 
 def count_parameters(net) -> int:
@@ -146,16 +229,13 @@ def count_parameters(net) -> int:
 
 
 def generate(args, ckpt: Path) -> int:
-    import torch
-
-    saved = load_checkpoint_config(ckpt)
-    cfg = resolve_config(args, saved)
+    ckpt_dict = load_checkpoint(ckpt)
+    cfg = resolve_config(args, ckpt_dict["hyper_parameters"]["config"])
     if cfg["model"] != "wikitext":
         raise UsageError(f"--generate needs a language-model checkpoint (--model wikitext); {ckpt} is a {cfg['model']} run")
-    if args.max_new_tokens < 0 or args.temperature < 0 or args.top_k < 0:
-        raise UsageError("--max-new-tokens, --temperature and --top-k must be >= 0")
     task, dm, net = prepare(cfg)
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    check_network(net, ckpt_dict, cfg, ckpt_dict["hyper_parameters"]["config"], ckpt)
+    state = ckpt_dict["state_dict"]
     net.load_state_dict({k[len("net."):]: v for k, v in state.items() if k.startswith("net.")})
     ids = dm.encode(args.generate)
     if not ids:
@@ -177,18 +257,24 @@ def run_args(args, extra_callbacks: Sequence = ()) -> Dict[str, Any]:
     if is_study(args.attention):
         raise UsageError(f"--attention {args.attention} is a comparison study; run it through train.py or "
                          f"training.study.run_study")
+    check_run_flags(args)
     ckpt = resolve_checkpoint(args)
     if args.generate is not None:
         if ckpt is None:
             raise UsageError("--generate needs --ckpt-path (a wikitext checkpoint, or 'last')")
         generate(args, ckpt)
         return {}
-    cfg = resolve_config(args, load_checkpoint_config(ckpt) if ckpt else None)
-
-    import lightning as L
-
+    ckpt_dict = load_checkpoint(ckpt) if ckpt else None
+    saved = ckpt_dict["hyper_parameters"]["config"] if ckpt_dict else None
+    cfg = resolve_config(args, saved)
+    if ckpt is not None:
+        check_resumable(cfg, saved, ckpt)
     L.seed_everything(cfg["seed"], workers=True, verbose=False)
     task, dm, net = prepare(cfg)
+    if ckpt is not None:
+        check_network(net, ckpt_dict, cfg, saved, ckpt)
+    if not args.fast_dev_run:
+        check_logdir(args.logdir, checkpoint_bytes(net))
     if cfg["compile"]:
         net.compile()  # in place: parameter names (and checkpoints) stay those of the plain network
     module = task.module(net, cfg)
@@ -196,17 +282,21 @@ def run_args(args, extra_callbacks: Sequence = ()) -> Dict[str, Any]:
     if ckpt is not None:
         m = re.fullmatch(r"version_(\d+)", ckpt.parent.parent.name)
         if m and ckpt.parent.name == "checkpoints" and ckpt.parent.parent.parent.name == run_name(cfg):
-            version = int(m.group(1))  # continue the same TensorBoard run
+            version = int(m.group(1))  # continue the same TensorBoard run, cut back to the checkpoint
+            if not args.fast_dev_run:
+                truncate_events(ckpt.parent.parent, ckpt_dict)
+    del ckpt_dict
     trainer = build_trainer(cfg, args, task, version, extra_callbacks)
+    best_cb = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
     start = time.perf_counter()
-    trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None)
+    fit(trainer, module, dm, ckpt)
     fit_s = time.perf_counter() - start
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    best = best_cb.best_model_path if best_cb else ""
     test = []
     if not args.no_test:
         test = trainer.test(module, datamodule=dm, ckpt_path=best or None, verbose=False)
     monitor, _ = task.monitor
-    best_score = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
+    best_score = best_cb.best_model_score if best_cb else None
     results = {
         "run": run_name(cfg), "log_dir": trainer.log_dir if trainer.logger else None,
         "model": cfg["model"], "attention": cfg["attention"], "attention_options": cfg["attention_options"],
@@ -221,6 +311,36 @@ def run_args(args, extra_callbacks: Sequence = ()) -> Dict[str, Any]:
             write_json(Path(results["log_dir"]) / "results.json", results)
         print(summary_line(results))
     return results
+
+
+def fit(trainer, module, dm, ckpt: Optional[Path]) -> None:
+    """trainer.fit; a full disk or exhausted memory becomes RunFailed naming the last good checkpoint."""
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None)
+    except (OSError, RuntimeError, MemoryError) as e:
+        if isinstance(e, (NonFiniteLossError, TrainingInterrupted)):
+            raise
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            cause = f"the disk is full ({e.filename or 'while writing'})"
+        elif is_oom(e):
+            cause = f"out of memory ({one_line(e)[:160]})"
+        else:
+            raise
+        last = next((c.last_model_path for c in trainer.callbacks if isinstance(c, LastCheckpoint)), "")
+        where = (f"the last good checkpoint is {last} (resume with --ckpt-path last)" if last and Path(last).is_file()
+                 else "no checkpoint had been saved yet")
+        raise RunFailed(f"training stopped at step {trainer.global_step}: {cause}; {where}") from None
+
+
+def check_run_flags(args) -> None:
+    """The flags of a single run that are not settings of the config (those are checked by resolve_config)."""
+    if args.fast_dev_run is not None and args.fast_dev_run < 0:
+        raise UsageError(f"--fast-dev-run must be a number of batches >= 0, got {args.fast_dev_run}")
+    for flag, value in (("--max-new-tokens", args.max_new_tokens), ("--top-k", args.top_k)):
+        if value < 0:
+            raise UsageError(f"{flag} must be an integer >= 0, got {value}")
+    if not math.isfinite(args.temperature) or args.temperature < 0:
+        raise UsageError(f"--temperature must be a finite number >= 0 (0 = greedy), got {args.temperature}")
 
 
 def write_json(path: Path, obj) -> None:
@@ -240,9 +360,6 @@ def summary_line(r: Dict[str, Any]) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from callbacks import NonFiniteLossError
-    from datamodules import DataUnavailableError
-
     try:
         args = build_parser().parse_args(argv)
         if is_study(args.attention):
@@ -255,7 +372,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except DataUnavailableError as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except NonFiniteLossError as e:
+    except (NonFiniteLossError, RunFailed) as e:
         print(f"train.py: {e}", file=sys.stderr)
         return EXIT_FAILED
+    except TrainingInterrupted as e:
+        print(f"train.py: {e}", file=sys.stderr)
+        return 128 + e.signum  # the shell's convention for a process ended by a signal
     return 0
