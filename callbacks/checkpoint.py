@@ -141,6 +141,7 @@ class LastCheckpoint(Checkpoint):
 
     # ---------------------------------------------------------------- signals
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._saved_step = trainer.global_step  # a resumed run starts from a saved state: no need to save it again
         if (self.handle_signals and trainer.world_size == 1
                 and threading.current_thread() is threading.main_thread()):
             for signum in STOP_SIGNALS:

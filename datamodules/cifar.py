@@ -19,9 +19,9 @@ straight into that cache (its members are never written out as 60,000 small file
 one-time extraction, and the tar is not opened again once the cache exists.
 
 Augmentation runs PER BATCH in the DataLoader's collate function, vectorised torch ops on the whole batch
-(`BatchTransform`). Its random generator is the DataModule's own (seeded by `seed`) when `num_workers == 0`,
-and in a worker process it is seeded from the worker's seed, which the DataLoader draws from the DataModule's
-seeded loader generator: runs with the same seed and worker count see the same augmented batches.
+(`BatchTransform`). Each training batch has its own random generator, seeded by `seed`, the epoch and the
+batch's position in it (datamodules/resumable.py): runs with the same seed see the same augmented batches
+whatever the number of workers, and a run resumed mid-epoch sees the ones it would have seen.
     "standard"  random crop with padding (`crop_padding`, default 4, `padding_mode` "reflect" or "zeros")
                 + horizontal flip
     "strong"    random-resized-crop-like scale/aspect jitter (affine_grid/grid_sample) + flip + colour jitter
@@ -47,10 +47,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from .common import (DataUnavailableError, SourcedDataModule, atomic_write, check_bool, check_choice, check_int,
                      load_cached, make_folder, seeded_split, settings_key)
+from .resumable import BatchKey
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -344,25 +345,6 @@ def stack_items(items):
     return images, labels, index
 
 
-class WorkerGenerator:
-    """A torch.Generator: the given one in the main process; in a worker, one seeded from the worker's seed
-    (drawn by the DataLoader from its seeded generator), so results do not depend on process timing."""
-
-    def __init__(self, generator: torch.Generator, salt: int = 0):
-        self.generator, self.salt = generator, salt
-        self._worker_key, self._worker_gen = None, None
-
-    def get(self) -> torch.Generator:
-        info = torch.utils.data.get_worker_info()
-        if info is None:
-            return self.generator
-        key = (os.getpid(), info.seed)
-        if key != self._worker_key:
-            self._worker_key = key
-            self._worker_gen = torch.Generator().manual_seed((info.seed * 1_000_003 + self.salt) % (2**63))
-        return self._worker_gen
-
-
 class BatchTransform:
     """uint8 (B, C, H, W) -> augmented, normalised float32 batch; all ops vectorised over the batch."""
 
@@ -456,14 +438,16 @@ def random_erasing(x: torch.Tensor, g, p=0.25, scale=(0.02, 0.33), ratio=(0.3, 3
 
 
 class ClassificationCollate:
-    """(images, labels), or (images, labels, index) with `return_index`: the samples' positions in the data set."""
+    """(images, labels), or (images, labels, index) with `return_index`: the samples' positions in the data set.
+    A training batch is augmented with its own generator (datamodules/resumable.py: seeded by the seed, the
+    epoch and the batch's position), so it is the same in any worker and after a resume."""
 
-    def __init__(self, transform: BatchTransform, train: bool, gen: WorkerGenerator, return_index: bool = False):
-        self.transform, self.train, self.gen, self.return_index = transform, train, gen, return_index
+    def __init__(self, transform: BatchTransform, train: bool, seed: int, return_index: bool = False):
+        self.transform, self.train, self.seed, self.return_index = transform, train, seed, return_index
 
-    def __call__(self, items):
+    def __call__(self, items, key: Optional[BatchKey] = None):
         images, labels, index = stack_items(items)
-        images = self.transform(images, self.train, self.gen.get() if self.train else None)
+        images = self.transform(images, self.train, key.generator(self.seed, "augment") if self.train else None)
         return (images, labels, index) if self.return_index else (images, labels)
 
 
@@ -517,7 +501,6 @@ class CIFAR10DataModule(SourcedDataModule):
         self.local_format: Optional[str] = None  # "pickle" | "folder" | "tar"
         self.train_set = self.val_set = self.test_set = None
         self._splits: Dict[str, Tuple[torch.Tensor, torch.Tensor]] = {}
-        self._aug_gen = torch.Generator().manual_seed(seed)
 
     @staticmethod
     def check_crop_padding(crop_padding: int, padding_mode: str, image_size: int, error=DataUnavailableError) -> None:
@@ -698,21 +681,17 @@ class CIFAR10DataModule(SourcedDataModule):
         self.transform = BatchTransform(self.mean, self.std, self.augment, self.crop_padding, self.padding_mode)
         self.hparams["source_used"] = self.source_used
 
-    def _loader(self, dataset, shuffle: bool, collate):
-        kw = self.loader_kwargs(shuffle)
-        return DataLoader(dataset, collate_fn=collate, **kw)
-
     def _collate(self, train: bool) -> ClassificationCollate:
-        return ClassificationCollate(self.transform, train, WorkerGenerator(self._aug_gen), self.return_index)
+        return ClassificationCollate(self.transform, train, self.seed, self.return_index)
 
     def train_dataloader(self):
         self.setup("fit")
-        return self._loader(self.train_set, True, self._collate(True))
+        return self.train_loader(self.train_set, self._collate(True))
 
     def val_dataloader(self):
         self.setup("fit")
-        return self._loader(self.val_set, False, self._collate(False))
+        return self.eval_loader(self.val_set, self._collate(False))
 
     def test_dataloader(self):
         self.setup("test")
-        return self._loader(self.test_set, False, self._collate(False))
+        return self.eval_loader(self.test_set, self._collate(False))

@@ -35,6 +35,9 @@ from typing import Any, Callable, Optional, Sequence, Tuple
 
 import lightning as L
 import torch
+from torch.utils.data import DataLoader
+
+from .resumable import ResumableTraining
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +177,7 @@ def seeded_split(n: int, fractions_or_sizes: Sequence[float], seed: int) -> Tupl
     return tuple(out)
 
 
-class SourcedDataModule(L.LightningDataModule):
+class SourcedDataModule(ResumableTraining, L.LightningDataModule):
     """Base class: validates `data_source`, resolves it once, records what was used.
 
     Subclasses implement:
@@ -202,7 +205,6 @@ class SourcedDataModule(L.LightningDataModule):
         self.cache_dir = check_folder_arg("cache_dir", cache_dir) or default_cache_dir()
         self.local_root: Optional[Path] = None
         self.source_used: Optional[str] = None
-        self._train_gen = torch.Generator().manual_seed(seed + 1)  # shuffling; saved in checkpoints (state_dict)
 
     # -- to implement
     def find_local(self, data_dir: Path) -> Optional[Path]:
@@ -261,28 +263,17 @@ class SourcedDataModule(L.LightningDataModule):
         except Exception as e:  # noqa: BLE001 - network, missing config, offline mode: all the same to a user
             raise self.unavailable(f"the hub download failed ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
 
-    def loader_kwargs(self, shuffle: bool) -> dict:
-        """The training loader draws from `_train_gen`, whose state checkpoints carry (so a resumed run
-        sees the batches an uninterrupted one would); evaluation loaders get a fresh generator of their
-        own and never touch it, nor the global RNG."""
-        generator = self._train_gen if shuffle else torch.Generator().manual_seed(self.seed + 2)
-        return dict(batch_size=self.batch_size, num_workers=self.num_workers, shuffle=shuffle, generator=generator,
-                    persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available())
+    def loader_kwargs(self) -> dict:
+        """What every loader of the module shares. Evaluation loaders keep their order; the training
+        loader is `self.resumable_loader(...)` (datamodules/resumable.py), which also puts its position in
+        the module's state_dict, so checkpoints carry it. Each loader has a generator of its own, so making
+        an iterator (which draws the workers' base seed) never touches the global RNG that dropout uses."""
+        return dict(num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+                    pin_memory=torch.cuda.is_available(), generator=torch.Generator().manual_seed(self.seed))
 
-    def state_dict(self) -> dict:
-        """Every torch.Generator of the module (shuffling, augmentation), saved in Lightning checkpoints."""
-        return generator_states(self)
+    def eval_loader(self, dataset, collate_fn=None) -> DataLoader:
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, collate_fn=collate_fn, **self.loader_kwargs())
 
-    def load_state_dict(self, state_dict: dict) -> None:
-        load_generator_states(self, state_dict)
-
-
-def generator_states(obj) -> dict:
-    return {name: g.get_state() for name, g in vars(obj).items() if isinstance(g, torch.Generator)}
-
-
-def load_generator_states(obj, states: dict) -> None:
-    for name, state in states.items():
-        g = getattr(obj, name, None)
-        if isinstance(g, torch.Generator):
-            g.set_state(state)
+    def train_loader(self, dataset, make_batch) -> DataLoader:
+        """Batches of `batch_size` in a new order each epoch (seed, epoch), `make_batch(items, key)` making each."""
+        return self.shuffled_loader(dataset, self.batch_size, self.seed, make_batch, **self.loader_kwargs())

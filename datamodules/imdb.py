@@ -51,6 +51,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .common import (DataUnavailableError, SourcedDataModule, atomic_write, check_bool, check_choice, check_fraction,
                      check_int, load_cached, make_folder, seeded_split, settings_key)
+from .resumable import even_batches
 
 PAD, UNK, CLS = "[PAD]", "[UNK]", "[CLS]"
 SPECIALS = (PAD, UNK, CLS)
@@ -214,7 +215,7 @@ class _Collate:  # picklable for worker processes
     def __init__(self, pad_id: int):
         self.pad_id = pad_id
 
-    def __call__(self, batch):
+    def __call__(self, batch, key=None):  # key: a training batch's BatchKey; nothing here is random
         return collate(batch, self.pad_id)
 
 
@@ -240,9 +241,13 @@ class BucketBatchSampler(Sampler[List[int]]):
         self.epoch = epoch
 
     def _batches(self) -> List[List[int]]:
+        return self.batches(self.epoch)
+
+    def batches(self, epoch: int) -> List[List[int]]:
+        """Epoch `epoch`'s batches on this process."""
         n, bs = len(self.lengths), self.batch_size
         if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            g = torch.Generator().manual_seed(self.seed + epoch)
             perm = torch.randperm(n, generator=g)
             pool = bs * self.pool_batches
             batches = []
@@ -259,7 +264,7 @@ class BucketBatchSampler(Sampler[List[int]]):
             if self.drop_last:
                 batches = [b for b in batches if len(b) == bs]
         if self.num_replicas > 1:
-            batches = _even_batches(batches, self.num_replicas)
+            batches = even_batches(batches, self.num_replicas)
             batches = batches[self.rank :: self.num_replicas]
         return batches
 
@@ -271,21 +276,6 @@ class BucketBatchSampler(Sampler[List[int]]):
 
     def __len__(self) -> int:
         return len(self._batches()) if (self.drop_last or self.num_replicas > 1) else math.ceil(len(self.lengths) / self.batch_size)
-
-
-def _even_batches(batches: List[List[int]], replicas: int) -> List[List[int]]:
-    """Make the batch count a multiple of `replicas` by splitting the largest batches in two (in place of
-    the batch: its first half, then its second); repeat leading batches only when no batch can be split."""
-    batches = [list(b) for b in batches]
-    while len(batches) % replicas:
-        k = max(range(len(batches)), key=lambda i: len(batches[i])) if batches else -1
-        if k < 0 or len(batches[k]) < 2:
-            need = replicas - len(batches) % replicas
-            batches += [list(b) for b in (batches * need)[:need]] if batches else []
-            break
-        b = batches[k]
-        batches[k : k + 1] = [b[: len(b) // 2], b[len(b) // 2 :]]
-    return batches
 
 
 # ----------------------------------------------------------------------------------------------- module
@@ -555,17 +545,19 @@ class IMDBDataModule(SourcedDataModule):
 
     # -- loaders
     def _loader(self, ds: TokenizedReviews, shuffle: bool) -> DataLoader:
-        kw = self.loader_kwargs(shuffle=shuffle)
-        kw["collate_fn"] = _Collate(self.pad_id)
+        collate_fn = _Collate(self.pad_id)
+        if shuffle and self.bucket_by_length:  # one process's share of the buckets: EpochBatches shards them
+            buckets = BucketBatchSampler(ds.lengths, self.batch_size, shuffle=True, seed=self.seed)
+            return self.resumable_loader(ds, buckets.batches, collate_fn, **self.loader_kwargs())
+        if shuffle:
+            return self.train_loader(ds, collate_fn)
         if not self.bucket_by_length:
-            return DataLoader(ds, **kw)
-        batch_size = kw.pop("batch_size")
-        kw.pop("shuffle")
+            return self.eval_loader(ds, collate_fn)
         trainer = getattr(self, "trainer", None)
         replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-        sampler = BucketBatchSampler(ds.lengths, batch_size, shuffle=shuffle, seed=self.seed,
+        sampler = BucketBatchSampler(ds.lengths, self.batch_size, shuffle=False, seed=self.seed,
                                      num_replicas=replicas, rank=rank)
-        return DataLoader(ds, batch_sampler=sampler, **kw)
+        return DataLoader(ds, batch_sampler=sampler, collate_fn=collate_fn, **self.loader_kwargs())
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, shuffle=True)

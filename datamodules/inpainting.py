@@ -9,7 +9,7 @@ Mask kinds (`mask`): "center" (a centred square), "boxes" (random rectangles), "
 strokes: chains of thick line segments, stamped as discs with torch ops). `hole_fraction` is the target fraction
 of masked pixels: boxes and strokes are drawn until the hole reaches it (the last box is drawn row by row, the
 last stroke disc by disc, so the overshoot is at most one row / one disc); "center" uses the square closest to it.
-Training masks are drawn fresh for every batch; validation and test masks are FIXED: each sample's mask is
+Training masks are drawn fresh for every batch (from the batch's own generator, datamodules/resumable.py); validation and test masks are FIXED: each sample's mask is
 seeded by (seed, split, sample index), so the same sample gets the same mask every epoch and every pass.
 
 Source selection, caching, splits and augmentation are the wrapped module's (`source_used`, `image_size`, ...).
@@ -21,11 +21,10 @@ from typing import Optional
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader
 
-from .cifar import CIFAR10DataModule, WorkerGenerator, stack_items
-from .common import (DataUnavailableError, check_choice, check_fraction, check_int, generator_states,
-                     load_generator_states)
+from .cifar import CIFAR10DataModule, stack_items
+from .common import DataUnavailableError, check_choice, check_fraction, check_int
+from .resumable import BatchKey, ResumableTraining
 
 MASK_KINDS = ("center", "boxes", "strokes")
 
@@ -123,19 +122,20 @@ def make_mask(kind: str, h: int, w: int, fraction: float, g: torch.Generator) ->
 
 
 class InpaintingCollate:
+    """Training batches draw augmentation and masks from the batch's own generator (seed, epoch, position:
+    datamodules/resumable.py); evaluation masks are fixed per sample."""
     SPLIT_SALT = {"train": 0, "val": 1, "test": 2}
 
-    def __init__(self, transform, split: str, kind: str, fraction: float, seed: int, gen: WorkerGenerator):
+    def __init__(self, transform, split: str, kind: str, fraction: float, seed: int):
         self.transform, self.split, self.kind, self.fraction, self.seed = transform, split, kind, fraction, seed
-        self.gen = gen
 
     def fixed_generator(self, index: int) -> torch.Generator:
         return torch.Generator().manual_seed((self.seed * 1_000_003 + self.SPLIT_SALT[self.split]) * 10_000_019 + index)
 
-    def __call__(self, items):
+    def __call__(self, items, key: Optional[BatchKey] = None):
         images, _, index = stack_items(items)
         train = self.split == "train"
-        g = self.gen.get() if train else None
+        g = key.generator(self.seed, "inpainting") if train else None
         target = self.transform(images, train, g)
         h, w = target.shape[-2:]
         masks = [make_mask(self.kind, h, w, self.fraction, g if train else self.fixed_generator(int(i)))
@@ -144,7 +144,7 @@ class InpaintingCollate:
         return target * (1 - mask), mask, target
 
 
-class InpaintingDataModule(L.LightningDataModule):
+class InpaintingDataModule(ResumableTraining, L.LightningDataModule):
     def __init__(self, datamodule: Optional[L.LightningDataModule] = None, mask: str = "center",
                  hole_fraction: float = 0.25, seed: Optional[int] = None, **cifar_kwargs):
         """`datamodule`: an image DataModule of this package (CIFAR10DataModule or one like it: uint8
@@ -167,7 +167,6 @@ class InpaintingDataModule(L.LightningDataModule):
         self.datamodule = datamodule
         self.mask_kind, self.hole_fraction = mask, hole_fraction
         self.seed = seed if seed is not None else getattr(datamodule, "seed", 0)
-        self._mask_gen = torch.Generator().manual_seed(self.seed + 7)
         self.save_hyperparameters(ignore=["datamodule"])
 
     # -- delegated properties
@@ -200,17 +199,10 @@ class InpaintingDataModule(L.LightningDataModule):
         self.setup("fit" if split != "test" else "test")
         dm = self.datamodule
         dataset = {"train": dm.train_set, "val": dm.val_set, "test": dm.test_set}[split]
-        collate = InpaintingCollate(dm.transform, split, self.mask_kind, self.hole_fraction, self.seed,
-                                    WorkerGenerator(self._mask_gen, salt=1))
-        return DataLoader(dataset, collate_fn=collate, **dm.loader_kwargs(shuffle=split == "train"))
-
-    def state_dict(self) -> dict:
-        """The mask generator's state and the wrapped module's (saved in Lightning checkpoints)."""
-        return {"mask": generator_states(self), "images": self.datamodule.state_dict()}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        load_generator_states(self, state_dict.get("mask", {}))
-        self.datamodule.load_state_dict(state_dict.get("images", {}))
+        collate = InpaintingCollate(dm.transform, split, self.mask_kind, self.hole_fraction, self.seed)
+        if split == "train":  # this module's position goes into checkpoints (ResumableTraining)
+            return self.shuffled_loader(dataset, dm.batch_size, self.seed, collate, **dm.loader_kwargs())
+        return dm.eval_loader(dataset, collate)
 
     def train_dataloader(self):
         return self._loader("train")

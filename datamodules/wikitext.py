@@ -65,7 +65,7 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from .common import (DataUnavailableError, SourcedDataModule, cache_write_error, check_bool, check_choice, check_int,
                      load_cached, make_folder, settings_key)
@@ -119,6 +119,11 @@ class LMBlocks(Dataset):
             raise IndexError(i)
         block = self.stream[i * self.seq_len : (i + 1) * self.seq_len + 1].long()
         return (block[:-1], block[1:], i) if self.return_index else (block[:-1], block[1:])
+
+
+def stack_blocks(items, key=None):
+    """A training batch of LMBlocks items (nothing random in it, so the BatchKey is not needed)."""
+    return default_collate(items)
 
 
 class _WordVocab:
@@ -498,7 +503,7 @@ class WikiTextDataModule(SourcedDataModule):
     def _loader(self, dataset, shuffle: bool) -> DataLoader:
         if dataset is None:
             raise RuntimeError("call setup() with the matching stage first")
-        return DataLoader(dataset, **self.loader_kwargs(shuffle=shuffle))
+        return self.train_loader(dataset, stack_blocks) if shuffle else self.eval_loader(dataset)
 
     def train_dataloader(self):
         return self._loader(self.train_set, shuffle=True)

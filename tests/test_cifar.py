@@ -235,9 +235,11 @@ def test_normalisation_gives_zero_mean_unit_std_and_strong_augment_runs(tmp_path
     z = BatchTransform(dm.mean, dm.std, "none")(x, train=False)
     assert torch.allclose(z.mean((0, 2, 3)), torch.zeros(3), atol=1e-4)
     assert torch.allclose(z.std((0, 2, 3)), torch.ones(3), atol=1e-3)
-    xb, yb = next(iter(dm.train_dataloader()))
+    loader = dm.train_dataloader()
+    xb, yb = next(iter(loader))
     assert xb.shape == (250, 3, 32, 32) and torch.isfinite(xb).all() and yb.shape == (250,)
-    assert not torch.allclose(xb, next(iter(dm.train_dataloader()))[0])  # fresh randomness each pass
+    assert not torch.allclose(xb, next(iter(loader))[0])  # fresh randomness each epoch
+    assert torch.equal(xb, next(iter(dm.train_dataloader()))[0])  # and the same epoch 0 for the same seed
 
 
 def test_bad_arguments(tmp_path):

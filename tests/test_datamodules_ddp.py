@@ -4,18 +4,23 @@ Every batch carries the samples' positions in their split (IMDB: batch["index"];
 `return_index=True`: the last element of the batch tuple), and a tiny LightningModule records them per rank.
 
 How the end of the epoch is accounted for:
-  * Lightning's DistributedSampler (use_distributed_sampler=True, drop_last=False) pads the index list to
+  * Training loaders shard themselves (datamodules/resumable.py, EpochBatches: a DistributedSampler, so
+    Lightning leaves them alone): each epoch's batches are dealt round-robin, and when their count is odd the
+    largest is split in two, so the ranks get the same number of batches, are exactly disjoint and cover
+    every sample.
+  * Evaluation loaders get Lightning's DistributedSampler (use_distributed_sampler=True, drop_last=False), which pads the index list to
     2 * ceil(N / 2) by repeating its first indices, so each rank sees exactly ceil(N / 2) samples, no sample twice
     within a rank, the union is all N, and the ranks share exactly pad = 2 * ceil(N / 2) - N samples (0 or 1).
     The split sizes are chosen odd and even so both cases run.
-  * IMDB's BucketBatchSampler (bucket_by_length=True, use_distributed_sampler=False) shards whole batches and,
+  * IMDB's evaluation BucketBatchSampler (bucket_by_length=True, use_distributed_sampler=False) shards whole batches and,
     when the batch count is odd, splits the largest batch in two instead of dropping or repeating: the ranks get
     the same number of batches, are exactly disjoint and cover every sample.
 
 The real run (`Trainer(accelerator="cpu", devices=2, strategy="ddp")`, gloo) runs this file as a script in a
 subprocess (Lightning's launcher starts the second process by running it again), all four data modules in one
 launch (about 10 s on 2 cores, so it stays in the default suite). The fast in-process test applies Lightning's own sampler injection (`_get_distributed_sampler`,
-`_update_dataloader`) for rank 0 and 1 without processes.
+`_update_dataloader`) to the evaluation loaders for rank 0 and 1 without processes, and hands the others a
+stand-in trainer with the world size and rank.
 """
 import json
 import math
@@ -116,7 +121,7 @@ def test_two_ddp_processes_see_disjoint_shards(tmp_path):
         assert [r["rank"] for r in recs] == [0, 1] and all(r["world_size"] == 2 for r in recs)
         for split in ("train", "val"):
             n = recs[0]["sizes"][split]
-            check_shards([r["seen"][split] for r in recs], n, padded=use_ds)
+            check_shards([r["seen"][split] for r in recs], n, padded=use_ds and split == "val")
             assert recs[0]["batches"][split] == recs[1]["batches"][split]  # DDP needs equal step counts
 
 
@@ -143,17 +148,16 @@ def test_distributed_sampler_shards_are_disjoint_in_process(tmp_path, name):
             dm = make()
             dm.prepare_data()
             dm.setup("fit")
-            if use_ds:
-                loader = dm.train_dataloader() if shuffle else dm.val_dataloader()
-                loader = _shard_with_lightnings_sampler(loader, rank, shuffle)
-            else:  # the bucketing sampler shards itself from the trainer's world size and rank
+            if use_ds and not shuffle:
+                loader = _shard_with_lightnings_sampler(dm.val_dataloader(), rank, shuffle)
+            else:  # training loaders (and the bucketing sampler) shard themselves from the trainer's world size and rank
                 dm.trainer = SimpleNamespace(world_size=2, global_rank=rank)
                 loader = dm.train_dataloader() if shuffle else dm.val_dataloader()
             batches = [batch_index(b) for b in loader]
             seen.append([i for b in batches for i in b])
             n_batches.append(len(batches))
         n = len(dm.train_set if shuffle else dm.val_set)
-        check_shards(seen, n, padded=use_ds)
+        check_shards(seen, n, padded=use_ds and not shuffle)
         assert n_batches[0] == n_batches[1]
 
 

@@ -4,15 +4,19 @@ mechanisms, a few steps each.
 - One command writes study.json, the table (markdown, CSV), the trade-off plots (PNG, PDF), the attention
   maps and report.md, with one row per mechanism holding its efficiency figures.
 - A second run of the same command trains nothing: every run is found finished in the log folder.
-- A mechanism that fails mid-study is recorded as failed (with its error) and the others complete.
+- A mechanism that fails mid-study is recorded as failed (with its error, and failed.json in its folder) and
+  the others complete. A study stopped during a run resumes that run from its last.ckpt when run again.
 - A mechanism the task cannot use is listed as skipped, with the reason; seeds give mean +- std.
 - Bad input (an unscoped option, a task without attention) is one sentence and exit 2.
 """
 import csv
 import json
+import os
+import signal
 from pathlib import Path
 
 import pytest
+import torch
 
 from training.runner import main
 from training.study import STUDY_FILE, scoped_options
@@ -82,10 +86,56 @@ def test_failing_mechanism_is_recorded_and_the_others_complete(tmp_path, monkeyp
     rows = {r["attention"]: r for r in csv.DictReader((out / "table.csv").open())}
     assert rows["linear"]["status"] == "failed" and rows["softmax"]["status"] == "finished"
 
+    failed_dir = logdir / "vit-linear-synthetic" / "version_0"  # marked, so no report or re-run takes it for a run
+    assert "simulated kernel failure" in json.loads((failed_dir / "failed.json").read_text())["error"]
+    assert not (failed_dir / "results.json").exists()
+
     monkeypatch.undo()  # the failure is fixed: a re-run trains linear only
     code, again, _, _ = study(tmp_path, "--model", "vit", "--attention", "linear,softmax")
     assert {r["attention"]: (r["status"], r["reused"]) for r in again["runs"]} == {"linear": ("finished", False),
                                                                                    "softmax": ("finished", True)}
+
+
+def test_a_study_stopped_mid_run_resumes_that_run_and_leaves_no_orphan(tmp_path, monkeypatch, capsys):
+    """Ctrl+C (a real SIGINT to this process) during linear's second training step: the run stops at the end
+    of that step with a checkpoint and the study stops (exit 130). The re-run resumes linear in the same
+    folder from that checkpoint; one folder per run, no orphan. A run killed before any checkpoint (its
+    last.ckpt removed here, as a SIGKILL before the first save leaves it) is removed and trained again."""
+    from models.attention.linear import LinearAttention
+
+    forward, calls = LinearAttention.forward, []
+
+    def interrupted_forward(self, *args, **kwargs):
+        if self.training:
+            calls.append(1)
+            if len(calls) == 3:  # depth 2: the first layer of the second training step
+                os.kill(os.getpid(), signal.SIGINT)
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(LinearAttention, "forward", interrupted_forward)
+    code, data, logdir, out = study(tmp_path, "--model", "vit", "--attention", "softmax,linear")
+    assert code == 128 + signal.SIGINT
+    assert "training stopped by SIGINT after step 2" in capsys.readouterr().err
+    assert [(r["attention"], r["status"]) for r in data["runs"]] == [("softmax", "finished"), ("linear", "pending")]
+    linear = logdir / "vit-linear-synthetic" / "version_0"
+    ckpt = torch.load(linear / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 2 and not (linear / "results.json").exists()
+
+    monkeypatch.undo()
+    code, again, _, _ = study(tmp_path, "--model", "vit", "--attention", "softmax,linear")
+    assert code == 0 and "resuming it from" in capsys.readouterr().out
+    assert {r["attention"]: (r["status"], r["reused"]) for r in again["runs"]} == {"softmax": ("finished", True),
+                                                                                   "linear": ("finished", False)}
+    assert versions(logdir) == ["vit-linear-synthetic/version_0", "vit-softmax-synthetic/version_0"]
+    assert json.loads((linear / "results.json").read_text())["steps"] == 3
+
+    # killed before its first checkpoint: the folder is removed and the run trained again
+    (linear / "results.json").unlink()
+    (linear / "checkpoints" / "last.ckpt").unlink()
+    code, third, _, _ = study(tmp_path, "--model", "vit", "--attention", "softmax,linear")
+    assert code == 0 and "an interrupted run with no checkpoint" in capsys.readouterr().out
+    assert versions(logdir) == ["vit-linear-synthetic/version_0", "vit-softmax-synthetic/version_0"]
+    assert json.loads((linear / "results.json").read_text())["steps"] == 3
 
 
 def test_causal_task_skips_mechanisms_with_reason_and_seeds_aggregate(tmp_path):

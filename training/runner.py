@@ -16,12 +16,14 @@ import shutil
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import lightning as L
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -31,10 +33,13 @@ from datamodules import DataUnavailableError
 from models.tasks import get_task
 from profiling.sweep import is_oom, one_line
 from training.config import SETTING, UsageError, build_parser, resolve_config
-from training.study import is_study, run_study
+from training.study import FAILED_FILE, is_study, run_study
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
+# Lightning asks the DataLoader itself for a state; ours keep their position in the DataModule's state
+# (datamodules/resumable.py), so a mid-epoch resume is exact and this warning does not apply
+warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
 # settings a resumed run may change: budget, hardware and bookkeeping, not what the network is
 RESUME_FREE = {"max_epochs", "max_steps", "limit_train_batches", "limit_val_batches", "limit_test_batches",
                "val_check_interval", "log_every_n_steps", "precision", "accelerator", "devices", "strategy",
@@ -283,7 +288,7 @@ def run_args(args, extra_callbacks: Sequence = ()) -> Dict[str, Any]:
         m = re.fullmatch(r"version_(\d+)", ckpt.parent.parent.name)
         if m and ckpt.parent.name == "checkpoints" and ckpt.parent.parent.parent.name == run_name(cfg):
             version = int(m.group(1))  # continue the same TensorBoard run, cut back to the checkpoint
-            if not args.fast_dev_run:
+            if not args.fast_dev_run and rank_zero_only.rank == 0:  # DDP's other processes start later: never them
                 truncate_events(ckpt.parent.parent, ckpt_dict)
     del ckpt_dict
     trainer = build_trainer(cfg, args, task, version, extra_callbacks)
@@ -309,27 +314,48 @@ def run_args(args, extra_callbacks: Sequence = ()) -> Dict[str, Any]:
     if trainer.is_global_zero:
         if results["log_dir"]:
             write_json(Path(results["log_dir"]) / "results.json", results)
+            (Path(results["log_dir"]) / FAILED_FILE).unlink(missing_ok=True)  # an earlier failure, resumed
         print(summary_line(results))
     return results
 
 
 def fit(trainer, module, dm, ckpt: Optional[Path]) -> None:
-    """trainer.fit; a full disk or exhausted memory becomes RunFailed naming the last good checkpoint."""
+    """trainer.fit; a full disk or exhausted memory becomes RunFailed naming the last good checkpoint. A run
+    that fails leaves failed.json (the one-line error) in its folder, so a report or a study's re-run can
+    tell it from a finished run (results.json) and from one that was stopped and can be resumed."""
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None)
-    except (OSError, RuntimeError, MemoryError) as e:
-        if isinstance(e, (NonFiniteLossError, TrainingInterrupted)):
+    except (KeyboardInterrupt, TrainingInterrupted):
+        raise
+    except BaseException as e:
+        error = e
+        if isinstance(e, (OSError, RuntimeError, MemoryError)) and not isinstance(e, NonFiniteLossError):
+            if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+                error = RunFailed(f"training stopped at step {trainer.global_step}: the disk is full "
+                                  f"({e.filename or 'while writing'}); {last_good(trainer)}")
+            elif is_oom(e):
+                error = RunFailed(f"training stopped at step {trainer.global_step}: out of memory "
+                                  f"({one_line(e)[:160]}); {last_good(trainer)}")
+        mark_failed(trainer, error)
+        if error is e:
             raise
-        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-            cause = f"the disk is full ({e.filename or 'while writing'})"
-        elif is_oom(e):
-            cause = f"out of memory ({one_line(e)[:160]})"
-        else:
-            raise
-        last = next((c.last_model_path for c in trainer.callbacks if isinstance(c, LastCheckpoint)), "")
-        where = (f"the last good checkpoint is {last} (resume with --ckpt-path last)" if last and Path(last).is_file()
-                 else "no checkpoint had been saved yet")
-        raise RunFailed(f"training stopped at step {trainer.global_step}: {cause}; {where}") from None
+        raise error from None
+
+
+def last_good(trainer) -> str:
+    last = next((c.last_model_path for c in trainer.callbacks if isinstance(c, LastCheckpoint)), "")
+    return (f"the last good checkpoint is {last} (resume with --ckpt-path last)" if last and Path(last).is_file()
+            else "no checkpoint had been saved yet")
+
+
+def mark_failed(trainer, error: BaseException) -> None:
+    log_dir = trainer.log_dir if trainer.logger else None
+    if log_dir and trainer.is_global_zero and Path(log_dir).is_dir():
+        try:
+            write_json(Path(log_dir) / FAILED_FILE, {"error": one_line(error),
+                                                     "step": trainer.global_step})
+        except OSError:
+            pass  # the disk that failed the run may refuse this too; the error itself still reaches the user
 
 
 def check_run_flags(args) -> None:

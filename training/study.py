@@ -28,15 +28,18 @@ import argparse
 import copy
 import json
 import shlex
+import shutil
 import sys
 import time
 import traceback
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+from callbacks import LAST, TrainingInterrupted
 from training.config import ALL, UsageError, resolve_config
 
 STUDY_FILE = "study.json"
+FAILED_FILE = "failed.json"  # written by the runner into a run folder whose training raised
 # settings that do not change what a run computes: a finished run with other values still counts
 IGNORED_KEYS = {"progress_bar", "num_workers", "cache_dir", "data_dir", "profiler", "source_used", "num_classes",
                 "mean", "std"}
@@ -143,6 +146,26 @@ def find_finished(logdir: Path, cfg: Dict[str, Any]) -> Optional[Path]:
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
+def find_unfinished(logdir: Path, cfg: Dict[str, Any]) -> Optional[Path]:
+    """The newest version folder of this config that a killed or interrupted run left behind: its
+    hparams.yaml holds the config, but it has no results.json and is not marked failed (failed.json)."""
+    import yaml
+
+    want = {k: v for k, v in _plain(cfg).items() if k not in IGNORED_KEYS}
+    found = []
+    for hparams in logdir.glob(f"{cfg['model']}-{cfg['attention']}-*/version_*/hparams.yaml"):
+        folder = hparams.parent
+        if (folder / "results.json").exists() or (folder / FAILED_FILE).exists():
+            continue
+        try:
+            saved = _plain((yaml.full_load(hparams.read_text()) or {}).get("config") or {})
+        except (OSError, yaml.YAMLError):
+            continue
+        if all(saved.get(k) == v for k, v in want.items()):
+            found.append(folder)
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
 def read_run(folder: Path) -> Dict[str, Any]:
     out = {"log_dir": str(folder)}
     for key, name in (("results", "results.json"), ("efficiency", "efficiency.json")):
@@ -188,16 +211,17 @@ def run_study(args: argparse.Namespace, argv: Optional[List[str]] = None) -> Dic
             rec.update(status="finished", reused=True, **read_run(done))
             log(f"{label}: finished earlier, skipped ({done})")
         else:
+            run_args_ = resume_unfinished(logdir, run, label)
             log(f"{label}: training ({time.perf_counter() - started:.0f} s into the study)")
             t0 = time.perf_counter()
             try:
                 from training.runner import run_args
 
-                results = run_args(run["args"])
+                results = run_args(run_args_)
                 rec.update(status="finished", reused=False, **read_run(Path(results["log_dir"])))
                 log(f"{label}: done in {time.perf_counter() - t0:.0f} s")
-            except KeyboardInterrupt:
-                raise
+            except (KeyboardInterrupt, TrainingInterrupted):
+                raise  # the user stopped the study: a re-run resumes this run from its last.ckpt
             except Exception as e:  # noqa: BLE001 - one mechanism's failure must not stop the others
                 rec.update(status="failed", error=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
                            traceback=traceback.format_exc(limit=8))
@@ -213,6 +237,24 @@ def run_study(args: argparse.Namespace, argv: Optional[List[str]] = None) -> Dic
     log(f"{len(records) - len(failed)} of {len(records)} runs finished, {len(failed)} failed, {len(skipped)} mechanisms "
         f"skipped; report: {study['report']}")
     return study
+
+
+def resume_unfinished(logdir: Path, run: Dict[str, Any], label: str) -> argparse.Namespace:
+    """The flags for a run: resumed from its last.ckpt when an earlier study was killed or stopped during
+    it; an interrupted run that had saved no checkpoint is removed (its TensorBoard files hold only the
+    steps before the kill) and trained again."""
+    partial = find_unfinished(logdir, run["config"])
+    if partial is None:
+        return run["args"]
+    last = partial / "checkpoints" / LAST
+    if last.is_file():
+        log(f"{label}: an earlier study stopped during this run; resuming it from {last}")
+        a = copy.copy(run["args"])
+        a.ckpt_path = str(last)
+        return a
+    log(f"{label}: removing {partial}, an interrupted run with no checkpoint to resume from")
+    shutil.rmtree(partial)
+    return run["args"]
 
 
 def sweep(study_dir: Path, runs: List[Dict[str, Any]], task) -> Path:

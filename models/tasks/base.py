@@ -9,7 +9,8 @@
 - Attention maps of a fixed validation batch are logged as a (layer x head) image grid for mechanisms
   that can produce them (`net.has_attention_maps`).
 - Checkpoints carry the global RNG states, restored when training starts, so a resumed run continues
-  with the same random draws (dropout, drop-path) as an uninterrupted one.
+  with the same random draws (dropout, drop-path) as an uninterrupted one, and the training metrics'
+  running states, so an epoch cut by a resume reports the same metrics.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import lightning as L
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torchmetrics import MetricCollection
+from torchmetrics import MeanMetric, MetricCollection
 
 STAGES = ("train", "val", "test")
 
@@ -42,6 +43,11 @@ class TaskModule(L.LightningModule):
         self.betas = tuple(config.get("betas", (0.9, 0.999)))
         # keyed "train_", ... : ModuleDict keys may not shadow nn.Module attributes such as `train`
         self.metrics = nn.ModuleDict({f"{stage}_": self.make_metrics().clone(prefix=f"{stage}/") for stage in STAGES})
+        # the training metrics' running states travel in checkpoints: a run resumed mid-epoch reports the
+        # epoch's metrics over all its batches, not only those after the resume
+        self.metrics["train_"].persistent(True)
+        self.train_loss = MeanMetric()  # train/loss_epoch, for the same reason (Lightning's own means are not saved)
+        self.train_loss.persistent(True)
         self._map_batch: Optional[Any] = None
         self._pending_rng: Optional[Dict[str, Any]] = None
 
@@ -69,8 +75,11 @@ class TaskModule(L.LightningModule):
     def model_step(self, batch: Any, stage: str) -> Tensor:
         loss, update, n = self.compute(batch)
         self.metrics[f"{stage}_"].update(**update)
-        self.log(f"{stage}/loss", loss.detach(), on_step=stage == "train", on_epoch=True, prog_bar=True,
-                 batch_size=n, sync_dist=stage != "train")
+        if stage == "train":
+            self.train_loss.update(loss.detach(), n)
+            self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False, prog_bar=True, batch_size=n)
+        else:
+            self.log(f"{stage}/loss", loss.detach(), on_epoch=True, prog_bar=True, batch_size=n, sync_dist=True)
         return loss
 
     def training_step(self, batch, batch_idx):
@@ -90,6 +99,8 @@ class TaskModule(L.LightningModule):
         self.metrics[f"{stage}_"].reset()
 
     def on_train_epoch_end(self):
+        self.log("train/loss_epoch", self.train_loss.compute(), sync_dist=False)  # torchmetrics synced it
+        self.train_loss.reset()
         self._log_epoch_metrics("train")
 
     def on_validation_epoch_end(self):
@@ -155,6 +166,12 @@ class TaskModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         self._pending_rng = checkpoint.get("rng_states")
+        # checkpoints written before the training metrics were saved load with fresh (empty) ones
+        state = checkpoint.get("state_dict")
+        if isinstance(state, dict):
+            for key, value in self.state_dict().items():
+                if key.startswith(("metrics.train_.", "train_loss.")) and key not in state:
+                    state[key] = value
 
     def on_train_start(self) -> None:
         # restored here, after the sanity check, so nothing between restore and the first batch draws from them
