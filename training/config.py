@@ -10,14 +10,19 @@ import argparse
 import ast
 import math
 import re
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
+
+from lightning.fabric.connector import _PRECISION_INPUT_STR
+from lightning.pytorch.accelerators import AcceleratorRegistry
 
 from datamodules.common import DATA_SOURCES
 from models.attention import attention_options, build_attention, get_attention, list_attentions
 from models.attention.base import causal_alternatives
 from models.tasks import get_task, list_tasks
+from profiling.sweep import is_oom
 
 NO_ATTENTION = "none"
 ALL = "all"  # --attention all: the comparison study (training/study.py)
@@ -137,6 +142,8 @@ def S(key, kind, help=None, **kw) -> Setting:
 POSITIVE = dict(lo=0, lo_open=True)
 PROBABILITY = dict(lo=0, hi=1, hi_open=True)  # a rate in [0, 1)
 SEED_MAX = 2**32 - 1  # numpy's seeds are 32-bit
+PRECISIONS = typing.get_args(_PRECISION_INPUT_STR)  # Lightning's own list (its short aliases are deprecated)
+ACCELERATORS = ("auto", "gpu", *sorted(AcceleratorRegistry.available_accelerators()))
 # Every key a run config can hold. Those with help text are also command-line flags (in this order).
 SETTINGS: List[Setting] = [
     # data
@@ -181,8 +188,8 @@ SETTINGS: List[Setting] = [
     S("limit_test_batches", "int|float", "batches of the final test (int) or a fraction", lo=1),
     S("val_check_interval", "int|float", "validate every N steps (int) or fraction of an epoch", lo=1),
     S("log_every_n_steps", "int", "training scalars every N steps", lo=1),
-    S("precision", "str", "32-true | bf16-mixed | 16-mixed | ..."),
-    S("accelerator", "str", "auto | cpu | gpu | ..."),
+    S("precision", "str", "32-true | bf16-mixed | 16-mixed | ...", choices=PRECISIONS),
+    S("accelerator", "str", "auto | cpu | gpu | ...", choices=ACCELERATORS),
     S("devices", "devices", "auto, a count, or a list such as 0,1"),
     S("strategy", "str", "auto | ddp | ddp_spawn | fsdp | deepspeed ... (Lightning's)"),
     S("seed", "int", "random seed (data order, initialisation, dropout)", lo=0, hi=SEED_MAX),
@@ -217,8 +224,18 @@ TRAINER_DEFAULTS = dict(precision="32-true", accelerator="auto", devices="auto",
 KEYS = set(SETTING)
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag as a UsageError (one line, exit 2 in main) instead of usage + error."""
+
+    def error(self, message: str):
+        for kind, expected in (("int", "an integer"), ("float", "a number"), ("_number", "a number")):
+            if f"invalid {kind} value" in message:
+                message += f" (expected {expected})"
+        raise UsageError(message.replace("invalid _number value", "invalid value"))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="train.py",
         description="Train a task model with a chosen attention mechanism; logs, checkpoints and the test result "
                     "land in lightning_logs/<model>-<attention>-<data source>/version_N/.",
@@ -407,6 +424,11 @@ def check_attention(task, cfg: Dict[str, Any]) -> None:
         attn = build_attention(name, int(cfg["dim"]), int(cfg["heads"]), **options)
     except (ValueError, TypeError) as e:
         raise UsageError(f"--attention {name} with options {cfg['attention_options'] or '{}'}: {e}") from None
+    except (RuntimeError, MemoryError) as e:
+        if not is_oom(e):
+            raise
+        raise UsageError(f"--attention {name} at --dim {cfg['dim']} does not fit in this machine's memory; "
+                         f"lower --dim") from None
     n = task.sequence_length(cfg) if task.sequence_length else None
     if n is not None and attn.max_seq_len is not None and n > attn.max_seq_len:
         raise UsageError(f"attention '{name}' accepts at most {attn.max_seq_len} tokens but --model {task.name} "

@@ -40,6 +40,8 @@ EXIT_FAILED = 1
 # Lightning asks the DataLoader itself for a state; ours keep their position in the DataModule's state
 # (datamodules/resumable.py), so a mid-epoch resume is exact and this warning does not apply
 warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
+# Lightning 2.6's own use of a torch API that torch 2.13 deprecates: nothing a user of train.py can act on
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 # settings a resumed run may change: budget, hardware and bookkeeping, not what the network is
 RESUME_FREE = {"max_epochs", "max_steps", "limit_train_batches", "limit_val_batches", "limit_test_batches",
                "val_check_interval", "log_every_n_steps", "precision", "accelerator", "devices", "strategy",
@@ -106,6 +108,18 @@ def check_network(net, ckpt_dict: Dict[str, Any], cfg: Dict[str, Any], saved: Di
         what = ", ".join(f"{k} {saved.get(k)!r} -> {cfg.get(k)!r}" for k in changed) or "the network's layout"
         raise UsageError(f"checkpoint {ckpt} holds weights of another network shape than these settings build "
                          f"({what}); resume with the checkpoint's settings (leave those flags out)")
+
+
+def check_validation_interval(cfg: Dict[str, Any], dm) -> None:
+    """A step count for --val-check-interval must fit in an epoch (Lightning refuses it only mid-fit)."""
+    every, limit = cfg["val_check_interval"], cfg["limit_train_batches"]
+    if not isinstance(every, int) or cfg["limit_val_batches"] == 0:
+        return
+    n = len(dm.train_dataloader())  # before any state is restored, so no resume position is used up
+    per_epoch = min(n, limit if isinstance(limit, int) else int(n * limit))
+    if every > per_epoch:
+        raise UsageError(f"--val-check-interval {every} is more than the {per_epoch} training batches of an epoch; "
+                         f"give at most {per_epoch}, or a fraction of the epoch such as 0.5")
 
 
 def check_logdir(logdir: str, need_bytes: int = 0) -> None:
@@ -180,8 +194,8 @@ def prepare(cfg: Dict[str, Any]):
     except (RuntimeError, MemoryError) as e:
         if not is_oom(e):
             raise
-        raise UsageError(f"--model {cfg['model']}: the network for these sizes does not fit in memory "
-                         f"({one_line(e)[:120]}); lower --dim, --depth or --seq-len") from None
+        raise UsageError(f"--model {cfg['model']}: the network for these sizes does not fit in this machine's "
+                         f"memory; lower --dim, --depth, --seq-len or --vocab-size") from None
     return task, dm, net
 
 
@@ -217,8 +231,10 @@ def build_trainer(cfg: Dict[str, Any], args, task, logger_version: Optional[int]
     )
     try:
         return L.Trainer(**kwargs)
-    except (ValueError, TypeError, MisconfigurationException) as e:  # Lightning 2.6's is not a ValueError
-        raise UsageError(f"invalid trainer setting: {str(e).strip().splitlines()[0]}") from None
+    except (ValueError, TypeError, MisconfigurationException, ImportError, RuntimeError) as e:
+        # Lightning 2.6's MisconfigurationException is not a ValueError; an accelerator whose package is
+        # missing (--accelerator tpu) is an ImportError
+        raise UsageError(f"invalid trainer setting: {first_sentence(e)}") from None
 
 
 def parse_devices(devices):
@@ -276,6 +292,7 @@ def run_args(args, extra_callbacks: Sequence = ()) -> Dict[str, Any]:
         check_resumable(cfg, saved, ckpt)
     L.seed_everything(cfg["seed"], workers=True, verbose=False)
     task, dm, net = prepare(cfg)
+    check_validation_interval(cfg, dm)
     if ckpt is not None:
         check_network(net, ckpt_dict, cfg, saved, ckpt)
     if not args.fast_dev_run:
@@ -320,26 +337,45 @@ def run_args(args, extra_callbacks: Sequence = ()) -> Dict[str, Any]:
 
 
 def fit(trainer, module, dm, ckpt: Optional[Path]) -> None:
-    """trainer.fit; a full disk or exhausted memory becomes RunFailed naming the last good checkpoint. A run
-    that fails leaves failed.json (the one-line error) in its folder, so a report or a study's re-run can
-    tell it from a finished run (results.json) and from one that was stopped and can be resumed."""
+    """trainer.fit, with what can only go wrong while it runs turned into one sentence:
+    - a setting Lightning refuses only once it sees the data (e.g. --val-check-interval above the batches of
+      an epoch) becomes a UsageError;
+    - a full disk or exhausted memory becomes RunFailed naming the last good checkpoint.
+    A new run that fails before it saved any checkpoint leaves no folder (TensorBoard would show it as a
+    run); one that fails later leaves failed.json (the one-line error) beside its checkpoints, so a report
+    or a study's re-run can tell it from a finished run (results.json) and from a stopped one (resumable)."""
+    run_dir = Path(trainer.log_dir) if trainer.logger else None
+    created = [p for p in (run_dir, run_dir.parent, run_dir.parent.parent) if not p.exists()] if run_dir else []
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None)
-    except (KeyboardInterrupt, TrainingInterrupted):
-        raise
+    except (KeyboardInterrupt, SystemExit, TrainingInterrupted):
+        raise  # stopped, not failed: resumable from its last.ckpt
     except BaseException as e:
         error = e
-        if isinstance(e, (OSError, RuntimeError, MemoryError)) and not isinstance(e, NonFiniteLossError):
-            if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-                error = RunFailed(f"training stopped at step {trainer.global_step}: the disk is full "
-                                  f"({e.filename or 'while writing'}); {last_good(trainer)}")
-            elif is_oom(e):
-                error = RunFailed(f"training stopped at step {trainer.global_step}: out of memory "
-                                  f"({one_line(e)[:160]}); {last_good(trainer)}")
-        mark_failed(trainer, error)
+        if isinstance(e, (ValueError, TypeError, MisconfigurationException)) and trainer.global_step == 0:
+            error = UsageError(f"invalid setting: {first_sentence(e)}")
+        elif isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            error = RunFailed(f"training stopped at step {trainer.global_step}: the disk is full "
+                              f"({e.filename or 'while writing'}); {last_good(trainer)}")
+        elif isinstance(e, (RuntimeError, MemoryError)) and not isinstance(e, NonFiniteLossError) and is_oom(e):
+            error = RunFailed(f"training stopped at step {trainer.global_step}: out of memory "
+                              f"({one_line(e)[:160]}); {last_good(trainer)}")
+        if run_dir is not None and trainer.is_global_zero:
+            if run_dir in created and not any(run_dir.glob("checkpoints/*.ckpt")):
+                shutil.rmtree(run_dir, ignore_errors=True)
+                for folder in created[1:]:  # the run-name folder and the log folder, when this run made them
+                    if folder.is_dir() and not any(folder.iterdir()):
+                        folder.rmdir()
+            else:
+                mark_failed(run_dir, trainer.global_step, error)
         if error is e:
             raise
         raise error from None
+
+
+def first_sentence(e: BaseException) -> str:
+    text = " ".join(str(e).replace("`", "").split())
+    return re.split(r"(?<=[.;])\s", text, maxsplit=1)[0].rstrip(".;") if text else type(e).__name__
 
 
 def last_good(trainer) -> str:
@@ -348,12 +384,10 @@ def last_good(trainer) -> str:
             else "no checkpoint had been saved yet")
 
 
-def mark_failed(trainer, error: BaseException) -> None:
-    log_dir = trainer.log_dir if trainer.logger else None
-    if log_dir and trainer.is_global_zero and Path(log_dir).is_dir():
+def mark_failed(run_dir: Path, step: int, error: BaseException) -> None:
+    if run_dir.is_dir():
         try:
-            write_json(Path(log_dir) / FAILED_FILE, {"error": one_line(error),
-                                                     "step": trainer.global_step})
+            write_json(run_dir / FAILED_FILE, {"error": one_line(error), "step": step})
         except OSError:
             pass  # the disk that failed the run may refuse this too; the error itself still reaches the user
 
