@@ -9,7 +9,9 @@ callback writes `<dirpath>/last.ckpt` on its own schedule:
 - after every validation inside an epoch, at the start of every epoch after the first (the state at the
   end of the previous one, after its validation and everything it logged) and when training ends. These
   are states Lightning's loops resume from exactly; a save in the validation at an epoch's last batch
-  would not be (Lightning would repeat the epoch's end), so that one waits for the next epoch's start;
+  would not be (Lightning would repeat the epoch's end), so that one waits for the next epoch's start.
+  At --max-steps the state is saved at the end of the last batch, before Lightning counts the cut epoch
+  as done, so that a run continued with a larger --max-steps finishes that epoch;
 - when the loss stops being finite (FiniteLossGuard raises before the backward pass, so the weights are
   still those of the last good step, and they are checked to be finite before they are saved);
 - when the process gets SIGINT or SIGTERM: the first signal asks the run to stop at the end of the
@@ -153,10 +155,13 @@ class LastCheckpoint(Checkpoint):
         self._stop_signal = signum
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
-        if self._stop_signal is not None:
-            if self._saved_step != trainer.global_step:
-                self.save(trainer)
-            self._stop_if_asked(trainer)
+        # at --max-steps, save before Lightning closes the epoch: it counts a cut epoch as done, so a run
+        # continued with a larger --max-steps from the train-end state would skip the rest of that epoch
+        # (and, at --max-epochs 1, train nothing)
+        at_max_steps = 0 < trainer.max_steps <= trainer.global_step
+        if (self._stop_signal is not None or at_max_steps) and self._saved_step != trainer.global_step:
+            self.save(trainer)
+        self._stop_if_asked(trainer)
 
     def _stop_if_asked(self, trainer: L.Trainer) -> None:
         if self._stop_signal is not None:

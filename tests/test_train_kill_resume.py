@@ -150,3 +150,28 @@ def test_without_the_saved_position_the_continued_run_repeats_data(tmp_path, mon
     monkeypatch.setattr(ResumableTraining, "load_state_dict", lambda self, state: None)
     run([*budget, "--max-steps", "9", "--logdir", str(tmp_path / "b"), "--ckpt-path", "last"], extra_callbacks=[second])
     assert first.seen + second.seen != whole.seen
+
+
+class LearningRates(L.Callback):
+    def __init__(self):
+        self.seen = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        groups = trainer.optimizers[0].param_groups
+        self.seen.append((trainer.global_step, groups[0]["lr"], groups[1]["lr"], groups[0]["weight_decay"]))
+
+
+def test_a_run_resumed_with_another_lr_uses_it(tmp_path):
+    """After a NaN the message says to resume with a lower --lr: the restored optimiser must not keep the old
+    peak. The schedule goes on where it stood, scaled to the new peak (warm-up + cosine is a multiplier)."""
+    i = ARGS.index("--max-epochs")
+    budget = [*ARGS[:i], "--max-epochs", "1", *ARGS[i + 2:], "--warmup", "0", "--logdir", str(tmp_path)]
+    first, second = LearningRates(), LearningRates()
+    run([*budget, "--max-steps", "3", "--lr", "1e-3"], extra_callbacks=[first])
+    run([*budget, "--max-steps", "6", "--lr", "1e-4", "--weight-decay", "0.2", "--ckpt-path", "last"],
+        extra_callbacks=[second])
+    step, lr0, lr1, wd = second.seen[0]
+    # the cosine over 6 steps (the new budget) at step 3, times the new peak; both groups; the new decay
+    expected = 1e-4 * 0.5 * (1 + math.cos(math.pi * 3 / 6))
+    assert step == 3 and lr0 == pytest.approx(expected, rel=1e-12) and lr1 == lr0 and wd == 0.2
+    assert first.seen[0][1] == pytest.approx(1e-3, rel=1e-12)

@@ -183,6 +183,21 @@ class TaskModule(L.LightningModule):
             np.random.set_state(numpy_state_from_plain(s["numpy"]))
             random.setstate(s["python"])
             self._pending_rng = None
+        self._apply_config_to_restored_optimizer()
+
+    def _apply_config_to_restored_optimizer(self) -> None:
+        """A resumed run restores the optimiser and scheduler as they were, peak learning rate and weight
+        decay included; a run resumed with another --lr or --weight-decay (after a NaN, say) means the new one."""
+        for config in self.trainer.lr_scheduler_configs:
+            sched = config.scheduler  # configure_optimizers' LambdaLR
+            if list(sched.base_lrs) != [self.lr] * len(sched.base_lrs):
+                sched.base_lrs = [self.lr] * len(sched.base_lrs)
+                lrs = [base * f(sched.last_epoch) for base, f in zip(sched.base_lrs, sched.lr_lambdas)]
+                for group, lr in zip(sched.optimizer.param_groups, lrs):  # the schedule where it stands
+                    group["lr"] = lr
+                sched._last_lr = lrs
+        for optimizer in self.trainer.optimizers:
+            optimizer.param_groups[0]["weight_decay"] = self.weight_decay  # the decayed group comes first
 
 
 def numpy_state_to_plain(state) -> tuple:
