@@ -135,7 +135,8 @@ class LastCheckpoint(Checkpoint):
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         self._restore_handlers()
-        if isinstance(exception, NonFiniteLossError) and not trainer.fast_dev_run:
+        # one process only: under DDP the others are not in this hook, and saving waits for them all
+        if isinstance(exception, NonFiniteLossError) and not trainer.fast_dev_run and trainer.world_size == 1:
             if all(bool(torch.isfinite(p).all()) for p in pl_module.parameters()):
                 self.save(trainer)
                 exception.checkpoint = self.last_model_path

@@ -1,13 +1,15 @@
 """train.py end to end on synthetic data (CPU, tiny sizes): every task x a table of attention mechanisms built
-from the registries, YAML + flags precedence (bad input: test_train_bad_input.py), the NaN guard
+from the registries, YAML + flags precedence (bad input: test_train_bad_input.py), a disk that fills and
+memory that runs out mid-run (exit 1, one line, the last good checkpoint kept and named), the NaN guard
 (exit 1 naming the step and the last good checkpoint), and what a run leaves behind (results.json, the
 summary line, hparams.yaml).
 
 Runs are called in-process (`training.runner.run` / `main`), which saves the ~5 s of imports a `python train.py`
-subprocess costs; two bad inputs go through a real subprocess to check what a user sees on the terminal.
+subprocess costs.
 """
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -195,3 +197,50 @@ def test_results_summary_and_hparams(tmp_path, capsys):
     config = read_hparams(run_dir)["config"]
     assert config["attention"] == "performer" and config["attention_options"] == {"features": 16}
     assert config["source_used"] == "synthetic" and config["model"] == "imdb"
+
+
+# --------------------------------------------------------------------------------------------- failures mid-run
+def test_a_disk_that_fills_mid_run_ends_in_one_line_and_keeps_the_last_checkpoint(tmp_path, capsys, monkeypatch):
+    """The third checkpoint write fails with ENOSPC: exit 1, one line naming the step, the cause and the last
+    good checkpoint, which is still there and loads; the run is marked failed."""
+    import errno
+
+    import lightning as L
+
+    save, calls = L.Trainer.save_checkpoint, []
+
+    def filling(self, filepath, *args, **kwargs):
+        calls.append(filepath)
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device", str(filepath))
+        return save(self, filepath, *args, **kwargs)
+
+    monkeypatch.setattr(L.Trainer, "save_checkpoint", filling)
+    logdir = tmp_path / "logs"
+    code = main(args("wikitext", "softmax", logdir, "--max-epochs", "3"))
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    line = err.strip().splitlines()[-1]
+    last = logdir / "wikitext-softmax-synthetic" / "version_0" / "checkpoints" / "last.ckpt"
+    assert re.fullmatch(rf"train.py: training stopped at step \d+: the disk is full \(.*\); the last good checkpoint "
+                        rf"is {re.escape(str(last))} \(resume with --ckpt-path last\)", line), line
+    assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] > 0
+    assert json.loads((last.parent.parent / "failed.json").read_text())["error"].startswith("RunFailed: training stopped")
+
+
+def test_memory_running_out_mid_run_ends_in_one_line(tmp_path, capsys, monkeypatch):
+    from models.tasks.language_model import LanguageModelModule
+
+    compute = LanguageModelModule.compute
+
+    def exhausted(self, batch):
+        if self.training and self.global_step >= 3:
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory")
+        return compute(self, batch)
+
+    monkeypatch.setattr(LanguageModelModule, "compute", exhausted)
+    code = main(args("wikitext", "softmax", tmp_path / "logs", "--max-epochs", "3"))
+    err = capsys.readouterr().err
+    line = err.strip().splitlines()[-1]
+    assert code == 1 and "Traceback" not in err
+    assert line.startswith("train.py: training stopped at step 3: out of memory (RuntimeError: ") and "last.ckpt" in line

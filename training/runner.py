@@ -338,8 +338,8 @@ def run_args(args, extra_callbacks: Sequence = ()) -> Dict[str, Any]:
 
 def fit(trainer, module, dm, ckpt: Optional[Path]) -> None:
     """trainer.fit, with what can only go wrong while it runs turned into one sentence:
-    - a setting Lightning refuses only once it sees the data (e.g. --val-check-interval above the batches of
-      an epoch) becomes a UsageError;
+    - a setting Lightning refuses only once it sees the data (a MisconfigurationException before the first
+      step) becomes a UsageError;
     - a full disk or exhausted memory becomes RunFailed naming the last good checkpoint.
     A new run that fails before it saved any checkpoint leaves no folder (TensorBoard would show it as a
     run); one that fails later leaves failed.json (the one-line error) beside its checkpoints, so a report
@@ -352,8 +352,8 @@ def fit(trainer, module, dm, ckpt: Optional[Path]) -> None:
         raise  # stopped, not failed: resumable from its last.ckpt
     except BaseException as e:
         error = e
-        if isinstance(e, (ValueError, TypeError, MisconfigurationException)) and trainer.global_step == 0:
-            error = UsageError(f"invalid setting: {first_sentence(e)}")
+        if isinstance(e, MisconfigurationException) and trainer.global_step == 0:
+            error = UsageError(f"invalid setting: {first_sentence(e)}")  # (a ValueError is a bug: its traceback stays)
         elif isinstance(e, OSError) and e.errno == errno.ENOSPC:
             error = RunFailed(f"training stopped at step {trainer.global_step}: the disk is full "
                               f"({e.filename or 'while writing'}); {last_good(trainer)}")
