@@ -29,7 +29,9 @@ from typing import ClassVar, Dict, Optional, Tuple, Type, Union
 import torch
 from torch import Tensor, nn
 
-from .functional import check_bool, check_int, check_probability, split_heads
+from utils.checks import check_bool, check_int, check_probability
+
+from .functional import split_heads
 
 # name -> class, filled by registry.register_attention. It lives here, below the registry, so that the
 # "cannot be causal" sentence can name the alternatives without this module importing the registry.

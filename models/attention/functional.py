@@ -1,67 +1,19 @@
-"""Shared pieces of the attention block: argument checks, head split/merge, mask helpers, masked softmax
-and the kernelised (feature-map) attention used by `linear`, `performer` and `hybrid`.
+"""Shared pieces of the attention block, so that a mechanism's file holds only its own maths: head
+split/merge, mask helpers, masked softmax, the exact-attention FLOP count (softmax, naive, torch_mha),
+kernelised (feature-map) attention (linear, performer, hybrid) and sliding-window attention (local,
+hybrid). Argument checks are utils.checks (standard library only), so this package needs torch alone.
 
 Axis letters used in shape comments:
     B batch, n sequence length, d model dim, h heads, e head dim (d / h),
-    m features / landmarks / projected length, c chunks, C chunk length.
-
-Everything here depends on torch alone.
+    m features / landmarks / projected length, c chunks, C chunk length, W window block length.
 """
 from __future__ import annotations
 
-import math
-import numbers
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
-
-# --------------------------------------------------------------------------- argument checks
-# Every bad argument of the attention API is one ValueError sentence naming the argument, the value and what
-# is expected: train.py and the sweep turn ValueError into their usage errors, so nothing reaches a user as a
-# traceback from deep inside a matmul.
-
-
-def check_int(name: str, value, low: int = 1) -> int:
-    """`value` as an int >= low. bool is refused (True would silently be 1); numpy integers are accepted."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-        expected = "a positive integer" if low == 1 else f"an integer >= {low}"
-        raise ValueError(f"{name} must be {expected}, got {value!r}")
-    return int(value)
-
-
-def check_int_list(name: str, value, low: int = 1) -> Tuple[int, ...]:
-    """A non-empty list or tuple of ints >= low, as a tuple (a bare int or a string is refused whole)."""
-    try:
-        if not isinstance(value, (list, tuple)) or not value:
-            raise ValueError
-        return tuple(check_int(name, v, low) for v in value)
-    except ValueError:
-        expected = "positive integers" if low == 1 else f"integers >= {low}"
-        raise ValueError(f"{name} must be a non-empty list of {expected}, got {value!r}") from None
-
-
-def check_bool(name: str, value) -> bool:
-    """Only True or False: a string such as "no" would otherwise count as True."""
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be True or False, got {value!r}")
-    return value
-
-
-def check_choice(name: str, value, choices: Sequence[str]) -> str:
-    if not isinstance(value, str) or value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
-    return value
-
-
-def check_probability(name: str, value) -> float:
-    """A number in [0, 1) (dropout): NaN, strings and None fail here, not in nn.Dropout."""
-    if (isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value)
-            or not 0.0 <= value < 1.0):
-        raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
-    return float(value)
 
 
 # --------------------------------------------------------------------------- small helpers
@@ -135,7 +87,25 @@ def masked_softmax(scores: Tensor, allowed: Optional[Tensor]) -> Tensor:
     return attn * allowed  # zero rows that had no allowed key at all
 
 
+# --------------------------------------------------------------------------- exact attention
+
+
+def exact_attention_flops(batch: int, seq_len: int, dim: int, causal: bool) -> int:
+    """QK^T and AV: 2 * 2 * B * n^2 * d; under causality only the n(n+1)/2 visible pairs count."""
+    pairs = seq_len * (seq_len + 1) // 2 if causal else seq_len * seq_len
+    return 4 * batch * pairs * dim
+
+
 # --------------------------------------------------------------------------- kernelised attention
+
+
+def elu_features(q: Tensor, k: Tensor, mask: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+    """phi(q), phi(k) in fp32; padding keys get zero features. (B, h, n, e) each."""
+    qf = F.elu(q.float()) + 1.0
+    kf = F.elu(k.float()) + 1.0
+    if mask is not None:
+        kf = kf * mask[:, None, :, None]
+    return qf, kf
 
 
 def kernel_attention(
@@ -209,3 +179,102 @@ def kernel_weights(qf: Tensor, kf: Tensor, causal: bool, eps: float = 1e-6) -> T
         n = a.shape[-1]
         a = a.masked_fill(~torch.ones(n, n, dtype=torch.bool, device=a.device).tril_(), 0.0)
     return a / a.sum(dim=-1, keepdim=True).clamp_min(eps)
+
+
+# --------------------------------------------------------------------------- sliding windows
+
+
+def _windows(t: Tensor, nb: int, causal: bool) -> Tensor:
+    """(B, H, nb, W, *) blocks -> (B, H, nb, look*W, *): previous, own (and next) block per block."""
+    pad = [0, 0] * (t.dim() - 3) + [1, 0 if causal else 1]
+    tp = F.pad(t, pad)  # zero block before (and after)
+    look = 2 if causal else 3
+    return torch.cat([tp[:, :, i : i + nb] for i in range(look)], dim=3)
+
+
+def _window_core(q: Tensor, k: Tensor, v: Tensor, window: int, kmask: Optional[Tensor], causal: bool, scale: float) -> Tensor:
+    """q, k, v: (B, H, n, e); kmask: (B, 1|H, n) bool or None. Undilated window attention."""
+    B, H, n, e = q.shape
+    W = max(1, min(window, n))
+    pad = (-n) % W
+    if pad:
+        q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
+        if kmask is None:
+            kmask = torch.ones(B, 1, n, dtype=torch.bool, device=q.device)
+        kmask = F.pad(kmask, (0, pad), value=False)
+    nb = (n + pad) // W
+    qb = q.view(B, H, nb, W, e)
+    kw = _windows(k.view(B, H, nb, W, e), nb, causal)  # (B, H, nb, look*W, e)
+    vw = _windows(v.view(B, H, nb, W, e), nb, causal)
+    scores = (qb @ kw.transpose(-2, -1)) * scale  # (B, H, nb, W, look*W)
+
+    look = 2 if causal else 3
+    r = torch.arange(W, device=q.device)[:, None]
+    c = torch.arange(look * W, device=q.device)[None, :]
+    rel = c - W - r  # key position - query position
+    allowed = (rel >= -window) & (rel <= (0 if causal else window))  # (W, look*W)
+    # keys outside the sequence: the zero block before the first (and after the last) block
+    blk = torch.arange(nb, device=q.device)[:, None]
+    kpos = (blk - 1) * W + c  # (nb, look*W)
+    inside = (kpos >= 0) & (kpos < nb * W)
+    allowed = allowed & inside[:, None, :]  # (nb, W, look*W)
+    if kmask is not None:
+        kvalid = _windows(kmask.view(B, kmask.shape[1], nb, W), nb, causal)  # (B, 1|H, nb, look*W)
+        allowed = allowed & kvalid[:, :, :, None, :]  # (B, 1|H, nb, W, look*W)
+    attn = masked_softmax(scores, allowed)
+    y = attn @ vw  # (B, H, nb, W, e)
+    return y.view(B, H, nb * W, e)[:, :, :n]
+
+
+def sliding_window_attention(
+    q: Tensor, k: Tensor, v: Tensor, window: int, mask: Optional[Tensor] = None, causal: bool = False, dilation: int = 1, scale: Optional[float] = None
+) -> Tensor:
+    """q, k, v: (B, h, n, e); mask: (B, n) bool padding mask. Returns (B, h, n, e)."""
+    B, h, n, e = q.shape
+    scale = e**-0.5 if scale is None else scale
+    if dilation == 1:
+        return _window_core(q, k, v, window, None if mask is None else mask[:, None, :], causal, scale)
+    pad = (-n) % dilation
+    if pad:
+        q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
+        mask = torch.ones(B, n, dtype=torch.bool, device=q.device) if mask is None else mask
+        mask = F.pad(mask, (0, pad), value=False)
+    L = (n + pad) // dilation
+
+    def group(t: Tensor) -> Tensor:  # (B, h, L*delta, e) -> (B, h*delta, L, e), same residue together
+        return t.view(B, h, L, dilation, e).transpose(2, 3).reshape(B, h * dilation, L, e)
+
+    kmask = None
+    if mask is not None:
+        kmask = mask.view(B, 1, L, dilation).transpose(2, 3).expand(B, h, dilation, L).reshape(B, h * dilation, L)
+    y = _window_core(group(q), group(k), group(v), window, kmask, causal, scale)  # (B, h*delta, L, e)
+    y = y.view(B, h, dilation, L, e).transpose(2, 3).reshape(B, h, L * dilation, e)
+    return y[:, :, :n]
+
+
+def window_band(n: int, window: int, causal: bool, dilation: int, device) -> Tensor:
+    """(n, n) bool: the keys each query may see under the (dilated) window."""
+    i = torch.arange(n, device=device)[:, None]
+    j = torch.arange(n, device=device)[None, :]
+    rel = j - i
+    band = (rel % dilation == 0) & (rel >= -window * dilation) & (rel <= (0 if causal else window * dilation))
+    return band
+
+
+def dense_window_weights(q: Tensor, k: Tensor, window: int, mask: Optional[Tensor], causal: bool, dilation: int, scale: float) -> Tensor:
+    """The (B, h, n, n) matrix `sliding_window_attention` applies, written densely (O(n^2))."""
+    n = q.shape[2]
+    allowed = window_band(n, window, causal, dilation, q.device)
+    if mask is not None:
+        allowed = allowed & mask[:, None, None, :]
+    return masked_softmax((q @ k.transpose(-2, -1)) * scale, allowed)
+
+
+def window_flops(batch: int, heads: int, n: int, e: int, window: int, causal: bool, dilation: int = 1) -> int:
+    """Matmul FLOPs of the blocked implementation (computed band included, so up to 1.5x the
+    2w+1 keys a query needs; causal: 2W keys for w+1)."""
+    L = -(-n // dilation)
+    W = max(1, min(window, L))
+    padded = -(-L // W) * W
+    look = 2 if causal else 3
+    return 2 * 2 * batch * heads * dilation * padded * look * W * e

@@ -8,21 +8,13 @@ from __future__ import annotations
 from typing import Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from utils.checks import check_int
+
 from .base import Attention
-from .functional import check_int, kernel_attention, kernel_attention_flops, kernel_weights, merge_heads
+from .functional import elu_features, kernel_attention, kernel_attention_flops, kernel_weights, merge_heads
 from .registry import register_attention
-
-
-def elu_features(q: Tensor, k: Tensor, mask: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
-    """phi(q), phi(k) in fp32; padding keys get zero features. (B, h, n, e) each."""
-    qf = F.elu(q.float()) + 1.0
-    kf = F.elu(k.float()) + 1.0
-    if mask is not None:
-        kf = kf * mask[:, None, :, None]
-    return qf, kf
 
 
 @register_attention("linear")

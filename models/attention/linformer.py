@@ -21,8 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from utils.checks import check_choice, check_int
+
 from .base import Attention
-from .functional import check_choice, check_int, merge_heads, split_heads
+from .functional import merge_heads, split_heads
 from .registry import register_attention
 
 SHARING = ("headwise", "kv", "none")

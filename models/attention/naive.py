@@ -10,9 +10,8 @@ import torch
 from torch import Tensor, nn
 
 from .base import Attention
-from .functional import attention_mask, masked_softmax, merge_heads, split_heads
+from .functional import attention_mask, exact_attention_flops, masked_softmax, merge_heads, split_heads
 from .registry import register_attention
-from .softmax import exact_attention_flops
 
 
 @register_attention("naive")

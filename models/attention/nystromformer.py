@@ -28,8 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from utils.checks import check_choice, check_int
+
 from .base import Attention
-from .functional import check_choice, check_int, key_padding_mask, masked_softmax, merge_heads
+from .functional import key_padding_mask, masked_softmax, merge_heads
 from .registry import register_attention
 
 PINV = ("iterative", "exact")

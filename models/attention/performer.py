@@ -22,8 +22,10 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from utils.checks import check_bool, check_int
+
 from .base import Attention
-from .functional import check_bool, check_int, kernel_attention, kernel_attention_flops, kernel_weights, merge_heads
+from .functional import kernel_attention, kernel_attention_flops, kernel_weights, merge_heads
 from .registry import register_attention
 
 

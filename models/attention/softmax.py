@@ -12,14 +12,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .base import Attention
-from .functional import attention_mask, key_padding_mask, masked_softmax, merge_heads
+from .functional import attention_mask, exact_attention_flops, key_padding_mask, masked_softmax, merge_heads
 from .registry import register_attention
-
-
-def exact_attention_flops(batch: int, seq_len: int, dim: int, causal: bool) -> int:
-    """QK^T and AV: 2 * 2 * B * n^2 * d; under causality only the n(n+1)/2 visible pairs count."""
-    pairs = seq_len * (seq_len + 1) // 2 if causal else seq_len * seq_len
-    return 4 * batch * pairs * dim
 
 
 @register_attention("softmax")

@@ -10,9 +10,8 @@ import torch
 from torch import Tensor, nn
 
 from .base import Attention
-from .functional import attention_mask, key_padding_mask
+from .functional import attention_mask, exact_attention_flops, key_padding_mask
 from .registry import register_attention
-from .softmax import exact_attention_flops
 
 
 @register_attention("torch_mha")
