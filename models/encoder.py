@@ -13,8 +13,7 @@ Module names are stable, so per-component tools (profiling/breakdown.py) can sel
 """
 from __future__ import annotations
 
-from types import SimpleNamespace
-from typing import Any, Dict, List, Optional, Tuple, Type, Union
+from typing import Any, Dict, List, Optional, Type, Union
 
 import torch
 from torch import Tensor, nn
@@ -237,27 +236,3 @@ class TransformerEncoder(nn.Module):
             "head": [self.head],
         }
 
-
-def breakdown_target(
-    *,
-    dim: int,
-    heads: int,
-    depth: int = 4,
-    attention: AttentionSpec = "softmax",
-    attention_options: Optional[Dict[str, Any]] = None,
-    max_len: int = 1024,
-    batch: int = 1,
-    vocab_size: int = 1000,
-    num_classes: int = 2,
-) -> SimpleNamespace:
-    """`profile.py --breakdown encoder`: a token classifier, random ids as input, and its components
-    (the fields profiling.breakdown.BreakdownTarget reads: model, make_input, components)."""
-    name = attention if isinstance(attention, str) else attention.name
-    options = sized_attention_options(attention, attention_options, max_len)  # Linformer must cover the longest n
-    model = TransformerEncoder(vocab_size, dim, depth, heads, attention, num_classes, max_len, attention_options=options)
-
-    def make_input(seq_len: int) -> Tuple[Tensor]:
-        return (torch.randint(0, vocab_size, (batch, seq_len)),)  # (B, n) token ids
-
-    return SimpleNamespace(model=model, make_input=make_input, components=model.components(),
-                           description=f"TransformerEncoder(depth={depth}, dim={dim}, heads={heads}, attention={name})")

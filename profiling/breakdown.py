@@ -1,38 +1,31 @@
-"""Where a model's time and FLOPs go, component by component, across sequence lengths.
+"""Where a model's forward time and FLOPs go, component by component (attention, MLP, norms, ...), across
+sequence lengths: FLOPs by FlopCounterMode's per-module counts, time by forward hooks around each component,
+"other" for the rest. A component is a named group of modules (a dict, or a classifier of module names).
 
-    python profile.py --breakdown encoder --dim 256 --heads 4 --seq-lens 128 256 512 1024
-
-Generic over the model: a component is a named group of modules, given either as a dict
-{"attention": [blk.attn for blk in blocks], "mlp": [...], ...} or as a classifier
-`fn(qualified_name, module) -> component name or None` applied top-down (the outermost module a
-classifier names claims everything under it). Components must not nest inside each other.
-
-FLOPs: one forward under FlopCounterMode with profiling.flops.SDPA_FORMULAS; its per-module
-counts (keyed by module path, each including its submodules) are summed per component.
-Time: forward pre/post hooks around every component module read time.perf_counter (after
-torch.cuda.synchronize on CUDA), summed over the call; the median of each over `runs` calls.
-"other" = whole forward minus the components (residual adds, positions, pooling, dropout, the
-hooks' own overhead). Element-wise work has no FLOPs here (the analytic-formula convention), so
-norms show time but ~zero FLOPs.
-
-This module does not import any task network (they sit a floor above profiling/): `run_breakdown`
-is handed a `models` mapping, name -> builder, by its caller (profile.py). A builder builds the model
-and says what its components are; it lives next to the model it knows.
+    python profile.py --breakdown encoder --dim 256 --heads 4 --seq-lens 128,256,512,1024
 """
 from __future__ import annotations
 
 import csv
+import io
 import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
-from torch import nn
+from rich.console import Console
+from rich.table import Table
+from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from models.encoder import AttentionSpec, TransformerEncoder, sized_attention_options
+from utils.io import write_text
+
+from .compare import available_devices, cli_list, cli_value
 from .flops import SDPA_FORMULAS
+from .plots import STYLE, plt, save_figure
 
 Components = Union[Mapping[str, Sequence[nn.Module]], Callable[[str, nn.Module], Optional[str]]]
 OTHER = "other"
@@ -47,6 +40,33 @@ class BreakdownTarget:
     make_input: Callable[[int], tuple]
     components: Components
     description: str = ""
+
+
+def encoder_target(
+    *,
+    dim: int,
+    heads: int,
+    depth: int = 4,
+    attention: AttentionSpec = "softmax",
+    attention_options: Optional[Dict[str, Any]] = None,
+    max_len: int = 1024,
+    batch: int = 1,
+    vocab_size: int = 1000,
+    num_classes: int = 2,
+) -> BreakdownTarget:
+    """`--breakdown encoder`: models/encoder.py's token classifier, random ids as input, and its components."""
+    name = attention if isinstance(attention, str) else attention.name
+    options = sized_attention_options(attention, attention_options, max_len)  # Linformer must cover the longest n
+    model = TransformerEncoder(vocab_size, dim, depth, heads, attention, num_classes, max_len, attention_options=options)
+
+    def make_input(seq_len: int) -> Tuple[Tensor]:
+        return (torch.randint(0, vocab_size, (batch, seq_len)),)  # (B, n) token ids
+
+    return BreakdownTarget(model=model, make_input=make_input, components=model.components(),
+                           description=f"TransformerEncoder(depth={depth}, dim={dim}, heads={heads}, attention={name})")
+
+
+MODELS: Dict[str, Callable[..., BreakdownTarget]] = {"encoder": encoder_target}  # what --breakdown can take
 
 
 # ---------------------------------------------------------------------------------------- core
@@ -214,10 +234,11 @@ def breakdown(
 def write_csv(rows: List[Dict], path: Path) -> None:
     if not rows:
         return
-    with open(path, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    write_text(path, buf.getvalue())
 
 
 def _pivot(rows: List[Dict], key: str) -> Tuple[List[int], List[str], Dict[Tuple[int, str], float]]:
@@ -248,15 +269,11 @@ def markdown(rows: List[Dict], title: str = "") -> str:
 
 def plot_breakdown(rows: List[Dict], out_dir: Path, title: str = "", stem: str = "breakdown") -> List[Path]:
     """Two stacked-bar panels: share of time and share of FLOPs per component vs sequence length."""
-    from .plots import STYLE, plt  # matplotlib only when plotting; profiling.plots selects Agg first
-
     with plt.rc_context(STYLE):
         return _plot_breakdown(rows, out_dir, title, stem)
 
 
 def _plot_breakdown(rows: List[Dict], out_dir: Path, title: str, stem: str) -> List[Path]:
-    from .plots import plt, save_figure
-
     seq_lens, comps, t = _pivot(rows, "time_share")
     _, _, f = _pivot(rows, "flop_share")
     cmap = plt.get_cmap("tab10")
@@ -291,15 +308,13 @@ def _plot_breakdown(rows: List[Dict], out_dir: Path, title: str, stem: str) -> L
     return paths
 
 
-# ------------------------------------------------------------------------------ CLI entry
+# ------------------------------------------------------------------------------ profile.py --breakdown
 
 
-def run_breakdown(args, out_dir: Path, models: Mapping[str, Callable]) -> List[Dict]:
+def run_breakdown(args, out_dir: Path, models: Mapping[str, Callable[..., BreakdownTarget]] = MODELS) -> List[Dict]:
     """`profile.py --breakdown MODEL`: build MODEL (args.breakdown) with args.dim / args.heads and the
     first of args.attentions, break its forward down over args.seq_lens, write breakdown.csv,
     breakdown.md and (unless args.no_plots) breakdown.png/.pdf to out_dir."""
-    from .compare import available_devices, cli_list, cli_value
-
     name = getattr(args, "breakdown", None) or "encoder"
     if name not in models:
         raise ValueError(f"--breakdown: unknown model {name!r}; available: {', '.join(sorted(models))}")
@@ -339,7 +354,7 @@ def run_breakdown(args, out_dir: Path, models: Mapping[str, Callable]) -> List[D
     out_dir.mkdir(parents=True, exist_ok=True)
     title = f"{name} ({attention}), depth {depth}, dim {dim}, heads {heads}, batch {batch}, {device}, fwd"
     write_csv(rows, out_dir / "breakdown.csv")
-    (out_dir / "breakdown.md").write_text(markdown(rows, title))
+    write_text(out_dir / "breakdown.md", markdown(rows, title))
     if not getattr(args, "no_plots", False):
         plot_breakdown(rows, out_dir, title)
     _print_table(rows, title)
@@ -347,12 +362,6 @@ def run_breakdown(args, out_dir: Path, models: Mapping[str, Callable]) -> List[D
 
 
 def _print_table(rows: List[Dict], title: str) -> None:
-    try:
-        from rich.console import Console
-        from rich.table import Table
-    except ImportError:
-        print(markdown(rows, title))
-        return
     seq_lens, comps, t = _pivot(rows, "time_share")
     _, _, f = _pivot(rows, "flop_share")
     table = Table(title=f"Component breakdown: {title}", caption="time share / FLOP share")

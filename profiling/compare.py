@@ -1,27 +1,26 @@
-"""`profile.py --compare-builtin`: the from-scratch attention (`naive`) against PyTorch's built-ins,
-`torch_mha` (nn.MultiheadAttention) and `softmax` (F.scaled_dot_product_attention), with shared
-weights, at several (batch, seq, dim, heads) configurations.
+"""`profile.py --compare-builtin`: the from-scratch attention (`naive`) against PyTorch's built-ins, `torch_mha`
+(nn.MultiheadAttention) and `softmax` (F.scaled_dot_product_attention), with shared weights: forward time, the
+speed-up over naive and how closely the outputs agree, at a few (batch, seq, dim, heads) configurations.
 
     python profile.py --compare-builtin --threads 2 --runs 10
-
-For each configuration and device: forward time (eval, no_grad, profiling.time_fn), the speed-up of
-each built-in over naive (ratio of medians, > 1 = faster than naive), and how closely its output
-matches naive's (cosine similarity and max |difference| of the fp32 outputs on the same input).
-Writes compare_builtin.csv and compare_builtin.md (with the machine: CPU model, threads, torch) and
-prints a table.
 """
 from __future__ import annotations
 
 import csv
+import io
 import platform
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
 import torch
+from rich.console import Console
+from rich.table import Table
 
 from models.attention import build_attention
+from utils.io import write_text
 
 from .machine import cpu_model, device_name
+from .sweep_config import DEVICE_ALIASES, DTYPES
 from .timing import time_fn
 
 REFERENCE = "naive"
@@ -33,14 +32,10 @@ DEFAULT_CONFIGS: List[Tuple[int, int, int, int]] = [  # (batch, seq, dim, heads)
     (4, 512, 768, 12),
     (1, 4096, 512, 8),
 ]
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 COLUMNS = [
     "device", "device_name", "batch", "seq_len", "dim", "heads", "dtype", "attention",
     "median_ms", "sem_ms", "runs", "threads", "speedup_vs_naive", "cosine_vs_naive", "max_abs_diff_vs_naive",
 ]  # fmt: skip
-
-
-DEVICE_ALIASES = {"gpu": "cuda"}
 
 
 def cli_value(args, name: str, default=None):
@@ -135,12 +130,6 @@ def markdown(rows: Sequence[Dict], threads) -> str:
 
 
 def _print_table(rows: Sequence[Dict], threads) -> None:
-    try:
-        from rich.console import Console
-        from rich.table import Table
-    except ImportError:
-        print(markdown(rows, threads))
-        return
     table = Table(title="naive vs PyTorch built-ins (shared weights, forward)",
                   caption=f"{cpu_model()} | threads {threads if threads is not None else torch.get_num_threads()} | torch {torch.__version__}")
     for col, just in (("device", "left"), ("B x n x d / h", "left"), ("attention", "left"), ("median ms", "right"),
@@ -174,11 +163,11 @@ def run_compare_builtin(args, out_dir: Path) -> List[Dict]:
         for batch, seq, dim, heads in configs:
             rows += compare_config(batch, seq, dim, heads, device=device, dtype=dtype, runs=runs, warmup=warmup, threads=threads)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / "compare_builtin.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=COLUMNS)
-        w.writeheader()
-        w.writerows(rows)
-    (out_dir / "compare_builtin.md").write_text(markdown(rows, threads))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=COLUMNS)
+    w.writeheader()
+    w.writerows(rows)
+    write_text(out_dir / "compare_builtin.csv", buf.getvalue())
+    write_text(out_dir / "compare_builtin.md", markdown(rows, threads))
     _print_table(rows, threads)
     return rows

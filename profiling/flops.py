@@ -1,18 +1,8 @@
-"""FLOPs three ways: the mechanism's analytic formula, a counted figure, and ptflops' MACs.
-
-Counted: torch.utils.flop_counter.FlopCounterMode over one real call. Its registry misses the fused
-CPU SDPA kernel (it counts zero) and charges causal SDPA as if it were full, so every SDPA kernel
-(CPU flash, CUDA flash / efficient / cuDNN, forward and backward) gets a formula here, bound to the
-op's own argument names: 2 * 2 * B * h * pairs * e forward, where pairs is Lq * Lk or, with
-is_causal, the visible (query, key) pairs; backward = 2x forward. nn.MultiheadAttention's fused
-inference op (_native_multi_head_attention) gets a formula too. These are *model* FLOPs (the MFU
-convention): recomputation inside a fused backward (flash recomputes QK^T) is not charged, so a
-forward + backward count equals 3x the forward count of the same matmuls. Element-wise work is
-not counted anywhere, matching the analytic formulas in models/attention.
-
-ptflops (backend "aten") reports MACs, not FLOPs (1 MAC ~ 2 FLOPs), counts bias additions as MACs,
-and sees no fused SDPA kernel: a cross-check for the projections, labelled as such.
-"""
+"""FLOPs three ways: the mechanism's analytic formula, a count by torch.utils.flop_counter.FlopCounterMode, and
+ptflops' MACs (a cross-check of the projections: MACs not FLOPs, blind to fused SDPA). The counter misses the
+fused CPU SDPA kernel and charges causal SDPA in full, so every SDPA kernel (and MHA's fused fast path) gets a
+formula here. These are model FLOPs: a fused backward's recomputation is not charged, element-wise work is not
+counted anywhere (the convention of the analytic formulas in models/attention)."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -37,6 +27,8 @@ def visible_pairs(s_q: int, s_k: int, causal: bool) -> int:
 
 
 def _sdpa_formula(op, backward: bool):
+    """2 * 2 * B * h * pairs * e forward (QK^T and AV over the visible pairs), bound to the op's own argument
+    names; backward = 2x forward."""
     names = [a.name for a in op._schema.arguments]
 
     def formula(*args, out_shape=None, **kwargs) -> int:

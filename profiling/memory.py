@@ -1,24 +1,12 @@
-"""Peak memory of one call, from the allocator's own accounting.
-
-CUDA: torch.cuda.reset_peak_memory_stats, then max_memory_allocated after the call, minus what was
-allocated before it. CPU: tracemalloc does not see tensor memory, so the PyTorch CPU allocator's
-events are read through the profiler (profile_memory=True); every allocation event carries the
-allocator's running total, and the peak of that total during the call, above its level at the start,
-is the figure. Memory that bypasses the PyTorch allocator (oneDNN / BLAS scratch, Python objects) is
-not seen on CPU. In both cases tensors that exist before the call (parameters, inputs) are excluded;
-`module_bytes` reports a module's own parameters and buffers separately.
-
-`StepMemory` is the per-step meter of the training callbacks, where a profiler session per step
-would cost far more than the step budget allows: CUDA reads the allocator's peak since a reset at
-the step's start (reserved memory alongside); CPU reads the process's resident-set high-water mark
-(Linux VmHWM), reset at the step's start through /proc/self/clear_refs. The CPU figure is every
-byte the process holds (tensors, allocator caches, BLAS scratch, the interpreter), so it is a
-superset of the profiler figure above; tests/test_efficiency_callbacks.py checks the two against each other
-on a known allocation. Its method string says which figure a log holds.
-"""
+"""Peak memory from the allocator's own accounting: `measure_peak_memory` / `peak_allocated_bytes` for one call
+(CUDA: max_memory_allocated after a reset; CPU: the PyTorch allocator's running total in profiler events, since
+tracemalloc cannot see tensors), `CPUAllocatorPeak` for the same over live work, and `StepMemory`, the per-step
+meter of the training callbacks (CUDA: the allocator's peak; CPU: the process's resident-set high-water mark).
+Tensors that exist before the work are excluded; `module_bytes` gives a module's own parameters and buffers."""
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import resource
 import sys
@@ -27,6 +15,8 @@ from typing import Callable, Optional
 
 import torch
 from torch import nn
+from torch._C._profiler import _EventType
+from torch.profiler import ProfilerActivity, profile
 
 CPU_MEMORY_METHOD = "torch.profiler CPU allocator events (profile_memory=True): peak bytes allocated during the call above the level at its start"
 CUDA_MEMORY_METHOD = "torch.cuda.max_memory_allocated after reset_peak_memory_stats, minus bytes allocated before the call"
@@ -84,15 +74,11 @@ class CPUAllocatorPeak:
         return self._prof is not None
 
     def start(self) -> None:
-        from torch.profiler import ProfilerActivity, profile
-
         self._prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
         with _quiet_fd2():  # the profiler's native layer prints on start and stop
             self._prof.__enter__()
 
     def stop(self) -> int:
-        from torch._C._profiler import _EventType
-
         if self._prof is None:
             return 0
         prof, self._prof = self._prof, None
@@ -230,3 +216,10 @@ class StepMemory:
 def _maxrss_bytes() -> int:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
+
+
+def free_memory() -> None:
+    """Collect garbage and hand cached CUDA blocks back, so the next measurement starts from a clean slate."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -1,15 +1,9 @@
-"""Publication-quality figures of a sweep, from flat result rows (profiling.results.CSV_COLUMNS).
+"""Figures of a sweep (time, memory, flops, throughput, speedup, combined; PNG at 200 dpi and PDF) from flat
+result rows (profiling/results.py). "ok" rows only; one panel per device, one line per mechanism in the same
+colour and marker in every figure; log-log axes; error bars are standard errors (sem_ms), carried into throughput
+and speed-up as relative errors. Each configuration in the rows gets its own set of figures.
 
-    from profiling.plots import plot_sweep
-    plot_sweep(read_csv_rows("runs/sweep/results.csv"), Path("runs/sweep/figures"))
-
-Figures (each as .png at 200 dpi and .pdf): time, memory, flops, throughput, speedup and combined.
-Rows whose status is not "ok" are left out. One panel per device, side by side; one line per
-mechanism, with the same colour and marker for a mechanism in every figure (a fixed mapping over
-the sorted registry names plus any other name in the rows). Log-log axes; error bars are standard
-errors (sem_ms), propagated as relative errors into throughput and speed-up. When the rows hold
-several configurations (dim, heads, batch, dtype, mode, causal), each gets its own set of figures
-with the configuration appended to the file names.
+    plot_sweep(read_csv_rows("results/sweep-.../results.csv"), Path("results/sweep-..."))
 """
 from __future__ import annotations
 
@@ -24,6 +18,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter, NullLocator  # noqa: E402
+
+from models.attention import list_attentions  # noqa: E402
 
 BASELINE = "softmax"
 FIGURES = ("time", "memory", "flops", "throughput", "speedup", "combined")
@@ -58,21 +54,10 @@ PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#0
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">", "p", "h", "*"]
 
 
-def apply_style() -> None:
-    """Make STYLE the process-wide default (plot_sweep itself only applies it inside a context)."""
-    plt.rcParams.update(STYLE)
-
-
 def mechanism_styles(names: Iterable[str]) -> Dict[str, Tuple[str, str]]:
     """name -> (colour, marker), fixed over the sorted registry names plus the given names, so a
     mechanism looks the same in every figure and every sweep."""
-    try:
-        from models.attention import list_attentions  # same floor as profiling
-
-        known = set(list_attentions())
-    except Exception:  # plotting a results file must not need the models importable
-        known = set()
-    ordered = sorted(known | set(names))
+    ordered = sorted(set(list_attentions()) | set(names))
     return {n: (PALETTE[i % len(PALETTE)], MARKERS[i % len(MARKERS)]) for i, n in enumerate(ordered)}
 
 

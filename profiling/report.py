@@ -1,22 +1,8 @@
-"""The sweep's summary: per device, one row per mechanism -- median time and peak memory at every
-length, the fitted scaling exponents, and where it overtakes exact `softmax` attention.
+"""The sweep's summary (console tables and summary.md): per device, one row per mechanism with its median time
+and peak memory at every length, its scaling exponent, and the length from which it beats `softmax`. Everything
+here takes the flat rows of profiling/results.py.
 
-    rows = read_csv_rows("results/sweep-.../results.csv")   # or [flatten(p) for p in points]
-    print_summary(rows); write_summary(rows, out_dir)       # console tables, summary.md
-    scaling_exponent(rows_of_one_mechanism, "time")         # 2.0 for t = c * n^2
-    crossover(rows_of_one_mechanism, softmax_rows, "time")  # 1234.5 | "always" | "never" | "n/a"
-
-Everything here takes the flat rows of profiling.results (results.csv or flattened results.jsonl).
-
-Scaling exponent: least-squares slope of log(metric) on log(n) over the top decade of the measured
-lengths -- the "ok" points with n >= max_n / 10 (max_n: the longest "ok" length) -- so that constant
-overheads at short lengths do not pull the slope down; at least two points, else "n/a".
-
-Crossover: over the lengths both rows measured ("ok"), the length from which the mechanism stays
-faster (smaller) than the baseline up to the longest compared length, interpolated log-log between the
-last length where it is not and the next one (where log(metric / baseline) changes sign).
-"always": faster at every compared length; "never": not faster at the longest one; "n/a": no length
-to compare (or no baseline in the sweep).
+    print_summary(read_csv_rows("results/sweep-.../results.csv")); write_summary(rows, out_dir)
 """
 from __future__ import annotations
 
@@ -24,6 +10,11 @@ import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+from rich.console import Console
+from rich.table import Table
+
+from utils.io import write_text
 
 BASELINE = "softmax"
 METRICS = {"time": "median_ms", "memory": "peak_mib", "gflops": "achieved_gflops"}
@@ -62,7 +53,8 @@ def loglog_slope(ns: Sequence[float], ys: Sequence[float]) -> Optional[float]:
 
 
 def scaling_exponent(rows: Iterable[Dict], metric: str = "time") -> Optional[float]:
-    """Log-log least-squares slope over the top decade of the "ok" lengths; None with < 2 points."""
+    """Log-log least-squares slope over the top decade of the "ok" lengths (n >= max_n / 10, so constant
+    overheads at short lengths do not pull it down): 2.0 for t = c * n^2; None with < 2 points."""
     vals = _ok_values(rows, metric)
     if not vals:
         return None
@@ -72,7 +64,9 @@ def scaling_exponent(rows: Iterable[Dict], metric: str = "time") -> Optional[flo
 
 
 def crossover(rows: Iterable[Dict], baseline_rows: Iterable[Dict], metric: str = "time") -> Crossover:
-    """Length from which `rows` stay below `baseline_rows` on `metric` (see the module docstring)."""
+    """Over the lengths both measured ("ok"), the length from which `rows` stay below `baseline_rows` on `metric`
+    up to the longest one, interpolated log-log where log(metric / baseline) changes sign: a float, "always"
+    (below at every compared length), "never" (not below at the longest) or "n/a" (nothing to compare)."""
     mine, base = _ok_values(rows, metric), _ok_values(baseline_rows, metric)
     lens = sorted(set(mine) & set(base))
     if not lens:
@@ -188,12 +182,6 @@ def summary_tables(rows: Iterable[Dict]) -> List[Dict]:
 
 
 def print_summary(rows: Iterable[Dict], console=None) -> None:
-    try:
-        from rich.console import Console
-        from rich.table import Table
-    except ImportError:  # plain text, same content
-        print(to_markdown(rows))
-        return
     if console is None:
         console = Console()
         if not console.is_terminal:  # a pipe or a log file: do not squeeze the tables into 80 columns
@@ -238,7 +226,5 @@ def to_markdown(rows: Iterable[Dict]) -> str:
 
 def write_summary(rows: Iterable[Dict], out_dir: Path) -> Path:
     path = Path(out_dir) / "summary.md"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(to_markdown(list(rows)))
-    tmp.replace(path)
+    write_text(path, to_markdown(list(rows)))
     return path

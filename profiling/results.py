@@ -1,8 +1,7 @@
-"""The sweep's results schema, shared by the runner (writes), the report and the plots (read).
-
-One point = one JSON object per line in results.jsonl (nested, complete), and one flat row in
-results.csv (CSV_COLUMNS). `flatten` turns the first into the second; readers (report, plots) take
-flat rows, so they work the same from a finished results.csv or a live results.jsonl.
+"""The sweep's results files and their schema: results.jsonl (one nested point per line, appended and fsynced
+as each point finishes, so a killed sweep loses nothing) and results.csv (one flat row per point, CSV_COLUMNS,
+written atomically). `flatten` turns a point into a row; the report and the plots read flat rows, so they work
+the same from a finished results.csv or a live results.jsonl.
 
 Point (nested):
     key            "attention|device|seq_len|batch|dim|heads|dtype|mode|causal" (resume identity)
@@ -18,9 +17,14 @@ Point (nested):
 """
 from __future__ import annotations
 
+import csv
+import io
 import json
+import os
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional
+
+from utils.io import write_text
 
 STATUSES = ("ok", "oom", "timeout", "unsupported", "error")
 FINISHED = ("ok", "oom", "timeout", "unsupported")  # not re-run on --resume ("error" is retried)
@@ -94,7 +98,37 @@ def _num(v: Optional[str]):
 
 
 def read_csv_rows(path: Path) -> List[Dict]:
-    import csv
-
     with open(path, newline="") as fh:
         return [{k: _num(v) for k, v in r.items()} for r in csv.DictReader(fh)]
+
+
+def append_point(path: Path, point: Dict) -> None:
+    """One line, flushed and fsynced before the next point starts: a killed sweep loses nothing. (An append,
+    not an atomic replace: the lines already there stay as they are.)"""
+    with open(path, "a") as fh:
+        fh.write(json.dumps(point, sort_keys=False) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def repair_jsonl(path: Path) -> None:
+    """A killed run can leave a half-written last line; end the file with a newline so the next
+    append starts a line of its own (read_points skips the broken one)."""
+    if path.exists() and path.stat().st_size:
+        with open(path, "rb+") as fh:
+            fh.seek(-1, os.SEEK_END)
+            if fh.read(1) != b"\n":
+                fh.write(b"\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+
+
+def write_csv(path: Path, points: Iterable[Dict]) -> List[Dict]:
+    """results.csv of `points`, atomically; returns the flat rows."""
+    rows = [flatten(p) for p in points]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buf.getvalue())
+    return rows

@@ -1,14 +1,12 @@
-"""Wall-clock timing with honest statistics.
+"""Wall-clock timing with honest statistics: `time_fn` (one callable), `time_interleaved` (several, in
+turn, so noise falls on all alike), `StepTimer` (spans of live work across hooks), `summarize_times`.
 
     stats = time_fn(lambda: model(x), warmup=3, runs=10, device="cpu", threads=2)
     stats.median_ms, stats.sem_ms, stats.p95_ms
 
-Warm-up runs first (lazy initialisation, allocator and cache warm-up), then `runs` timed runs, each
-timed on its own: on CUDA with events recorded around the call (the device is synchronised before the
-first and after the last), elsewhere with a clock (time.perf_counter unless one is handed in: tests
-pass a fake clock that advances by known amounts, so they check the arithmetic, not the machine's
-speed). Garbage is collected before the timed loop and the collector is disabled during it. On CPU the
-thread count is set on purpose for the call (and restored afterwards) and recorded in the result.
+Warm-up calls first, then each timed call on its own: CUDA events on CUDA, elsewhere a clock
+(time.perf_counter unless one is handed in: tests pass a ManualClock). The garbage collector is off
+while timing; on CPU the thread count is set on purpose, restored afterwards and recorded.
 """
 from __future__ import annotations
 
@@ -17,23 +15,15 @@ import math
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
+
+from utils.stats import percentile
 
 
 class TimeBudgetExceeded(RuntimeError):
     """A measurement ran past its time budget (recorded by the sweep, which then moves on)."""
-
-
-def _percentile(sorted_xs: Sequence[float], q: float) -> float:
-    """Linear interpolation between closest ranks (numpy's default), q in [0, 100]."""
-    if len(sorted_xs) == 1:
-        return sorted_xs[0]
-    pos = (len(sorted_xs) - 1) * q / 100.0
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(sorted_xs) - 1)
-    return sorted_xs[lo] + (sorted_xs[hi] - sorted_xs[lo]) * (pos - lo)
 
 
 @dataclass
@@ -73,8 +63,8 @@ def summarize_times(times_ms: Sequence[float], **meta) -> TimingStats:
         sem_ms=std / math.sqrt(n),
         min_ms=xs[0],
         median_ms=statistics.median(xs),
-        p95_ms=_percentile(xs, 95),
-        p99_ms=_percentile(xs, 99),
+        p95_ms=percentile(xs, 95),
+        p99_ms=percentile(xs, 99),
         max_ms=xs[-1],
         times_ms=list(times_ms),
         **meta,
@@ -181,6 +171,48 @@ def time_fn(
         threads=None if cuda else (threads if threads is not None else prev_threads),
         clock="cuda events" if cuda else clock_name(clock),
     )
+
+
+def time_interleaved(
+    fns: Sequence[Callable[[], object]],
+    *,
+    warmup: int = 3,
+    runs: int = 10,
+    threads: Optional[int] = None,
+    clock: Clock = time.perf_counter,
+    cpu_clock: Clock = time.process_time,
+) -> Tuple[List[TimingStats], List[float]]:
+    """Time several CPU callables in turn (a, b, a, b, ...), so that a shared machine's noise falls on all
+    alike: `warmup` untimed rounds, then `runs` timed ones. Returns each callable's TimingStats and the process
+    CPU seconds spent in its timed calls (CPU / (wall * threads) well below 1: other processes competed)."""
+    if runs < 1:
+        raise ValueError(f"runs must be >= 1, got {runs}")
+    if warmup < 0:
+        raise ValueError(f"warmup must be >= 0, got {warmup}")
+    prev_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    times: List[List[float]] = [[] for _ in fns]
+    cpu = [0.0 for _ in fns]
+    gc_was_enabled = gc.isenabled()
+    try:
+        for _ in range(warmup):
+            for fn in fns:
+                fn()
+        gc.collect()
+        gc.disable()
+        for _ in range(runs):
+            for i, fn in enumerate(fns):
+                c0, t0 = cpu_clock(), clock()
+                fn()
+                times[i].append((clock() - t0) * 1e3)
+                cpu[i] += cpu_clock() - c0
+        used = torch.get_num_threads()
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+        torch.set_num_threads(prev_threads)
+    return [summarize_times(t, device="cpu", threads=used, clock=clock_name(clock)) for t in times], cpu
 
 
 def synchronize(device) -> None:

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from models.encoder import TransformerBlock, TransformerEncoder
-from profiling.breakdown import breakdown, resolve_components, run_breakdown
+from profiling.breakdown import MODELS, breakdown, encoder_target, resolve_components, run_breakdown
 from profiling.compare import BUILTINS, REFERENCE, run_compare_builtin
 
 
@@ -63,14 +63,13 @@ def test_breakdown_with_a_classifier_function():
 
 def test_run_breakdown_writes_files(tmp_path, capsys):
     args = Namespace(breakdown="encoder", dim=32, heads=4, attentions=["softmax"], seq_lens=[16, 32], runs=1, warmup=0, threads=1)
-    from models.encoder import breakdown_target
-
-    rows = run_breakdown(args, tmp_path, models={"encoder": breakdown_target})
+    assert MODELS == {"encoder": encoder_target}
+    rows = run_breakdown(args, tmp_path)
     assert {r["seq_len"] for r in rows} == {16, 32}
     for name in ("breakdown.csv", "breakdown.md", "breakdown.png", "breakdown.pdf"):
         assert (tmp_path / name).stat().st_size > 0, name
     with pytest.raises(ValueError, match="available: encoder"):
-        run_breakdown(Namespace(breakdown="resnet"), tmp_path, models={"encoder": breakdown_target})
+        run_breakdown(Namespace(breakdown="resnet"), tmp_path)
 
 
 def test_encoder_block_shapes_mask_and_causal():

@@ -1,4 +1,5 @@
-"""The sweep runner (profiling/sweep.py) and its report (profiling/report.py), on tiny configs.
+"""The sweep (profiling/sweep.py and its pieces: sweep_config, sweep_point, budget) and its report
+(profiling/report.py), on tiny configs.
 
 The per-point time budget is checked on a ManualClock that only a patched forward advances, so which
 point times out, in which stage and after how long is known exactly, whatever the machine's speed or
@@ -14,16 +15,19 @@ import pytest
 import torch
 
 import profiling.sweep as sw
+import profiling.sweep_point as sp
 from models.attention import get_attention
-from profiling import ManualClock
+from profiling import ManualClock, is_oom
+from profiling.budget import Budget
+from profiling.sweep_config import MAX_RUNS, ConfigError, SweepConfig, parse_opts, validate
 from profiling.report import crossover, scaling_exponent, summary_tables, to_markdown
 from profiling.results import CSV_COLUMNS, point_key, read_csv_rows, read_points
 
 
-def tiny(**kw) -> sw.SweepConfig:
+def tiny(**kw) -> SweepConfig:
     base = dict(attentions=["softmax"], devices=["cpu"], seq_lens=[8, 16], dim=32, heads=4, runs=2, warmup=1, threads=1, max_seconds=60.0)
     base.update(kw)
-    return sw.SweepConfig(**base)
+    return SweepConfig(**base)
 
 
 def run(cfg, out, **kw):
@@ -88,14 +92,14 @@ def test_unsupported_points_say_why(tmp_path):
 
 
 def test_construction_error_is_unsupported(tmp_path, monkeypatch):
-    real = sw.build_attention
+    real = sp.build_attention
 
     def build(name, *a, **k):
         if name == "naive":
             raise ValueError("naive cannot be built like this; use softmax")
         return real(name, *a, **k)
 
-    monkeypatch.setattr(sw, "build_attention", build)
+    monkeypatch.setattr(sp, "build_attention", build)
     rows = by_key(run(tiny(attentions=["naive", "softmax"], seq_lens=[8]), tmp_path))
     assert rows["naive", 8]["status"] == "unsupported" and rows["naive", 8]["reason"] == "naive cannot be built like this; use softmax"
     assert rows["softmax", 8]["status"] == "ok"
@@ -115,10 +119,10 @@ def test_oom_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
 
 
 def test_oom_messages_are_recognised():
-    assert sw.is_oom(torch.OutOfMemoryError("x"))
-    assert sw.is_oom(RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you tried to allocate 80000000000 bytes"))
-    assert sw.is_oom(RuntimeError("not enough memory: you tried to allocate 1 GB"))
-    assert not sw.is_oom(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+    assert is_oom(torch.OutOfMemoryError("x"))
+    assert is_oom(RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you tried to allocate 80000000000 bytes"))
+    assert is_oom(RuntimeError("not enough memory: you tried to allocate 1 GB"))
+    assert not is_oom(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
 
 
 def test_timeout_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
@@ -150,15 +154,15 @@ def test_the_alarm_interrupts_a_stage_that_never_ends(monkeypatch):
 
     patch_forward(monkeypatch, "softmax", forever)
     handler = signal.getsignal(signal.SIGALRM)
-    point = sw.run_point(sw.PointSpec("softmax", "cpu", 16), tiny(max_seconds=0.2))
+    point = sp.run_point(sp.PointSpec("softmax", "cpu", 16), tiny(max_seconds=0.2))
     assert point["status"] == "timeout" and point["reason"].startswith("over the --max-seconds-per-point budget of 0.2 s: stopped during FLOP counting (interrupted)")
     assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0) and signal.getsignal(signal.SIGALRM) == handler
 
 
 def test_a_budget_too_long_for_the_interval_timer_still_arms_it():
-    with sw.Budget(1e300):  # setitimer overflows a time_t far below this
+    with Budget(1e300):  # setitimer overflows a time_t far below this
         left = signal.getitimer(signal.ITIMER_REAL)[0]
-    assert 0 < left <= sw.Budget.MAX_ALARM_S and signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+    assert 0 < left <= Budget.MAX_ALARM_S and signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
 
 
 def test_killed_sweep_resumes_only_the_missing_points(tmp_path, monkeypatch):
@@ -211,15 +215,18 @@ def test_a_missing_gpu_is_one_warning(tmp_path, monkeypatch):
 
 
 def test_opts_are_parsed_and_validated():
-    assert sw.parse_opts(["linformer.k=64", "linformer.sharing=kv", "performer.features=16"]) == {
+    assert parse_opts(["linformer.k=64", "linformer.sharing=kv", "performer.features=16"]) == {
         "linformer": {"k": 64, "sharing": "kv"},
         "performer": {"features": 16},
     }
+    # values as utils.checks.parse_value reads them: true/false/none/null in any case, then Python literals
+    assert parse_opts(["performer.redraw_interval=NONE", "linformer.k=0x10"]) == {"performer": {"redraw_interval": None},
+                                                                             "linformer": {"k": 16}}
     for bad in ("linformer.k", "linformer=3", "nosuch.k=1", "linformer.nosuch=1", "linformer.causal=True", "linformer.k="):
-        with pytest.raises(sw.ConfigError):
-            sw.parse_opts([bad])
-    with pytest.raises(sw.ConfigError, match="invalid"):
-        sw.validate(tiny(attentions=["linformer"], options={"linformer": {"k": -1}}))
+        with pytest.raises(ConfigError):
+            parse_opts([bad])
+    with pytest.raises(ConfigError, match="invalid"):
+        validate(tiny(attentions=["linformer"], options={"linformer": {"k": -1}}))
 
 
 @pytest.mark.parametrize("kw, message", [
@@ -230,14 +237,14 @@ def test_opts_are_parsed_and_validated():
     (dict(seq_lens=[8.5]), "--seq-lens has 8.5"),
     (dict(max_seconds=float("inf")), "--max-seconds-per-point inf"),
     (dict(max_seconds=True), "--max-seconds-per-point True"),
-    (dict(runs=sw.MAX_RUNS + 1), f"--runs {sw.MAX_RUNS + 1}"),
+    (dict(runs=MAX_RUNS + 1), f"--runs {MAX_RUNS + 1}"),
     (dict(causal="yes"), "--causal 'yes'"),
     (dict(batch=2**40, seq_lens=[2**20], dim=2**10), "2^63"),
 ])
 def test_validate_refuses_what_the_cli_refuses(kw, message):
     """A config built in code (the study's sweep, a notebook) meets the same checks as the command line."""
-    with pytest.raises(sw.ConfigError) as e:
-        sw.validate(tiny(**kw))
+    with pytest.raises(ConfigError) as e:
+        validate(tiny(**kw))
     assert message in str(e.value) and "\n" not in str(e.value)
 
 
