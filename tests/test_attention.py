@@ -2,9 +2,11 @@
 
 Tests are parametrized over `list_attentions()` and skip on the declared capability flags
 (supports_mask, supports_causal, has_weights, exact, max_seq_len); a newly registered mechanism is
-picked up automatically. Mechanism names appear only in the tables below (small test options,
-invalid option values, windowed mechanisms' expected middle-padding failure) and in the
-convergence / option tests specific to one mechanism (these skip while it is not registered).
+picked up automatically. What they build comes from the mechanism's own declarations: its
+`example_options` (small settings) and `bad_options` (values it refuses), plus bad values derived
+from its options' defaults; `test_mechanism_declares_what_the_tests_need` checks those declarations.
+Mechanism names appear only in the convergence / option tests specific to one mechanism (these skip
+while it is not registered).
 Tests marked slow (benchmark-sized) run with `make test-slow`.
 
 Default sizes: B=2, n=18, d=32, h=4 (head dim 8). n=18 is deliberately not a multiple of the small
@@ -31,41 +33,17 @@ from models.attention import (
 
 B, N, DIM, HEADS = 2, 18, 32, 4
 
-# Small options per mechanism so the suite stays fast (unknown names fall back to {}; options a
-# mechanism does not accept are dropped, so an option rename shows up as a behaviour change, not a
-# crash of the whole file).
-TEST_OPTIONS = {
-    "linformer": {"k": 8, "max_seq_len": 64},
-    "performer": {"features": 32, "chunk": 8, "redraw_interval": None},
-    "nystromformer": {"landmarks": 4},
-    "local": {"window": 3},
-    "linear": {"chunk": 8},
-    "hybrid": {"local_heads": 2, "window": 3, "chunk": 8},
-}
-
-# Invalid mechanism-specific options: each must raise ValueError naming the option and its value. Out of
-# range, and of the wrong type (a float, a bool or None where an int belongs, a string for a flag).
-BAD_OPTIONS = {
-    "linformer": [{"k": 0}, {"max_seq_len": -1}, {"sharing": "bogus"}, {"k": 8.0}, {"k": True},
-                  {"max_seq_len": None}, {"sharing": None}],
-    "performer": [{"features": 0}, {"chunk": 0}, {"redraw_interval": 0}, {"features": float("nan")},
-                  {"ortho": "yes"}, {"redraw_interval": 2.5}],
-    "nystromformer": [{"landmarks": 0}, {"pinv_iterations": 0}, {"pinv": "bogus"}, {"conv_kernel": 4},
-                      {"landmarks": None}, {"conv_kernel": True}, {"pinv": 3}],
-    "local": [{"window": 0}, {"dilation": 0}, {"window": 1.5}, {"dilation": None}],
-    "linear": [{"chunk": 0}, {"chunk": "8"}],
-    "hybrid": [{"local_heads": 5}, {"local_heads": -1}, {"window": 0}, {"dilations": ()}, {"dilations": (1, 0)},
-               {"dilations": 2}, {"dilations": "12"}, {"local_heads": 1.0}],
-}
+# The options every mechanism takes through Attention.__init__; tested for all of them in BAD_COMMON_ARGS.
+COMMON_OPTIONS = ("causal", "dropout", "bias")
+# The longest sequence a test builds from `example_options` (tests/test_flops.py counts FLOPs at 250).
+LONGEST_TEST_SEQ = 256
 
 ALL = list_attentions()
 EXACT = [n for n in ALL if get_attention(n).exact]
 
 
 def make(name, dim=DIM, heads=HEADS, seed=0, **overrides):
-    known = attention_options(name)
-    opts = {k: v for k, v in TEST_OPTIONS.get(name, {}).items() if k in known}
-    opts.update(overrides)
+    opts = {**get_attention(name).example_options, **overrides}
     torch.manual_seed(seed)
     return build_attention(name, dim, heads, **opts)
 
@@ -633,7 +611,7 @@ def test_performer_redraw_interval():
 
 @pytest.mark.parametrize("name", ALL)
 def test_default_options_run(name):
-    """The mechanisms' own defaults (what benchmarks use; TEST_OPTIONS not applied) at n=300:
+    """The mechanisms' own defaults (what benchmarks use; example_options not applied) at n=300:
     forward/backward finite, with a padding mask and causal where supported."""
     torch.manual_seed(0)
     attn = build_attention(name, 64, 4)
@@ -809,18 +787,61 @@ def test_unknown_option_lists_valid_ones(name):
     _raises(lambda: build_attention(name, DIM, HEADS, bogus_option=1), "bogus_option", *attention_options(name))
 
 
+def derived_bad_values(default):
+    """Values of the wrong type for an option with this default: a whole-number float, NaN, a bool, a string or
+    None where an int belongs; a non-bool for a flag; None or a number for a string choice; a string, None or
+    NaN for a float. A default of None says nothing about the type: such an option declares its bad values."""
+    if isinstance(default, bool):
+        return ["yes", 1, None]
+    if isinstance(default, int):
+        return [float(default), float("nan"), True, str(default), None]
+    if isinstance(default, str):
+        return [None, 3]
+    if isinstance(default, float):
+        return [str(default), None, float("nan")]
+    return []
+
+
 def _bad_option_params():
-    return [
-        pytest.param(name, opts, id=f"{name}-{'-'.join(f'{k}={v}' for k, v in opts.items())}")
-        for name in ALL
-        for opts in BAD_OPTIONS.get(name, [])
-    ]
+    out = []
+    for name in ALL:
+        cases = [dict(opts) for opts in get_attention(name).bad_options]
+        cases += [{key: bad} for key, default in attention_options(name).items() if key not in COMMON_OPTIONS
+                  for bad in derived_bad_values(default)]
+        out += [pytest.param(name, opts, id=f"{name}-{'-'.join(f'{k}={v!r}' for k, v in opts.items())}") for opts in cases]
+    return out
 
 
 @pytest.mark.parametrize("name,opts", _bad_option_params())
 def test_bad_option_values(name, opts):
     ((key, value),) = opts.items()
     _raises(lambda: build_attention(name, DIM, HEADS, **opts), key, repr(value))
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_mechanism_declares_what_the_tests_need(name):
+    """The registry-wide tests build each mechanism from its own declarations; a new mechanism is tested by
+    declaring them on its class (see models/attention/base.py), never by editing a table here."""
+    cls, options = get_attention(name), attention_options(name)
+    own = set(options) - set(COMMON_OPTIONS)
+    # example_options: a dict of the mechanism's own options (an unknown key would fail every test at build time)
+    assert isinstance(cls.example_options, dict), f"{name}: example_options must be a dict"
+    assert set(cls.example_options) <= own, f"{name}: example_options {sorted(set(cls.example_options) - own)} " \
+                                            f"are not options of its own ({sorted(own)})"
+    # ... that build at the test sizes and cover the longest sequence a test uses
+    attn = make(name)
+    assert attn.max_seq_len is None or attn.max_seq_len >= LONGEST_TEST_SEQ, \
+        f"{name}: example_options allow {attn.max_seq_len} positions, the tests use up to {LONGEST_TEST_SEQ}"
+    assert isinstance(attn.flops(N), int) and attn.flops(N) > 0, f"{name}: no analytic FLOP count"
+    # bad_options: one known option each
+    assert isinstance(cls.bad_options, (tuple, list)), f"{name}: bad_options must be a tuple of dicts"
+    for opts in cls.bad_options:
+        assert isinstance(opts, dict) and len(opts) == 1 and set(opts) <= own, \
+            f"{name}: each of bad_options must be one option of its own, got {opts!r}"
+    # an option whose default (None) tells nothing about its type must declare at least one bad value
+    declared = {key for opts in cls.bad_options for key in opts}
+    untested = sorted(k for k in own if not derived_bad_values(options[k]) and k not in declared)
+    assert not untested, f"{name}: declare a refused value of {untested} in bad_options"
 
 
 # The arguments every mechanism takes, in the constructor, forward and flops: (overrides, argument, value shown).

@@ -7,25 +7,19 @@ charges the n(n+1)/2 visible pairs; the sweep flags that gap rather than hiding 
 import pytest
 import torch
 
-from models.attention import build_attention, list_attentions
+from models.attention import build_attention, get_attention, list_attentions
 from profiling import counted_flops, flop_report
-
-SMALL = {
-    "linformer": dict(k=24, max_seq_len=512),
-    "performer": dict(features=48),
-    "nystromformer": dict(landmarks=16),
-    "local": dict(window=16),
-    "hybrid": dict(window=16),
-}
 
 
 def build(name, **kw):
+    """The mechanism with its declared `example_options` (small sizes, declared beside its maths)."""
     torch.manual_seed(0)
-    return build_attention(name, 64, 4, **SMALL.get(name, {}), **kw)
+    return build_attention(name, 64, 4, **{**get_attention(name).example_options, **kw})
 
 
+# 250 is a multiple of no chunk, window or landmark count in the example options: the padding paths run too
 @pytest.mark.parametrize("name", list_attentions())
-@pytest.mark.parametrize("n", [100, 256])
+@pytest.mark.parametrize("n", [100, 250])
 def test_forward_flops_match_counter(name, n):
     attn = build(name)
     assert counted_flops(lambda: attn(torch.randn(2, n, 64))) == attn.flops(n, batch=2)

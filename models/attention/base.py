@@ -18,13 +18,20 @@ finite but meaningless. Capabilities are class attributes, read by tests, the sw
     exact            computes exact softmax attention (up to float rounding)
     max_seq_len      instance property: longest sequence accepted, None for unbounded
 
+Two more declarations serve the registry-wide tests, so a new mechanism needs no test edits:
+
+    example_options  small settings of its own options (dim, heads, causal, dropout, bias aside) that
+                     run fast at a few hundred positions: what the tests build, and a quick start
+    bad_options      values of its options that it refuses (one option each), beyond the type errors
+                     the tests derive from the defaults (a float, bool or string where an int belongs)
+
 `flops(seq_len, batch)` is the analytic count of matmul FLOPs (2 per multiply-add) of the
 mechanism as implemented, projections included; element-wise work (softmax, exp, normalisation)
 is not counted, matching what `torch.utils.flop_counter` counts.
 """
 from __future__ import annotations
 
-from typing import ClassVar, Dict, Optional, Tuple, Type, Union
+from typing import Any, ClassVar, Dict, Optional, Tuple, Type, Union
 
 import torch
 from torch import Tensor, nn
@@ -55,6 +62,8 @@ class Attention(nn.Module):
     weights_are_distributions: ClassVar[bool] = True
     exact: ClassVar[bool] = False
     not_causal_reason: ClassVar[str] = "its approximation mixes every position with every other"
+    example_options: ClassVar[Dict[str, Any]] = {}
+    bad_options: ClassVar[Tuple[Dict[str, Any], ...]] = ()
 
     def __init__(self, dim: int, heads: int = 8, *, causal: bool = False, dropout: float = 0.0, bias: bool = True):
         super().__init__()

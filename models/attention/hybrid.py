@@ -32,6 +32,9 @@ class HybridAttention(Attention):
     supports_causal = True
     padding_anywhere = False  # windows are defined on positions: padding must sit at the ends
     has_weights = True
+    example_options = {"window": 3, "chunk": 8}
+    bad_options = ({"local_heads": -1}, {"local_heads": 1000}, {"local_heads": 1.0}, {"window": 0}, {"dilations": ()},
+                   {"dilations": (1, 0)}, {"dilations": 2}, {"dilations": "12"})
 
     def __init__(
         self,

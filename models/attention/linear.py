@@ -22,6 +22,8 @@ class LinearAttention(Attention):
     supports_mask = True
     supports_causal = True
     has_weights = True
+    example_options = {"chunk": 8}
+    bad_options = ({"chunk": 0},)
 
     def __init__(self, dim: int, heads: int = 8, *, chunk: int = 64, causal: bool = False, dropout: float = 0.0, bias: bool = True):
         super().__init__(dim, heads, causal=causal, dropout=dropout, bias=bias)

@@ -36,6 +36,8 @@ class LinformerAttention(Attention):
     supports_causal = False
     has_weights = False  # its effective token-to-token matrix (softmax(Q(EK)^T) F) is not a distribution
     not_causal_reason = "each projected key mixes all positions, future ones included"
+    example_options = {"k": 8, "max_seq_len": 256}
+    bad_options = ({"k": 0}, {"max_seq_len": -1}, {"sharing": "bogus"})
 
     def __init__(
         self,

@@ -27,6 +27,8 @@ class LocalAttention(Attention):
     supports_causal = True
     padding_anywhere = False  # windows are defined on positions: padding must sit at the ends
     has_weights = True
+    example_options = {"window": 3}
+    bad_options = ({"window": 0}, {"dilation": 0})
 
     def __init__(self, dim: int, heads: int = 8, *, window: int = 64, dilation: int = 1, causal: bool = False, dropout: float = 0.0, bias: bool = True):
         super().__init__(dim, heads, causal=causal, dropout=dropout, bias=bias)

@@ -85,6 +85,9 @@ class NystromAttention(Attention):
     has_weights = True
     weights_are_distributions = False  # k1 pinv(k2) k3 has negative entries; rows sum to ~1
     not_causal_reason = "each landmark averages a segment that includes future positions"
+    example_options = {"landmarks": 4}
+    bad_options = ({"landmarks": 0}, {"pinv_iterations": 0}, {"pinv": "bogus"}, {"conv_kernel": 4},
+                   {"conv_kernel": True})
 
     def __init__(
         self,

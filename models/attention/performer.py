@@ -69,6 +69,8 @@ class PerformerAttention(Attention):
     supports_mask = True
     supports_causal = True
     has_weights = True
+    example_options = {"features": 32, "chunk": 8}
+    bad_options = ({"features": 0}, {"chunk": 0}, {"redraw_interval": 0}, {"redraw_interval": 2.5})
 
     def __init__(
         self,
