@@ -19,7 +19,7 @@ The two sides:
              clip_grad_norm_, AdamW step, LambdaLR step; AdamW param groups built by the same rule as
              TaskModule.configure_optimizers (checked against Lightning's optimizer: same parameters in the same
              order, same groups and hyperparameters, same learning rates).
-  lightning  the real ImageClassificationModule (task.module(net, cfg), as train.py builds it) run by a real
+  lightning  the real ImageClassificationModule (task.build_module(cfg, dm, net), as train.py builds it) run by a real
              lightning.Trainer from training.runner.build_trainer: FiniteLossGuard, ModelCheckpoint(save_last),
              LearningRateMonitor(step), a TensorBoardLogger in a temporary folder, per-step torchmetrics
              update (top-1 / top-5 accuracy) and self.log of train/loss; validation off.
@@ -141,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
 def make_config(batch_size: Optional[int], dim: Optional[int], depth: Optional[int], heads: Optional[int],
                 steps_per_round: int, seed: int, what: str = "") -> Dict[str, Any]:
     """The run config exactly as train.py resolves it for `--model vit`, with the sizes given here."""
-    from models.tasks import get_task
+    from training.tasks import get_task
     from training.config import UsageError, build_parser as train_parser, resolve_config
 
     recipe = get_task("vit").recipe()
@@ -181,7 +181,7 @@ class Setup:
     def __init__(self, cfg: Dict[str, Any], steps_per_round: int, dm=None):
         import lightning as L
 
-        from models.tasks import get_task
+        from training.tasks import get_task
         from training.runner import prepare
 
         self.cfg, self.steps_per_round = cfg, steps_per_round
@@ -191,12 +191,10 @@ class Setup:
         else:  # the rest of prepare() on a DataModule already set up (same data settings, only sizes differ)
             self.task = get_task(cfg["model"])
             cfg["source_used"] = dm.source_used
-            cfg.update({k: list(v) if isinstance(v, (tuple, list)) else v for k in ("num_classes", "mean", "std")
-                        if (v := getattr(dm, k, None)) is not None})
             net = self.task.build_network(cfg, dm)
         self.dm = dm
         self.plain_net = copy.deepcopy(net)  # same initial weights
-        self.module = self.task.module(net, cfg)
+        self.module = self.task.build_module(cfg, dm, net)
         self.parameters = sum(p.numel() for p in net.parameters())
         g = torch.Generator().manual_seed(cfg["seed"])
         bs, size = int(cfg["batch_size"]), int(cfg["image_size"])

@@ -86,7 +86,7 @@ def plot_run(run_dir: Path, results: dict, out: Path) -> Path:
 
 
 def recipe_changes(config: dict) -> Dict[str, object]:
-    from models.tasks import get_task
+    from training.tasks import get_task
     from training.config import TRAINER_DEFAULTS
 
     recipe = {**get_task(config["model"]).recipe(), **TRAINER_DEFAULTS}

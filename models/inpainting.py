@@ -1,7 +1,7 @@
 """Image inpainting networks: a U-Net-style CNN and a transformer over patches with the pluggable attention.
 
-    net = UNetInpainter(channels=3)                                         # or:
-    net = TransformerInpainter(image_size=32, patch_size=4, attention="nystromformer")
+    net = UNetInpainter(base=32, levels=3)                                                     # or:
+    net = TransformerInpainter(image_size=32, patch_size=4, dim=192, depth=6, heads=4, attention="nystromformer")
     pred = net(masked_image, mask)     # (B, c, H, W), (B, 1, H, W) with 1 = hole -> (B, c, H, W)
 
 Both see the masked image and the mask (as an extra input channel) and predict the whole image; the
@@ -32,7 +32,7 @@ class UNetInpainter(nn.Module):
     """Encoder-decoder with skip connections (Ronneberger et al. 2015): `levels` stride-2 downsamplings, each
     doubling the width from `base`, then transposed-convolution upsampling joined to the skips."""
 
-    def __init__(self, channels: int = 3, base: int = 32, levels: int = 3):
+    def __init__(self, base: int, levels: int, channels: int = 3):
         super().__init__()
         if levels < 1:
             raise ValueError(f"levels must be >= 1, got {levels}")
@@ -64,8 +64,8 @@ class TransformerInpainter(nn.Module):
     """Patches of the masked image with the mask as a 4th channel -> linear embedding + learned positions ->
     `depth` pre-norm blocks with the chosen attention -> a linear layer back to each patch's pixels."""
 
-    def __init__(self, image_size: int = 32, patch_size: int = 4, channels: int = 3, dim: int = 192, depth: int = 6,
-                 heads: int = 3, mlp_ratio: float = 2.0, attention: AttentionSpec = "softmax",
+    def __init__(self, image_size: int, patch_size: int, dim: int, depth: int, heads: int, channels: int = 3,
+                 mlp_ratio: float = 2.0, attention: AttentionSpec = "softmax",
                  attention_options: Optional[Dict[str, Any]] = None, dropout: float = 0.0, drop_path: float = 0.0):
         super().__init__()
         if image_size % patch_size:

@@ -1,6 +1,6 @@
 """Causal language model around the pluggable attention (WikiText by default), with sampling.
 
-    net = LanguageModel(vocab_size=33278, seq_len=256, attention="linear")
+    net = LanguageModel(vocab_size=33278, seq_len=256, dim=256, depth=4, heads=4, attention="linear")
     logits = net(input_ids)                     # (B, n) int64 -> (B, n, vocab) next-token logits
     ids = net.generate(prompt_ids, max_new_tokens=50, temperature=0.8, top_k=40)   # (B, n0 + 50)
 
@@ -20,9 +20,9 @@ from models.encoder import AttentionSpec, TransformerEncoder, attention_has_weig
 
 
 class LanguageModel(TransformerEncoder):
-    def __init__(self, vocab_size: int, seq_len: int = 256, dim: int = 256, depth: int = 4, heads: int = 4,
+    def __init__(self, vocab_size: int, seq_len: int, dim: int, depth: int, heads: int,
                  mlp_ratio: float = 4.0, attention: AttentionSpec = "softmax",
-                 attention_options: Optional[Dict[str, Any]] = None, dropout: float = 0.1, drop_path: float = 0.0):
+                 attention_options: Optional[Dict[str, Any]] = None, dropout: float = 0.0, drop_path: float = 0.0):
         options = sized_attention_options(attention, attention_options, seq_len)
         super().__init__(vocab_size, dim, depth, heads, attention, None, seq_len, mlp_ratio=mlp_ratio,
                          dropout=dropout, drop_path=drop_path, attention_options=options, causal=True)

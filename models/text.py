@@ -1,11 +1,11 @@
 """Text classifier around the pluggable attention (IMDB sentiment by default).
 
-    net = TextClassifier(vocab_size=16000, num_classes=2, attention="performer", max_len=512)
+    net = TextClassifier(vocab_size=16000, num_classes=2, dim=128, depth=2, heads=4, max_len=512, attention="performer")
     logits = net(input_ids, mask)               # (B, n) int64, (B, n) bool -> (B, num_classes)
 
 Token embedding + learned positions, `depth` pre-norm blocks with the padding mask passed to every
 attention layer, a final LayerNorm, a mean over the real tokens only, and a linear head: this is
-models/encoder.TransformerEncoder with the text defaults, named for the task.
+models/encoder.TransformerEncoder named for the task (its sizes are the recipe's: training/tasks.py).
 """
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ from models.encoder import AttentionSpec, TransformerEncoder, attention_has_weig
 
 
 class TextClassifier(TransformerEncoder):
-    def __init__(self, vocab_size: int, num_classes: int = 2, dim: int = 128, depth: int = 2, heads: int = 4,
-                 max_len: int = 512, mlp_ratio: float = 2.0, attention: AttentionSpec = "softmax",
-                 attention_options: Optional[Dict[str, Any]] = None, dropout: float = 0.1, drop_path: float = 0.0):
+    def __init__(self, vocab_size: int, num_classes: int, dim: int, depth: int, heads: int, max_len: int,
+                 mlp_ratio: float = 2.0, attention: AttentionSpec = "softmax",
+                 attention_options: Optional[Dict[str, Any]] = None, dropout: float = 0.0, drop_path: float = 0.0):
         options = sized_attention_options(attention, attention_options, max_len)
         super().__init__(vocab_size, dim, depth, heads, attention, num_classes, max_len, mlp_ratio=mlp_ratio,
                          dropout=dropout, drop_path=drop_path, attention_options=options)

@@ -1,6 +1,6 @@
 """Vision Transformer around the pluggable attention (Dosovitskiy et al. 2021).
 
-    net = ViT(image_size=32, patch_size=4, num_classes=10, attention="linformer")
+    net = ViT(image_size=32, patch_size=4, num_classes=10, dim=192, depth=6, heads=3, attention="linformer")
     logits = net(images)                        # images: (B, c, H, W) -> (B, num_classes)
     maps = net.attention_maps(images)           # [(B, h, n, n)] per block, where the mechanism has them
 
@@ -21,18 +21,10 @@ from torch import Tensor, nn
 from models.encoder import (AttentionSpec, attention_has_weights, build_blocks, init_weights, run_blocks,
                             sized_attention_options)
 
-# the two configurations the README names
-CONFIGS: Dict[str, Dict[str, Any]] = {
-    "cifar": dict(image_size=32, patch_size=4, dim=192, depth=6, heads=3, mlp_ratio=2.0),  # 65 tokens
-    "imagenet": dict(image_size=224, patch_size=16, dim=384, depth=12, heads=6, mlp_ratio=4.0),  # 197 tokens
-}
-
-
 class ViT(nn.Module):
-    def __init__(self, image_size: int = 32, patch_size: int = 4, in_channels: int = 3, num_classes: int = 10,
-                 dim: int = 192, depth: int = 6, heads: int = 3, mlp_ratio: float = 2.0,
-                 attention: AttentionSpec = "softmax", attention_options: Optional[Dict[str, Any]] = None,
-                 dropout: float = 0.0, drop_path: float = 0.1):
+    def __init__(self, image_size: int, patch_size: int, num_classes: int, dim: int, depth: int, heads: int,
+                 mlp_ratio: float = 2.0, in_channels: int = 3, attention: AttentionSpec = "softmax",
+                 attention_options: Optional[Dict[str, Any]] = None, dropout: float = 0.0, drop_path: float = 0.0):
         super().__init__()
         if image_size % patch_size:
             raise ValueError(f"image_size {image_size} is not a multiple of patch_size {patch_size}")

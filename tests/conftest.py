@@ -73,3 +73,11 @@ def load_script(path: Path):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def smoke_flags(model: str) -> list:
+    """train.py flags for the task's tiny network, from its registry entry (`Task.smoke`): a new task needs no
+    entry in any test table."""
+    from training.tasks import get_task
+
+    return [x for key, value in get_task(model).smoke.items() for x in (f"--{key.replace('_', '-')}", str(value))]

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from models.attention import get_attention, list_attentions
-from models.tasks import list_tasks
+from training.tasks import list_tasks
 from training.runner import main, run
 
 ROOT = Path(__file__).resolve().parents[1]

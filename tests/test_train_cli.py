@@ -18,26 +18,20 @@ import yaml
 
 from callbacks import NonFiniteLossError
 from models.attention import get_attention, list_attentions
-from models.tasks import get_task, list_tasks
+from training.tasks import get_task, list_tasks
 from training.runner import main, run
+
+from conftest import smoke_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ROOT / "train.py"
 
-# the smallest sizes that still build every network (per task); the budget flags are added by `args`
-SMALL = {
-    "vit": ["--image-size", "16", "--patch-size", "4", "--dim", "32", "--depth", "1", "--heads", "2"],
-    "imdb": ["--tokenizer", "byte", "--seq-len", "32", "--dim", "32", "--depth", "1", "--heads", "2"],
-    "wikitext": ["--seq-len", "32", "--dim", "32", "--depth", "1", "--heads", "2"],
-    "inpaint-transformer": ["--image-size", "16", "--patch-size", "4", "--dim", "32", "--depth", "1", "--heads", "2"],
-    "inpaint-cnn": ["--image-size", "16", "--base-width", "8", "--levels", "2"],
-}
 BUDGET = ["--batch-size", "8", "--limit-train-batches", "2", "--limit-val-batches", "2", "--limit-test-batches", "2",
           "--max-epochs", "1", "--accelerator", "cpu", "--data-source", "synthetic", "--no-progress-bar"]
 
 
 def args(model, attention=None, logdir=None, *extra):
-    out = ["--model", model, *(["--attention", attention] if attention else []), *SMALL[model], *BUDGET]
+    out = ["--model", model, *(["--attention", attention] if attention else []), *smoke_flags(model), *BUDGET]
     if logdir is not None:
         out += ["--logdir", str(logdir)]
     return out + list(extra)
@@ -66,6 +60,7 @@ TABLE = full_matrix()
 def test_table_covers_every_mechanism_and_task():
     assert {a for _, a in TABLE if a} == set(list_attentions())
     assert {m for m, _ in TABLE} == set(list_tasks())
+    assert all(get_task(t).smoke for t in list_tasks())  # every task says how to make its network tiny
     for model, attention in TABLE:
         task = get_task(model)
         if attention is None:

@@ -1,6 +1,6 @@
 """From command-line flags and an optional YAML file to one validated run config.
 
-Precedence, lowest first: the task's recipe (models/tasks/registry.py) < the checkpoint's saved config
+Precedence, lowest first: the task's recipe (training/tasks.py) < the checkpoint's saved config
 (when resuming or generating) < `--config FILE.yaml` < flags given on the command line. Every problem
 found here is a UsageError: one sentence, exit code 2, before any data is read or any training starts.
 """
@@ -21,7 +21,7 @@ from lightning.pytorch.accelerators import AcceleratorRegistry
 from datamodules.common import DATA_SOURCES
 from models.attention import attention_options, build_attention, get_attention, list_attentions
 from models.attention.base import causal_alternatives
-from models.tasks import get_task, list_tasks
+from training.tasks import get_task, list_tasks
 from profiling.sweep import is_oom
 
 NO_ATTENTION = "none"
@@ -205,7 +205,6 @@ SETTINGS: List[Setting] = [
     # recipe keys without a flag (settable in a --config file)
     S("min_lr_ratio", "float", lo=0, hi=1),
     S("betas", "any"),
-    S("num_classes", "int", lo=2),
     S("bucket_by_length", "bool"),
     S("sample_tokens", "int", lo=0),
     S("temperature", "float", lo=0),

@@ -30,7 +30,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from callbacks import (EfficiencyMonitor, FiniteLossGuard, LastCheckpoint, NonFiniteLossError, TrainingInterrupted,
                        truncate_events)
 from datamodules import DataUnavailableError
-from models.tasks import get_task
+from training.tasks import get_task
 from profiling.sweep import is_oom, one_line
 from training.config import SETTING, UsageError, build_parser, resolve_config
 from training.study import FAILED_FILE, is_study, run_study
@@ -56,15 +56,6 @@ class RunFailed(RuntimeError):
 
 def run_name(cfg: Dict[str, Any]) -> str:
     return f"{cfg['model']}-{cfg['attention']}-{cfg['source_used']}"
-
-
-def versions(run_dir: Path) -> List[int]:
-    out = []
-    for p in run_dir.glob("version_*"):
-        m = re.fullmatch(r"version_(\d+)", p.name)
-        if m:
-            out.append(int(m.group(1)))
-    return sorted(out)
 
 
 def find_last_checkpoint(logdir: Path, model: str, attention: Optional[str]) -> Path:
@@ -182,11 +173,7 @@ def prepare(cfg: Dict[str, Any]):
         raise UsageError(f"--model {cfg['model']}: {e}") from None
     dm.prepare_data()
     dm.setup("fit")
-    cfg["source_used"] = dm.source_used
-    for key in ("num_classes", "mean", "std"):
-        value = getattr(dm, key, None)
-        if value is not None:
-            cfg[key] = list(value) if isinstance(value, (tuple, list)) else value
+    cfg["source_used"] = dm.source_used  # part of the run's record (its name, hparams.yaml, results.json)
     try:
         net = task.build_network(cfg, dm)
     except (ValueError, TypeError) as e:
@@ -199,7 +186,8 @@ def prepare(cfg: Dict[str, Any]):
     return task, dm, net
 
 
-def build_trainer(cfg: Dict[str, Any], args, task, logger_version: Optional[int], extra_callbacks: Sequence = ()):
+def build_trainer(cfg: Dict[str, Any], args, task, logger_version: Optional[int], extra_callbacks: Sequence = (),
+                  dm=None):
     monitor, mode = task.monitor
     fast = int(args.fast_dev_run or 0)
     logger = False if fast else TensorBoardLogger(args.logdir, name=run_name(cfg), version=logger_version,
@@ -224,8 +212,8 @@ def build_trainer(cfg: Dict[str, Any], args, task, logger_version: Optional[int]
         limit_test_batches=cfg["limit_test_batches"], val_check_interval=cfg["val_check_interval"],
         log_every_n_steps=cfg["log_every_n_steps"], deterministic="warn" if cfg["deterministic"] else False, fast_dev_run=fast, logger=logger,
         callbacks=callbacks, default_root_dir=args.logdir,
-        # IMDB's length buckets shard themselves across processes; Lightning must not wrap them again
-        use_distributed_sampler=not cfg.get("bucket_by_length", False),
+        # a DataModule whose loaders all shard themselves says so; Lightning must not wrap them again
+        use_distributed_sampler=not getattr(dm, "shards_itself", False),
         enable_model_summary=False, enable_progress_bar=bool(cfg["progress_bar"]),
         profiler=cfg["profiler"],
     )
@@ -299,7 +287,7 @@ def run_args(args, extra_callbacks: Sequence = ()) -> Dict[str, Any]:
         check_logdir(args.logdir, checkpoint_bytes(net))
     if cfg["compile"]:
         net.compile()  # in place: parameter names (and checkpoints) stay those of the plain network
-    module = task.module(net, cfg)
+    module = task.build_module(cfg, dm, net)
     version = None
     if ckpt is not None:
         m = re.fullmatch(r"version_(\d+)", ckpt.parent.parent.name)
@@ -308,7 +296,7 @@ def run_args(args, extra_callbacks: Sequence = ()) -> Dict[str, Any]:
             if not args.fast_dev_run and rank_zero_only.rank == 0:  # DDP's other processes start later: never them
                 truncate_events(ckpt.parent.parent, ckpt_dict)
     del ckpt_dict
-    trainer = build_trainer(cfg, args, task, version, extra_callbacks)
+    trainer = build_trainer(cfg, args, task, version, extra_callbacks, dm=dm)
     best_cb = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
     start = time.perf_counter()
     fit(trainer, module, dm, ckpt)

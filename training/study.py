@@ -79,7 +79,7 @@ def run_args_for(args: argparse.Namespace, attention: str, seed: int, options: L
 def plan(args: argparse.Namespace) -> Tuple[Any, List[Dict[str, Any]], List[Dict[str, str]]]:
     """(task, runs to do, skipped mechanisms with reasons). Each run: attention, seed, args, config."""
     from models.attention import list_attentions
-    from models.tasks import get_task
+    from training.tasks import get_task
 
     if args.model is None:
         raise UsageError("--attention all needs --model (the task whose mechanisms are compared)")

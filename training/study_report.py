@@ -208,9 +208,9 @@ def attention_maps(study: Dict[str, Any], out_dir: Path, max_layers: int = 4) ->
     import matplotlib.pyplot as plt
     import torch
 
-    from models.tasks import get_task
     from profiling.plots import STYLE
     from training.runner import prepare
+    from training.tasks import get_task
 
     firsts: Dict[str, Dict[str, Any]] = {}
     for rec in study["runs"]:
@@ -230,7 +230,7 @@ def attention_maps(study: Dict[str, Any], out_dir: Path, max_layers: int = 4) ->
         state = torch.load(rec["results"]["best_checkpoint"], map_location="cpu", weights_only=False)["state_dict"]
         net.load_state_dict({k[len("net."):]: v for k, v in state.items() if k.startswith("net.")})
         net.eval()
-        module = task.module(net, cfg)
+        module = task.build_module(cfg, dm, net)
         if batch is None:
             batch = next(iter(dm.val_dataloader()))
         with torch.no_grad():

@@ -1,5 +1,9 @@
-"""LightningModules for the task models and the task registry that `train.py` reads."""
+"""The tasks' LightningModules: a shared step, metrics and optimiser (base.py), handed their network and
+what they need from the data by the task registry (training/tasks.py)."""
 from .base import TaskModule
-from .registry import Task, get_task, list_tasks, register_task
+from .classification import ImageClassificationModule, TextClassificationModule
+from .inpainting import InpaintingModule
+from .language_model import LanguageModelModule
 
-__all__ = ["Task", "TaskModule", "get_task", "list_tasks", "register_task"]
+__all__ = ["ImageClassificationModule", "InpaintingModule", "LanguageModelModule", "TaskModule",
+           "TextClassificationModule"]

@@ -12,14 +12,14 @@ from models.tasks.base import TaskModule
 
 
 class ClassificationModule(TaskModule):
-    """Cross-entropy with optional label smoothing (`config["label_smoothing"]`). Subclasses say how a
-    batch splits into network inputs and labels."""
+    """Cross-entropy with optional label smoothing (`config["label_smoothing"]`) over `num_classes` classes
+    (the data's). Subclasses say how a batch splits into network inputs and labels."""
 
     monitor, monitor_mode = "val/acc", "max"
 
-    @property
-    def num_classes(self) -> int:
-        return int(self.hparams.config.get("num_classes", 2))
+    def __init__(self, net, config=None, num_classes: int = 2):
+        self.num_classes = int(num_classes)  # before the base class builds the metrics, which need it
+        super().__init__(net, config)
 
     def make_metrics(self) -> MetricCollection:
         return MetricCollection({"acc": MulticlassAccuracy(self.num_classes, average="micro")})

@@ -2,7 +2,7 @@
 (known pixels kept, the hole from the network) on [0, 1] images, and masked / predicted / target grids."""
 from __future__ import annotations
 
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -16,21 +16,23 @@ LOSSES = {"l1": F.l1_loss, "mse": F.mse_loss}
 
 
 class InpaintingModule(TaskModule):
-    """Batches (masked_image, mask (1 = hole), target) in the data's normalised space; `config["mean"]`
-    and `config["std"]` (per channel) map them back to [0, 1] for the metrics and images."""
+    """Batches (masked_image, mask (1 = hole), target) in the data's normalised space; the data's per-channel
+    `mean` and `std` map them back to [0, 1] for the metrics and images."""
 
     monitor, monitor_mode = "val/psnr", "max"
 
-    def __init__(self, net, config=None):
+    def __init__(self, net, config=None, mean: Sequence[float] = (0.5, 0.5, 0.5), std: Sequence[float] = (0.5, 0.5, 0.5)):
         super().__init__(net, config)
         cfg = self.hparams.config
         self.loss_name = cfg.get("loss", "l1")
         if self.loss_name not in LOSSES:
             raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss_name!r}")
         self.outside_weight = float(cfg.get("outside_weight", 0.1))
-        c = len(cfg.get("mean", (0.5, 0.5, 0.5)))
-        self.register_buffer("mean", torch.tensor(cfg.get("mean", (0.5,) * c), dtype=torch.float32).view(1, c, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(cfg.get("std", (0.5,) * c), dtype=torch.float32).view(1, c, 1, 1), persistent=False)
+        if len(mean) != len(std):
+            raise ValueError(f"mean and std must have one value per channel, got {len(mean)} and {len(std)}")
+        c = len(mean)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, c, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, c, 1, 1), persistent=False)
 
     def make_metrics(self) -> MetricCollection:
         return MetricCollection({"psnr": PeakSignalNoiseRatio(data_range=1.0),

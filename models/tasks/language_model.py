@@ -31,9 +31,14 @@ class Perplexity(Metric):
 
 class LanguageModelModule(TaskModule):
     """Batches (input_ids (B, n), targets (B, n)[, index]). After each validation epoch a sample continuing
-    `config["sample_prompt"]` is logged as text (`val/sample`), decoded by the DataModule's `decode`."""
+    `config["sample_prompt"]` is logged as text (`val/sample`), through `codec` (the data's tokenizer: anything
+    with `encode(text) -> ids`, `decode(ids) -> text` and `eos_id`; without one, no sample)."""
 
     monitor, monitor_mode = "val/ppl", "min"
+
+    def __init__(self, net, config=None, codec: Optional[Any] = None):
+        super().__init__(net, config)
+        self.codec = codec
 
     def make_metrics(self) -> MetricCollection:
         return MetricCollection({"ppl": Perplexity(), "bits_per_token": BitsPerToken()})
@@ -59,16 +64,16 @@ class LanguageModelModule(TaskModule):
             self.log_text("val/sample", text)
 
     def sample_text(self) -> Optional[str]:
-        dm = getattr(self.trainer, "datamodule", None)
-        if dm is None or not hasattr(dm, "decode") or not self.trainer.is_global_zero:
+        codec = self.codec
+        if codec is None or not self.trainer.is_global_zero:
             return None
         cfg = self.hparams.config
         prompt = cfg.get("sample_prompt") or "The"
-        ids = torch.tensor([dm.encode(prompt) or [dm.eos_id]], device=self.device)
+        ids = torch.tensor([codec.encode(prompt) or [codec.eos_id]], device=self.device)
         g = torch.Generator(device=self.device).manual_seed(0)  # its own generator: training draws are untouched
         out = self.net.generate(ids, int(cfg.get("sample_tokens", 40)), temperature=float(cfg.get("temperature", 0.8)),
                                 top_k=cfg.get("top_k", 40), generator=g)
-        return f"**{prompt}** {dm.decode(out[0, ids.shape[1]:].tolist())}"
+        return f"**{prompt}** {codec.decode(out[0, ids.shape[1]:].tolist())}"
 
 
 class BitsPerToken(Perplexity):

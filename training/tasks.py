@@ -1,10 +1,9 @@
-"""Task name -> (DataModule, network, LightningModule, default recipe). `train.py --model NAME` reads this;
-adding a task is one `register_task(Task(...))`.
+"""The task registry: name -> DataModule, network, LightningModule and recipe; `train.py --model NAME` reads it.
 
-A recipe is one flat dict (sizes, optimiser, data settings, trainer budget); `train.py` lays a YAML config
-and then the command-line flags over it. `Task.build_datamodule(cfg)` and `Task.build_network(cfg, dm)` read
-the keys they need; the network is built after the DataModule has prepared its data, because vocabulary
-sizes are only known then.
+A new task is one DataModule file and one `register_task(Task(...))` here: its recipe (`defaults`, laid over
+COMMON) is the only place its default settings live, and `smoke` holds the sizes that make its network tiny
+for the tests. What the network and the LightningModule need from the data (vocabulary size, classes,
+normalisation) is handed to them here, by name, once the DataModule has prepared its data.
 """
 from __future__ import annotations
 
@@ -17,10 +16,8 @@ from torch import nn
 from datamodules import CIFAR10DataModule, IMDBDataModule, InpaintingDataModule, WikiTextDataModule
 from models.inpainting import TransformerInpainter, UNetInpainter
 from models.language_model import LanguageModel
-from models.tasks.base import TaskModule
-from models.tasks.classification import ImageClassificationModule, TextClassificationModule
-from models.tasks.inpainting import InpaintingModule
-from models.tasks.language_model import LanguageModelModule
+from models.tasks import (ImageClassificationModule, InpaintingModule, LanguageModelModule, TaskModule,
+                          TextClassificationModule)
 from models.text import TextClassifier
 from models.vit import ViT
 
@@ -32,6 +29,8 @@ COMMON: Dict[str, Any] = dict(
     limit_train_batches=1.0, limit_val_batches=1.0, limit_test_batches=1.0, val_check_interval=1.0,
     log_every_n_steps=20, attention_options={},
 )
+TRANSFORMER = ("dim", "depth", "heads", "mlp_ratio", "dropout", "drop_path")
+SMALL_TRANSFORMER = dict(dim=32, depth=1, heads=2)
 
 
 @dataclass(frozen=True)
@@ -41,13 +40,18 @@ class Task:
     module: Type[TaskModule]
     build_datamodule: Callable[[Dict[str, Any]], L.LightningDataModule]
     build_network: Callable[[Dict[str, Any], Any], nn.Module]
-    defaults: Dict[str, Any] = field(default_factory=dict)
+    defaults: Dict[str, Any] = field(default_factory=dict)  # the recipe, over COMMON
+    module_inputs: Callable[[Any], Dict[str, Any]] = lambda dm: {}  # what the LightningModule takes from the data
+    smoke: Dict[str, Any] = field(default_factory=dict)  # settings for a tiny network (tests, smoke runs)
     uses_attention: bool = True
     causal: bool = False
     sequence_length: Optional[Callable[[Dict[str, Any]], int]] = None  # tokens the attention sees
 
     def recipe(self) -> Dict[str, Any]:
         return {**COMMON, **self.defaults, "model": self.name}
+
+    def build_module(self, cfg: Dict[str, Any], dm, net: nn.Module) -> TaskModule:
+        return self.module(net, cfg, **self.module_inputs(dm))
 
     @property
     def monitor(self) -> Tuple[str, str]:
@@ -71,7 +75,7 @@ def list_tasks() -> List[str]:
 def get_task(name: str) -> Task:
     try:
         return _TASKS[name]
-    except KeyError:
+    except (KeyError, TypeError):
         raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(list_tasks())}") from None
 
 
@@ -84,11 +88,16 @@ def _net(cfg: Dict[str, Any], *keys: str) -> Dict[str, Any]:
     return {k: cfg[k] for k in keys}
 
 
-TRANSFORMER = ("dim", "depth", "heads", "mlp_ratio", "dropout", "drop_path")
-
-
 def _attention(cfg):
     return dict(attention=cfg["attention"], attention_options=dict(cfg.get("attention_options") or {}))
+
+
+def _classes(dm) -> Dict[str, Any]:
+    return {"num_classes": dm.num_classes}
+
+
+def _normalisation(dm) -> Dict[str, Any]:
+    return {"mean": tuple(dm.mean), "std": tuple(dm.std)}
 
 
 # ------------------------------------------------------------------------------------------------ ViT
@@ -105,7 +114,8 @@ register_task(Task(
     "vit", "Vision Transformer on CIFAR-10 (top-1 / top-5 accuracy)", ImageClassificationModule, _cifar, _vit,
     defaults=dict(image_size=32, patch_size=4, dim=256, depth=6, heads=8, mlp_ratio=2.0, dropout=0.0, drop_path=0.1,
                   augment="standard", label_smoothing=0.1, batch_size=256, lr=1e-3, weight_decay=0.05,
-                  warmup=0.05, max_epochs=200, num_classes=10),
+                  warmup=0.05, max_epochs=200),
+    module_inputs=_classes, smoke=dict(image_size=16, patch_size=4, **SMALL_TRANSFORMER),
     sequence_length=lambda cfg: (cfg["image_size"] // cfg["patch_size"]) ** 2 + 1,
 ))
 
@@ -124,7 +134,8 @@ register_task(Task(
     "imdb", "Transformer sentiment classifier on IMDB (accuracy, F1)", TextClassificationModule, _imdb, _text,
     defaults=dict(seq_len=512, tokenizer="bpe", vocab_size=16000, bucket_by_length=True, dim=128, depth=2, heads=4,
                   mlp_ratio=2.0, dropout=0.1, drop_path=0.0, batch_size=32, lr=5e-4, weight_decay=0.05,
-                  warmup=0.1, max_epochs=4, num_classes=2, label_smoothing=0.0),
+                  warmup=0.1, max_epochs=4, label_smoothing=0.0),
+    module_inputs=_classes, smoke=dict(tokenizer="byte", seq_len=32, **SMALL_TRANSFORMER),
     sequence_length=lambda cfg: cfg["seq_len"],
 ))
 
@@ -143,6 +154,7 @@ register_task(Task(
     defaults=dict(dataset="wikitext-2", tokenizer="word", seq_len=256, dim=256, depth=4, heads=4, mlp_ratio=4.0,
                   dropout=0.2, drop_path=0.0, batch_size=32, lr=1e-3, weight_decay=0.1, warmup=0.05, max_epochs=20,
                   sample_prompt="The", sample_tokens=40, temperature=0.8, top_k=40),
+    module_inputs=lambda dm: {"codec": dm}, smoke=dict(seq_len=32, **SMALL_TRANSFORMER),
     causal=True, sequence_length=lambda cfg: cfg["seq_len"],
 ))
 
@@ -168,11 +180,13 @@ def _inpaint_transformer(cfg, dm):
 
 register_task(Task(
     "inpaint-cnn", "U-Net inpainting on CIFAR-10 (PSNR, SSIM; no attention)", InpaintingModule, _inpaint_data, _unet,
-    defaults=dict(INPAINT, base_width=32, levels=3), uses_attention=False,
+    defaults=dict(INPAINT, base_width=32, levels=3), module_inputs=_normalisation,
+    smoke=dict(image_size=16, base_width=8, levels=2), uses_attention=False,
 ))
 register_task(Task(
     "inpaint-transformer", "Transformer inpainting over patches of CIFAR-10 (PSNR, SSIM)", InpaintingModule,
     _inpaint_data, _inpaint_transformer,
     defaults=dict(INPAINT, patch_size=4, dim=192, depth=6, heads=4, mlp_ratio=2.0, dropout=0.0, drop_path=0.0),
+    module_inputs=_normalisation, smoke=dict(image_size=16, patch_size=4, **SMALL_TRANSFORMER),
     sequence_length=lambda cfg: (cfg["image_size"] // cfg["patch_size"]) ** 2,
 ))
