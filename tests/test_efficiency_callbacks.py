@@ -17,6 +17,8 @@
   max_memory_allocated.
 - FLOPs are counted once per distinct batch shape (the counter opens exactly once per shape), a compiled
   network is counted eagerly and left compiled, and an exception in a counted step leaves no counter open.
+- Checkpoints: the records are saved by field name and come back equal; a state in the older positional form
+  (records as lists, memory in bytes) still loads.
 - TensorBoard carries every promised tag and efficiency.json every field with plausible values, for a
   train.py run; `--no-efficiency-callbacks` writes neither. DDP is covered in test_train_ddp.py, resume in
   test_train_resume.py.
@@ -34,6 +36,7 @@ from torch import nn
 
 from callbacks import EfficiencyMonitor
 from callbacks.efficiency import EFFICIENCY_FILE
+from callbacks.efficiency_records import TrainRecord, ValRecord
 from models.attention import build_attention
 from profiling import FlopTally, ManualClock, peak_allocated_bytes
 from profiling.peaks import match_device, matmul_dtype, mfu_note, peak_tflops
@@ -132,7 +135,7 @@ def test_linear_stack_flops_forward_and_backward(tmp_path):
     fwd, total = linear_stack_flops(widths, batch)
     assert close(eff["flops_per_sample_fwd"] * batch, fwd) and close(eff["flops_per_sample_fwd_bwd"] * batch, total)
     assert eff["flop_shapes_counted"] == 1
-    assert all(r.flops == monitor.train[0].flops for r in monitor.train)  # later steps reuse the count
+    assert all(r.flops_fwd_bwd == monitor.train[0].flops_fwd_bwd for r in monitor.train)  # later steps reuse the count
     ea = EventAccumulator(str(tmp_path / "run" / "version_0"))
     ea.Reload()
     assert close(ea.Scalars("efficiency/train_gflop_per_step")[-1].value * 1e9, total, FLOP_TOL)
@@ -169,7 +172,7 @@ def test_flops_counted_once_per_shape(tmp_path, monkeypatch):
     monitor, eff = fit(tmp_path, Regress(linear_stack(widths)), batches)
     assert len(starts) == 2 and eff["flop_shapes_counted"] == 2
     for r in monitor.train:
-        assert r.flops == linear_stack_flops(widths, r.samples)[1]
+        assert r.flops_fwd_bwd == linear_stack_flops(widths, r.samples)[1]
     expected = sum(linear_stack_flops(widths, b)[1] for b in (4, 8, 4, 8, 4, 8)) / 36
     assert close(eff["flops_per_sample_fwd_bwd"], expected)
 
@@ -197,7 +200,7 @@ def test_latency_of_a_step_that_takes_60_ms_on_a_manual_clock(tmp_path):
     batches = [(torch.randn(2, 8),) for _ in range(8)]
     monitor, eff = fit(tmp_path, Regress(linear_stack([8, 8]), sleep_s=0.060, clock=clock), batches, val_batches=batches[:4])
     assert [r.latency_ms for r in monitor.train] == pytest.approx([60.0] * 8, abs=EXACT_MS)
-    assert monitor.val_latency == pytest.approx([60.0] * 4, abs=EXACT_MS)
+    assert [v.latency_ms for v in monitor.val] == pytest.approx([60.0] * 4, abs=EXACT_MS)
     assert eff["latency_ms_p50"] == pytest.approx(60.0, abs=EXACT_MS) and eff["latency_ms_std"] == pytest.approx(0.0, abs=EXACT_MS)
     assert eff["val_latency_ms_p50"] == pytest.approx(60.0, abs=EXACT_MS)
     assert eff["val_batches_measured"] == 4 and eff["train_batches_measured"] == 8
@@ -211,7 +214,7 @@ def test_slow_loader_wait_is_data_wait_not_latency_on_a_manual_clock(tmp_path):
     load_ms, step_ms = 50.0, 20.0
     batches = [(torch.randn(2, 8),) for _ in range(8)]
     monitor, eff = fit(tmp_path, Regress(linear_stack([8, 8]), sleep_s=step_ms / 1e3, clock=clock), batches, delay_s=load_ms / 1e3)
-    assert [r.wait_ms for r in monitor.train] == pytest.approx([load_ms] * 8, abs=EXACT_MS)
+    assert [r.data_wait_ms for r in monitor.train] == pytest.approx([load_ms] * 8, abs=EXACT_MS)
     assert [r.latency_ms for r in monitor.train] == pytest.approx([step_ms] * 8, abs=EXACT_MS)
     assert eff["data_wait_fraction"] == pytest.approx(load_ms / (load_ms + step_ms), abs=1e-12)
     # throughput counts the wait: 2 samples per (50 + 20) ms
@@ -237,7 +240,7 @@ def test_slow_loader_wait_is_data_wait_not_latency(tmp_path):
     load_ms, step_ms = 50.0, 20.0
     batches = [(torch.randn(2, 8),) for _ in range(8)]
     monitor, eff = fit(tmp_path, Regress(linear_stack([8, 8]), sleep_s=step_ms / 1e3), batches, delay_s=load_ms / 1e3)
-    waits = sorted(r.wait_ms for r in monitor.train)
+    waits = sorted(r.data_wait_ms for r in monitor.train)
     assert load_ms <= waits[len(waits) // 2] <= load_ms + SLEEP_TOL_MS, waits
     assert step_ms <= eff["latency_ms_p50"] <= step_ms + SLEEP_TOL_MS, eff["latency_ms_p50"]
 
@@ -248,7 +251,7 @@ def test_peak_memory_sees_a_known_allocation_as_the_allocator_does(tmp_path):
     batches = [(torch.randn(2, 8),) for _ in range(4)]
     monitor, eff = fit(tmp_path, Regress(linear_stack([8, 8]), alloc_mib=alloc), batches)
     assert eff["memory_method"] == monitor.memory.method and "VmHWM" in eff["memory_method"]
-    growth = [r.growth_bytes / MIB for r in monitor.train]
+    growth = [r.peak_mem_growth_mib for r in monitor.train]
     assert all(alloc - 4 <= g <= alloc + 40 for g in growth), growth  # pages freed during the step may offset a few MiB
     allocator = peak_allocated_bytes(lambda: torch.ones(alloc * MIB // 4).sum()) / MIB  # profiling's CPU method
     assert abs(min(growth) - allocator) <= 40, (growth, allocator)
@@ -280,6 +283,41 @@ def test_cuda_peak_memory_is_the_allocators(tmp_path):
     reading = meter.stop()
     assert reading.peak_bytes == torch.cuda.max_memory_allocated() and reading.growth_bytes >= x.numel() * 4
     assert reading.reserved_bytes == torch.cuda.memory_reserved()
+
+
+# ------------------------------------------------------------------ checkpoints
+def test_records_travel_in_checkpoints_by_name(tmp_path):
+    monitor, _ = fit(tmp_path, Regress(linear_stack([8, 8])), [(torch.randn(2, 8),) for _ in range(3)],
+                     val_batches=[(torch.randn(2, 8),)])
+    state = monitor.state_dict()
+    assert set(state["train"][0]) == {f for f in TrainRecord.__dataclass_fields__}  # a dict by name, every field
+    restored = EfficiencyMonitor(print_table=False)
+    restored.load_state_dict(state)
+    assert restored.train == monitor.train and restored.val == monitor.val and restored.flops == monitor.flops
+    assert restored.step_alloc_peak_mib == monitor.step_alloc_peak_mib
+    state["train"][0]["a_field_of_a_later_version"] = 1  # ignored, not a failure
+    restored.load_state_dict(state)
+    assert restored.train == monitor.train
+
+
+def test_a_checkpoint_of_the_older_positional_form_still_loads():
+    """Before records were saved by name: each a list in TrainRecord's old field order (memory in bytes, no
+    `profiled` in the oldest), validation as two parallel lists, the step's tensor peak in bytes."""
+    old = {"train": [[0, 0, 40.0, None, 300 * MIB, 12 * MIB, None, 8, 512, 1000, 3000],
+                     [1, 1, 42.0, 3.0, 301 * MIB, 11 * MIB, None, 8, 512, 1000, 3000, True]],
+           "val_latency": [10.0, 11.0], "val_peak": [200 * MIB, 210 * MIB], "flops": {"(8, 64):torch.int64": [1000, 3000]},
+           "ptflops_macs_per_sample": 60, "wall_s": 5.0, "unit": "tokens", "step_alloc_peak_bytes": 32 * MIB,
+           "alloc_numel": 512}
+    monitor = EfficiencyMonitor(print_table=False)
+    monitor.load_state_dict(old)
+    assert monitor.train == [
+        TrainRecord(batch=0, step=0, latency_ms=40.0, data_wait_ms=None, peak_mem_mib=300.0, peak_mem_growth_mib=12.0,
+                    reserved_mem_mib=None, samples=8, tokens=512, flops_fwd=1000, flops_fwd_bwd=3000, profiled=False),
+        TrainRecord(batch=1, step=1, latency_ms=42.0, data_wait_ms=3.0, peak_mem_mib=301.0, peak_mem_growth_mib=11.0,
+                    reserved_mem_mib=None, samples=8, tokens=512, flops_fwd=1000, flops_fwd_bwd=3000, profiled=True)]
+    assert monitor.val == [ValRecord(10.0, 200.0), ValRecord(11.0, 210.0)]
+    assert monitor.step_alloc_peak_mib == 32.0 and monitor.wall_before_s == 5.0 and monitor.flops == {"(8, 64):torch.int64": (1000, 3000)}
+    assert monitor.state_dict()["train"][1]["peak_mem_mib"] == 301.0  # saved again by name
 
 
 # ------------------------------------------------------------------ MFU table
