@@ -49,8 +49,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from .common import (DataUnavailableError, SourcedDataModule, atomic_write, check_bool, check_choice, check_int,
-                     load_cached, make_folder, seeded_split, settings_key)
+from utils.checks import check_bool, check_choice, check_int
+
+from .common import (DataUnavailableError, SourcedDataModule, load_cached, make_folder, seeded_split, settings_key,
+                     write_cache)
 from .resumable import BatchKey
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -627,7 +629,7 @@ class CIFAR10DataModule(SourcedDataModule):
         make_folder(self.cache_path)
         for split, (images, labels, classes) in decoded.items():
             blob = {"images": images, "labels": labels, "classes": list(classes)}
-            atomic_write(self.cache_path / f"{split}.pt", lambda tmp, blob=blob: torch.save(blob, tmp))
+            write_cache(self.cache_path / f"{split}.pt", lambda tmp, blob=blob: torch.save(blob, tmp))
         out.update(decoded)
         return out
 

@@ -14,10 +14,11 @@ A `data_dir` that was given but does not exist, or is a file, stops at once with
 
 Caches (tokenizers, tokenized arrays, decoded images) live under `cache_dir`, default
 $ATTENTION_SUITE_CACHE or ~/.cache/attention-suite, keyed by the data and the settings. Every cache file is
-written to a temporary name and renamed into place (`atomic_write`), and read back through `load_cached`,
-which drops a file that no longer loads or checks (truncated on disk, copied half-way) so it is rebuilt.
+written to a temporary name and renamed into place (`write_cache`, over utils.io.atomic_write), and read back
+through `load_cached`, which drops a file that no longer loads or checks (truncated on disk, copied half-way)
+so it is rebuilt.
 
-Bad arguments are a ValueError at construction naming the argument and the value (`check_*` below); what is
+Bad arguments are a ValueError at construction naming the argument and the value (utils.checks); what is
 found wrong with the data itself (a missing or empty split, a split too short for the settings) is a
 DataUnavailableError naming the file or folder and what is expected, raised before any cache is written.
 """
@@ -26,16 +27,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
-import numbers
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Tuple
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader
+
+from utils.checks import check_choice, check_int
+from utils.io import atomic_write
 
 from .resumable import ResumableTraining
 
@@ -49,41 +50,7 @@ class DataUnavailableError(RuntimeError):
     forward."""
 
 
-# ------------------------------------------------------------------------------------------ argument checks
-def check_int(name: str, value, low: int = 1, high: Optional[int] = None) -> int:
-    """`value` as an int in [low, high]; bool (True would be 1), floats, NaN and strings are refused."""
-    if (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low
-            or (high is not None and value > high)):
-        if high is not None:
-            expected = f"an integer in [{low}, {high}]"
-        else:
-            expected = {0: "a non-negative integer", 1: "a positive integer"}.get(low, f"an integer >= {low}")
-        raise ValueError(f"{name} must be {expected}, got {value!r}")
-    return int(value)
-
-
-def check_fraction(name: str, value, low_open: bool = False, high_open: bool = True) -> float:
-    """A finite number in [0, 1], each end open or closed as asked."""
-    interval = f"{'(' if low_open else '['}0, 1{')' if high_open else ']'}"
-    if (isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value)
-            or value < 0 or value > 1 or (low_open and value == 0) or (high_open and value == 1)):
-        raise ValueError(f"{name} must be a number in {interval}, got {value!r}")
-    return float(value)
-
-
-def check_bool(name: str, value) -> bool:
-    """Only True or False: a string such as "no" would otherwise count as True."""
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be True or False, got {value!r}")
-    return value
-
-
-def check_choice(name: str, value, choices: Sequence[str]) -> str:
-    if not isinstance(value, str) or value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(map(str, choices))}, got {value!r}")
-    return value
-
-
+# -------------------------------------------------------------------------------------------- arguments
 def check_folder_arg(name: str, value) -> Optional[Path]:
     """A folder argument as a Path (None or "" for none). Only its type is checked here, and that an existing
     path is a folder; whether it holds the data is the source resolution's business."""
@@ -113,20 +80,14 @@ def cache_write_error(path: Path, e: OSError) -> DataUnavailableError:
                                 f"some space or choose another --cache-dir")
 
 
-def atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """write(tmp) into a temporary file beside `path`, renamed into place: never a half-written `path`, and
-    no temporary file left when `write` fails (a full disk is one sentence naming the file)."""
-    tmp = None
+def write_cache(path: Path, write: Callable[[str], None]) -> None:
+    """`write(tmp)` fills a temporary file beside `path` that then replaces it (utils.io.atomic_write): never a
+    half-written cache file, none left behind when writing fails, and a failure (a full disk) is one sentence
+    naming the file."""
     try:
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        write(tmp)
-        os.replace(tmp, path)
+        atomic_write(path, write)
     except OSError as e:
         raise cache_write_error(path, e) from e
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def load_cached(path: Path, check: Callable[[Any], bool] = lambda obj: True, mmap: bool = False):
@@ -212,7 +173,7 @@ class SourcedDataModule(ResumableTraining, L.LightningDataModule):
 
     def hub_available(self) -> bool:
         try:
-            import datasets  # noqa: F401
+            import datasets  # noqa: F401 - optional at run time, and slow: imported only to ask
         except ImportError:
             return False
         return os.environ.get("HF_DATASETS_OFFLINE", "0") not in ("1", "true", "True") and os.environ.get("HF_HUB_OFFLINE", "0") not in ("1", "true", "True")

@@ -49,8 +49,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .common import (DataUnavailableError, SourcedDataModule, atomic_write, check_bool, check_choice, check_fraction,
-                     check_int, load_cached, make_folder, seeded_split, settings_key)
+from utils.checks import check_bool, check_choice, check_fraction, check_int
+
+from .common import (DataUnavailableError, SourcedDataModule, load_cached, make_folder, seeded_split, settings_key,
+                     write_cache)
 from .resumable import even_batches
 
 PAD, UNK, CLS = "[PAD]", "[UNK]", "[CLS]"
@@ -458,10 +460,10 @@ class IMDBDataModule(SourcedDataModule):
         tok = self._load_tokenizer()
         if tok is None:
             tok = train_bpe(raw["train"]["text"], self.requested_vocab_size, self.lowercase)  # train split only
-            atomic_write(self.tokenizer_path, lambda tmp: tok.save(str(tmp)))
+            write_cache(self.tokenizer_path, lambda tmp: tok.save(str(tmp)))
         packed = {split: self._pack(self._encode(tok, raw[split]["text"]), raw[split]) for split in ("train", "test")}
         packed["vocab_size"] = tok.get_vocab_size() if self.tokenizer_kind == "bpe" else ByteTokenizer.vocab_size
-        atomic_write(self.tokens_path, lambda tmp: torch.save(packed, tmp))
+        write_cache(self.tokens_path, lambda tmp: torch.save(packed, tmp))
 
     def _synthetic(self) -> dict:
         """A long-range matching task that needs attention, not a bag of words (deterministic by seed).

@@ -22,8 +22,10 @@ from typing import Optional
 import lightning as L
 import torch
 
+from utils.checks import check_choice, check_fraction, check_int
+
 from .cifar import CIFAR10DataModule, stack_items
-from .common import DataUnavailableError, check_choice, check_fraction, check_int
+from .common import DataUnavailableError
 from .resumable import BatchKey, ResumableTraining
 
 MASK_KINDS = ("center", "boxes", "strokes")

@@ -67,8 +67,9 @@ from typing import Dict, Iterable, List, Optional, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from .common import (DataUnavailableError, SourcedDataModule, cache_write_error, check_bool, check_choice, check_int,
-                     load_cached, make_folder, settings_key)
+from utils.checks import check_bool, check_choice, check_int
+
+from .common import DataUnavailableError, SourcedDataModule, cache_write_error, load_cached, make_folder, settings_key
 
 log = logging.getLogger(__name__)
 
