@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from training.runner import main
+from training.cli import main
 from training.study import STUDY_FILE, scoped_options
 from training.study_report import pareto
 

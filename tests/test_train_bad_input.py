@@ -19,7 +19,8 @@ import pytest
 
 from models.attention import get_attention, list_attentions
 from training.tasks import list_tasks
-from training.runner import main, run
+from training.cli import main
+from training.runner import run
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ROOT / "train.py"

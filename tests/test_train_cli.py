@@ -19,7 +19,8 @@ import yaml
 from callbacks import NonFiniteLossError
 from models.attention import get_attention, list_attentions
 from training.tasks import get_task, list_tasks
-from training.runner import main, run
+from training.cli import main
+from training.runner import run
 
 from conftest import smoke_flags
 

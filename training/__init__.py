@@ -1,6 +1,7 @@
-"""The training entry point's machinery: flags and YAML into one run config (config.py), and the run itself
-(runner.py): DataModule + network + LightningModule + callbacks -> Trainer.fit / test. `train.py` calls `main`."""
+"""The wiring under train.py: the task registry (tasks.py), flags and YAML into one run config (config.py),
+one run (runner.py), the comparison study and its report (study.py, study_report.py), the CLI (cli.py)."""
+from .cli import main
 from .config import UsageError, resolve_config
-from .runner import main, run
+from .runner import run
 
 __all__ = ["UsageError", "main", "resolve_config", "run"]

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+import yaml
 from lightning.fabric.connector import _PRECISION_INPUT_STR
 from lightning.pytorch.accelerators import AcceleratorRegistry
 
@@ -26,6 +27,11 @@ from profiling.sweep import is_oom
 
 NO_ATTENTION = "none"
 ALL = "all"  # --attention all: the comparison study (training/study.py)
+
+
+def is_study(attention: Optional[str]) -> bool:
+    """--attention all, or a comma-separated list of mechanisms: the comparison study (training/study.py)."""
+    return attention is not None and (attention == ALL or "," in attention)
 
 
 class UsageError(ValueError):
@@ -303,8 +309,6 @@ def parse_attention_opts(items: List[str]) -> Dict[str, Any]:
 
 
 def load_yaml(path: str) -> Dict[str, Any]:
-    import yaml
-
     p = Path(path).expanduser()
     if not p.is_file():
         raise UsageError(f"config file {path} does not exist; pass a YAML file of settings such as 'model: vit'")

@@ -8,17 +8,15 @@ same run name in place; `--generate PROMPT` samples from a language-model checkp
 from __future__ import annotations
 
 import errno
-import json
 import math
 import os
 import re
 import shutil
-import sys
 import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import lightning as L
 import torch
@@ -29,14 +27,12 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from callbacks import (EfficiencyMonitor, FiniteLossGuard, LastCheckpoint, NonFiniteLossError, TrainingInterrupted,
                        truncate_events)
-from datamodules import DataUnavailableError
-from training.tasks import get_task
 from profiling.sweep import is_oom, one_line
-from training.config import SETTING, UsageError, build_parser, resolve_config
-from training.study import FAILED_FILE, is_study, run_study
+from training.config import SETTING, UsageError, build_parser, is_study, load_yaml, resolve_config
+from training.tasks import get_task
+from utils.io import write_json
 
-EXIT_USAGE = 2
-EXIT_FAILED = 1
+FAILED_FILE = "failed.json"  # in a run folder whose training raised after its first checkpoint
 # Lightning asks the DataLoader itself for a state; ours keep their position in the DataModule's state
 # (datamodules/resumable.py), so a mid-epoch resume is exact and this warning does not apply
 warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
@@ -151,8 +147,6 @@ def resolve_checkpoint(args) -> Optional[Path]:
         attention = args.attention
         model = args.model
         if model is None and args.config:
-            from training.config import load_yaml
-
             file_cfg = load_yaml(args.config)
             model, attention = file_cfg.get("model"), attention or file_cfg.get("attention")
         if model is None:
@@ -391,13 +385,6 @@ def check_run_flags(args) -> None:
         raise UsageError(f"--temperature must be a finite number >= 0 (0 = greedy), got {args.temperature}")
 
 
-def write_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-
-
 def summary_line(r: Dict[str, Any]) -> str:
     metric = r["monitor"].split("/", 1)[1]
     test = r["test"].get(f"test/{metric}")
@@ -405,25 +392,3 @@ def summary_line(r: Dict[str, Any]) -> str:
     best = f"best {r['monitor']} {r['best_val']:.4f}" if r["best_val"] is not None else ""
     return (f"{r['run']}: {shown} | {best} | {r['parameters'] / 1e6:.2f}M params | {r['steps']} steps in "
             f"{r['fit_seconds']:.0f} s on {r['device']} | {r['log_dir'] or 'nothing written (fast dev run)'}")
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    try:
-        args = build_parser().parse_args(argv)
-        if is_study(args.attention):
-            run_study(args, list(sys.argv[1:] if argv is None else argv))
-        else:
-            run_args(args)
-    except UsageError as e:
-        print(f"train.py: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except DataUnavailableError as e:
-        print(f"train.py: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except (NonFiniteLossError, RunFailed) as e:
-        print(f"train.py: {e}", file=sys.stderr)
-        return EXIT_FAILED
-    except TrainingInterrupted as e:
-        print(f"train.py: {e}", file=sys.stderr)
-        return 128 + e.signum  # the shell's convention for a process ended by a signal
-    return 0

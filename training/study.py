@@ -35,11 +35,21 @@ import traceback
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+import torch
+import yaml
+
 from callbacks import LAST, TrainingInterrupted
+from models.attention import list_attentions
+from profiling import sweep as sw
+from profiling.machine import cpu_model
+from profiling.plots import plot_sweep
 from training.config import ALL, UsageError, resolve_config
+from training.runner import FAILED_FILE, run_args
+from training.study_report import write_report
+from training.tasks import get_task
+from utils.io import write_json
 
 STUDY_FILE = "study.json"
-FAILED_FILE = "failed.json"  # written by the runner into a run folder whose training raised
 # settings that do not change what a run computes: a finished run with other values still counts
 IGNORED_KEYS = {"progress_bar", "num_workers", "cache_dir", "data_dir", "profiler", "source_used", "num_classes",
                 "mean", "std"}
@@ -64,11 +74,6 @@ def scoped_options(items: List[str], names: List[str]) -> Dict[str, List[str]]:
     return out
 
 
-def is_study(attention: Optional[str]) -> bool:
-    """--attention all, or a comma-separated list of mechanisms."""
-    return attention is not None and (attention == ALL or "," in attention)
-
-
 def run_args_for(args: argparse.Namespace, attention: str, seed: int, options: List[str]) -> argparse.Namespace:
     a = copy.copy(args)
     a.attention, a.seed, a.attention_opt = attention, seed, list(options)
@@ -78,9 +83,6 @@ def run_args_for(args: argparse.Namespace, attention: str, seed: int, options: L
 
 def plan(args: argparse.Namespace) -> Tuple[Any, List[Dict[str, Any]], List[Dict[str, str]]]:
     """(task, runs to do, skipped mechanisms with reasons). Each run: attention, seed, args, config."""
-    from models.attention import list_attentions
-    from training.tasks import get_task
-
     if args.model is None:
         raise UsageError("--attention all needs --model (the task whose mechanisms are compared)")
     try:
@@ -149,8 +151,6 @@ def find_finished(logdir: Path, cfg: Dict[str, Any]) -> Optional[Path]:
 def find_unfinished(logdir: Path, cfg: Dict[str, Any]) -> Optional[Path]:
     """The newest version folder of this config that a killed or interrupted run left behind: its
     hparams.yaml holds the config, but it has no results.json and is not marked failed (failed.json)."""
-    import yaml
-
     want = {k: v for k, v in _plain(cfg).items() if k not in IGNORED_KEYS}
     found = []
     for hparams in logdir.glob(f"{cfg['model']}-{cfg['attention']}-*/version_*/hparams.yaml"):
@@ -175,15 +175,11 @@ def read_run(folder: Path) -> Dict[str, Any]:
 
 
 def write_study(path: Path, study: Dict[str, Any]) -> None:
-    from training.runner import write_json
-
     write_json(path, study)
 
 
 def run_study(args: argparse.Namespace, argv: Optional[List[str]] = None) -> Dict[str, Any]:
     """Train (or find) every run of the study, then write study.json and the report. Returns the study."""
-    from profiling.machine import cpu_model
-
     task, runs, skipped = plan(args)
     logdir = Path(args.logdir)
     study_dir = Path(args.study_dir) if args.study_dir else logdir / f"study-{task.name}"
@@ -215,8 +211,6 @@ def run_study(args: argparse.Namespace, argv: Optional[List[str]] = None) -> Dic
             log(f"{label}: training ({time.perf_counter() - started:.0f} s into the study)")
             t0 = time.perf_counter()
             try:
-                from training.runner import run_args
-
                 results = run_args(run_args_)
                 rec.update(status="finished", reused=False, **read_run(Path(results["log_dir"])))
                 log(f"{label}: done in {time.perf_counter() - t0:.0f} s")
@@ -229,8 +223,6 @@ def run_study(args: argparse.Namespace, argv: Optional[List[str]] = None) -> Dic
         write_study(study_dir / STUDY_FILE, study)
     if args.study_sweep:
         study["sweep_dir"] = str(sweep(study_dir, runs, task))
-    from training.study_report import write_report
-
     study["report"] = str(write_report(study, study_dir))
     write_study(study_dir / STUDY_FILE, study)
     failed = [r for r in records if r["status"] == "failed"]
@@ -260,15 +252,11 @@ def resume_unfinished(logdir: Path, run: Dict[str, Any], label: str) -> argparse
 def sweep(study_dir: Path, runs: List[Dict[str, Any]], task) -> Path:
     """profile.py's sweep of the study's mechanisms at the model's width and heads, forward + backward, at
     the task's sequence length and 4x below and above it (resumable, like profile.py --resume)."""
-    from profiling import sweep as sw
-    from profiling.plots import plot_sweep
 
     cfg0 = runs[0]["config"]
     n = int(task.sequence_length(cfg0)) if task.sequence_length else 256
     names = list(dict.fromkeys(r["attention"] for r in runs))
     options = {r["attention"]: dict(r["config"]["attention_options"]) for r in runs if r["config"]["attention_options"]}
-    import torch
-
     gpu = cfg0.get("accelerator") in ("auto", "gpu", "cuda") and torch.cuda.is_available()
     cfg = sw.validate(sw.SweepConfig(attentions=names, devices=["cuda" if gpu else "cpu"],
                                      seq_lens=sorted({max(8, n // 4), n, 4 * n}), dim=int(cfg0["dim"]),
