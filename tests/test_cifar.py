@@ -9,10 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
-import datamodules.cifar as cifar
-from datamodules.cifar import (CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_MD5, CIFAR10_STD, BatchTransform,
-                               CIFAR10DataModule, ChecksumError, channel_stats, hflip, random_crop)
+import datamodules.cifar_readers as readers
+from datamodules.cifar import CIFAR10_MEAN, CIFAR10_STATS_TOL, CIFAR10_STD, CIFAR10DataModule
+from datamodules.cifar_readers import CIFAR10_CLASSES, CIFAR10_MD5, ChecksumError
 from datamodules.common import DataUnavailableError
+from datamodules.image_augment import BatchTransform, channel_stats, hflip, random_crop
 
 
 # ------------------------------------------------------------------ fixtures written by the tests
@@ -88,7 +89,7 @@ def test_checksummed_file_with_wrong_content_is_a_clear_error(tmp_path):
     with pytest.raises(ChecksumError, match=r"data_batch_1.*c99cafc152244af753f735de768cd75f"):
         dm.prepare_data()
     # "auto" (the default) checks the files whose size claims an official full batch (10,000 images)
-    (d / "test_batch").write_bytes(b"\0" * cifar.OFFICIAL_BATCH_MIN_BYTES)
+    (d / "test_batch").write_bytes(b"\0" * readers.OFFICIAL_BATCH_MIN_BYTES)
     dm = make_dm(tmp_path, data_source="local", data_dir=str(tmp_path / "data"), cache_dir=str(tmp_path / "c2"))
     with pytest.raises(ChecksumError, match=r"test_batch.*40351d587109b95175f43aff81a1287e"):
         dm.prepare_data()
@@ -97,7 +98,7 @@ def test_checksummed_file_with_wrong_content_is_a_clear_error(tmp_path):
 def test_md5_table_holds_the_reference_figures():
     assert CIFAR10_MD5["data_batch_1"] == "c99cafc152244af753f735de768cd75f"
     assert CIFAR10_MD5["test_batch"] == "40351d587109b95175f43aff81a1287e"
-    assert cifar.md5sum(Path(__file__)) == hashlib.md5(Path(__file__).read_bytes()).hexdigest()
+    assert readers.md5sum(Path(__file__)) == hashlib.md5(Path(__file__).read_bytes()).hexdigest()
 
 
 # ------------------------------------------------------------------ image folders and tar.gz
@@ -142,7 +143,7 @@ def test_tar_gz_is_decoded_once_and_the_cache_reused(tmp_path, monkeypatch):
     def no_tar(*a, **k):
         raise AssertionError("the tar.gz was opened again")
 
-    monkeypatch.setattr(cifar.tarfile, "open", no_tar)
+    monkeypatch.setattr(readers.tarfile, "open", no_tar)
     dm2 = make_dm(tmp_path, data_source="local", data_dir=str(data), val_size=1)
     dm2.prepare_data()
     dm2.setup()
@@ -262,8 +263,8 @@ def test_real_cifar10_test_split(shared_data, tmp_path):
     assert x.shape == (10_000, 3, 32, 32) and x.dtype == torch.uint8
     assert torch.bincount(y, minlength=10).tolist() == [1000] * 10
     mean, std = channel_stats(x)
-    assert np.allclose(mean, CIFAR10_MEAN, atol=cifar.CIFAR10_STATS_TOL)
-    assert np.allclose(std, CIFAR10_STD, atol=cifar.CIFAR10_STATS_TOL)
+    assert np.allclose(mean, CIFAR10_MEAN, atol=CIFAR10_STATS_TOL)
+    assert np.allclose(std, CIFAR10_STD, atol=CIFAR10_STATS_TOL)
 
 
 @pytest.mark.slow
