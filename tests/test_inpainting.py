@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from datamodules.cifar import CIFAR10DataModule
-from datamodules.inpainting import MASK_KINDS, InpaintingDataModule, make_mask
+from datamodules.inpainting import InpaintingDataModule
+from datamodules.inpainting_masks import MASK_KINDS, make_mask
 
 
 def make(tmp_path, mask="boxes", fraction=0.25, **kw):
