@@ -10,20 +10,13 @@ Usage:
     # batch["input_ids"] (B, L) long, batch["mask"] (B, L) bool (True = real token), batch["labels"] (B,) long
     # model: EncoderClassifier(vocab_size=dm.vocab_size, num_classes=dm.num_classes, max_len=dm.seq_len, ...)
 
-Sources (`data_source`, see common.py): "local" reads the official `aclImdb` layout under `data_dir`:
-`<data_dir>/aclImdb/{train,test}/{pos,neg}/<id>_<rating>.txt` (or `<data_dir>/train/pos/...`), or the
-official tarball `<data_dir>/aclImdb_v1.tar.gz` / `<data_dir>/aclImdb.tar.gz` (also under `<data_dir>/imdb/`),
-which is streamed with `tarfile` member by member, never extracted. "hub" loads `stanfordnlp/imdb`
-through `datasets` (ratings are not in that copy: they read -1). "synthetic" generates a long-range matching
-task (a key token early, a query token late; label = whether they form a pair) that attention can
-learn and a bag of words cannot (deterministic by seed). `train/unsup` is ignored.
+Sources (`data_source`, see common.py): "local" reads the official aclImdb folder or tarball under `data_dir`
+(imdb_readers.py); "hub" loads `stanfordnlp/imdb` through `datasets` (ratings are not in that copy: they read
+-1); "synthetic" generates a long-range matching task (a key token early, a query token late; label = whether
+they form a pair) that attention can learn and a bag of words cannot (deterministic by seed).
 
-Tokenizers (`tokenizer`):
-    "bpe"   a byte-pair-encoding subword tokenizer (`tokenizers` library) trained on the official train
-            split only (never on test text), `vocab_size` entries, specials [PAD]=0 [UNK]=1 [CLS]=2,
-            optional lowercasing (default on)
-    "byte"  LRA-style byte level: id = utf-8 byte + 3, vocab 259 (the same three specials), no training,
-            no lowercasing by default
+Tokenizers (`tokenizer`, imdb_tokenizers.py): "bpe" trained on the official train split only (never on test
+text), `vocab_size` entries, lowercased by default; "byte" LRA-style byte level, vocabulary 259.
 
 Caches under `<cache_dir>/imdb/<key>/` where key = settings_key(source, data identity, tokenizer,
 vocab size, lowercase): `tokenizer.json` (bpe) and `tokens-L<max_len>[-cls].pt` (flat token ids +
@@ -34,253 +27,30 @@ Splits: validation is `val_fraction` of the official train split, drawn with `se
 A local copy must hold reviews of both classes in both splits: an empty or one-sided split is refused
 with a sentence naming it, before anything is cached. A cached file that no longer loads is rebuilt.
 Batches are padded dynamically to the longest sequence in the batch (at most `max_len`);
-`bucket_by_length=True` groups similar lengths into batches to cut padding.
+`bucket_by_length=True` groups similar lengths into batches to cut padding (text_batches.py).
 """
 from __future__ import annotations
 
-import math
-import re
-import tarfile
-import zlib
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from tokenizers import Tokenizer
+from torch.utils.data import DataLoader
 
 from utils.checks import check_bool, check_choice, check_fraction, check_int
 
 from .common import (DataUnavailableError, SourcedDataModule, load_cached, make_folder, seeded_split, settings_key,
                      write_cache)
-from .resumable import even_batches
+from .imdb_readers import TARBALL_NAMES, clean_review, read_aclimdb, tarball_has_aclimdb
+from .imdb_tokenizers import BYTE_OFFSET, CLS_ID, PAD_ID, SPECIALS, ByteTokenizer, bpe_encode, train_bpe
+from .text_batches import BucketBatchSampler, PadCollate, TokenSequences
 
-PAD, UNK, CLS = "[PAD]", "[UNK]", "[CLS]"
-SPECIALS = (PAD, UNK, CLS)
-PAD_ID, UNK_ID, CLS_ID = 0, 1, 2
-BYTE_OFFSET = len(SPECIALS)
 TOKENIZERS = ("bpe", "byte")
 HUB_NAME = "stanfordnlp/imdb"
-TARBALL_NAMES = ("aclImdb_v1.tar.gz", "aclImdb.tar.gz")
-
-_REVIEW_RE = re.compile(r"(?:^|/)(train|test)/(pos|neg)/(\d+)_(\d+)\.txt$")
-_BR_RE = re.compile(r"<br\s*/?>", re.IGNORECASE)
 
 
-def clean_review(text: str) -> str:
-    """Replace the `<br />` line breaks of the raw reviews by spaces."""
-    return _BR_RE.sub(" ", text).strip()
-
-
-def _empty_split() -> Dict[str, list]:
-    return {"text": [], "label": [], "rating": [], "id": []}
-
-
-def _add_review(out: Dict[str, Dict[str, list]], rel_path: str, raw: bytes) -> None:
-    m = _REVIEW_RE.search(rel_path)
-    if m is None:  # README, imdb.vocab, train/unsup/..., *.feat
-        return
-    split, polarity, rid, rating = m.groups()
-    d = out[split]
-    d["text"].append(clean_review(raw.decode("utf-8", errors="replace")))
-    d["label"].append(1 if polarity == "pos" else 0)
-    d["rating"].append(int(rating))
-    d["id"].append(int(rid))
-
-
-def _sorted(out: Dict[str, Dict[str, list]]) -> Dict[str, Dict[str, list]]:
-    """A fixed order whatever the archive/file-system order: neg before pos, then by id."""
-    for split, d in out.items():
-        order = sorted(range(len(d["id"])), key=lambda i: (d["label"][i], d["id"][i]))
-        out[split] = {k: [v[i] for i in order] for k, v in d.items()}
-    return out
-
-
-def read_aclimdb(root: Path) -> Dict[str, Dict[str, list]]:
-    """Read the official layout from a folder (holding train/ and test/) or from a .tar.gz, streamed.
-
-    Returns {"train": {...}, "test": {...}}, each with lists text, label (pos=1, neg=0), rating, id."""
-    root = Path(root)
-    out = {"train": _empty_split(), "test": _empty_split()}
-    if root.is_file():
-        try:
-            with tarfile.open(root, "r:*") as tf:
-                for member in tf:  # streaming: one pass over the gzip stream, nothing written to disk
-                    if member.isfile() and member.name.endswith(".txt"):
-                        f = tf.extractfile(member)
-                        if f is not None:
-                            _add_review(out, member.name, f.read())
-        except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
-            raise DataUnavailableError(f"{root} is truncated or corrupt and cannot be read to the end "
-                                       f"({type(e).__name__}: {e}): download aclImdb_v1.tar.gz again") from e
-    else:
-        for split in ("train", "test"):
-            for polarity in ("neg", "pos"):
-                folder = root / split / polarity
-                if folder.is_dir():
-                    for p in folder.iterdir():
-                        if p.suffix == ".txt":
-                            _add_review(out, f"{split}/{polarity}/{p.name}", p.read_bytes())
-    return _sorted(out)
-
-
-def _tarball_has_aclimdb(path: Path) -> Optional[bool]:
-    """True/False: whether the first members look like aclImdb; None: the file cannot be read as a tar.gz."""
-    try:
-        with tarfile.open(path, "r:*") as tf:
-            for _, member in zip(range(50), tf):
-                if "aclImdb/" in member.name or member.name.rstrip("/") == "aclImdb" or _REVIEW_RE.search(member.name):
-                    return True
-    except (tarfile.TarError, EOFError, zlib.error, OSError):
-        return None
-    return False
-
-
-# ----------------------------------------------------------------------------------------------- tokenizers
-class ByteTokenizer:
-    """LRA-style byte-level ids: utf-8 byte + 3; [PAD]=0 [UNK]=1 [CLS]=2; vocab 259."""
-
-    vocab_size = 256 + BYTE_OFFSET
-
-    def __init__(self, lowercase: bool = False):
-        self.lowercase = lowercase
-
-    def encode_batch(self, texts: Sequence[str]) -> List[np.ndarray]:
-        out = []
-        for t in texts:
-            if self.lowercase:
-                t = t.lower()
-            out.append(np.frombuffer(t.encode("utf-8"), dtype=np.uint8).astype(np.int32) + BYTE_OFFSET)
-        return out
-
-
-def train_bpe(texts: Sequence[str], vocab_size: int, lowercase: bool):
-    """A BPE tokenizer trained on `texts` with [PAD]=0, [UNK]=1, [CLS]=2."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE(unk_token=UNK))
-    norm = [normalizers.NFD(), normalizers.StripAccents()]
-    if lowercase:
-        norm.insert(1, normalizers.Lowercase())
-    tok.normalizer = normalizers.Sequence(norm)
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIALS), show_progress=False)
-    tok.train_from_iterator(texts, trainer=trainer, length=len(texts))
-    assert [tok.token_to_id(s) for s in SPECIALS] == [PAD_ID, UNK_ID, CLS_ID]
-    return tok
-
-
-def _bpe_encode(tok, texts: Sequence[str], chunk: int = 2000) -> List[np.ndarray]:
-    out = []
-    for i in range(0, len(texts), chunk):
-        out.extend(np.asarray(e.ids, dtype=np.int32) for e in tok.encode_batch(list(texts[i : i + chunk]), add_special_tokens=False))
-    return out
-
-
-# ----------------------------------------------------------------------------------------------- data
-class TokenizedReviews(Dataset):
-    """Variable-length token sequences stored flat (ids + offsets); items are dicts of tensors."""
-
-    def __init__(self, ids: torch.Tensor, offsets: torch.Tensor, labels: torch.Tensor,
-                 index: Optional[torch.Tensor] = None):
-        self.ids, self.offsets, self.labels = ids, offsets, labels
-        self.index = index if index is not None else torch.arange(len(labels))
-        all_lengths = offsets[1:] - offsets[:-1]
-        self.lengths = all_lengths[self.index]
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def __getitem__(self, i: int) -> dict:
-        j = int(self.index[i])
-        a, b = int(self.offsets[j]), int(self.offsets[j + 1])
-        return {"input_ids": self.ids[a:b].long(), "label": int(self.labels[j]), "index": int(i)}
-
-
-def collate(batch: List[dict], pad_id: int = PAD_ID) -> dict:
-    """Pad to the longest sequence in the batch: input_ids (B, L) long, mask (B, L) bool, labels (B,),
-    index (B,) long: the samples' positions in their split's data set."""
-    lengths = [len(b["input_ids"]) for b in batch]
-    L = max(max(lengths), 1)
-    ids = torch.full((len(batch), L), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(batch), L), dtype=torch.bool)
-    for i, (b, n) in enumerate(zip(batch, lengths)):
-        ids[i, :n] = b["input_ids"]
-        mask[i, :n] = True
-    out = {"input_ids": ids, "mask": mask, "labels": torch.tensor([b["label"] for b in batch], dtype=torch.long)}
-    if all("index" in b for b in batch):
-        out["index"] = torch.tensor([b["index"] for b in batch], dtype=torch.long)
-    return out
-
-
-class _Collate:  # picklable for worker processes
-    def __init__(self, pad_id: int):
-        self.pad_id = pad_id
-
-    def __call__(self, batch, key=None):  # key: a training batch's BatchKey; nothing here is random
-        return collate(batch, self.pad_id)
-
-
-class BucketBatchSampler(Sampler[List[int]]):
-    """Batches of similar lengths. With shuffle: a seeded permutation is cut into pools of
-    `batch_size * pool_batches`, each pool sorted by length and cut into batches, and the batches
-    are shuffled (new order each epoch: seed + epoch). Without shuffle: sorted by length throughout.
-    `num_replicas`/`rank` shard the batches for multi-process runs: each process keeps every
-    num_replicas-th batch. Every process must get the same number of batches, so when the count is not a
-    multiple of num_replicas the largest batches are split in two until it is: the processes' samples stay
-    disjoint and together cover the epoch (no sample dropped, none repeated). Only with fewer samples than
-    processes are batches repeated."""
-
-    def __init__(self, lengths: torch.Tensor, batch_size: int, shuffle: bool, seed: int = 0,
-                 pool_batches: int = 50, drop_last: bool = False, num_replicas: int = 1, rank: int = 0):
-        self.lengths = torch.as_tensor(lengths)
-        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
-        self.pool_batches, self.drop_last = pool_batches, drop_last
-        self.num_replicas, self.rank = num_replicas, rank
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def _batches(self) -> List[List[int]]:
-        return self.batches(self.epoch)
-
-    def batches(self, epoch: int) -> List[List[int]]:
-        """Epoch `epoch`'s batches on this process."""
-        n, bs = len(self.lengths), self.batch_size
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed + epoch)
-            perm = torch.randperm(n, generator=g)
-            pool = bs * self.pool_batches
-            batches = []
-            for s in range(0, n, pool):
-                chunk = perm[s : s + pool]
-                chunk = chunk[torch.argsort(self.lengths[chunk], stable=True)]
-                batches.extend(chunk[i : i + bs].tolist() for i in range(0, len(chunk), bs))
-            if self.drop_last:
-                batches = [b for b in batches if len(b) == bs]
-            batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
-        else:
-            order = torch.argsort(self.lengths, stable=True)
-            batches = [order[i : i + bs].tolist() for i in range(0, n, bs)]
-            if self.drop_last:
-                batches = [b for b in batches if len(b) == bs]
-        if self.num_replicas > 1:
-            batches = even_batches(batches, self.num_replicas)
-            batches = batches[self.rank :: self.num_replicas]
-        return batches
-
-    def __iter__(self) -> Iterator[List[int]]:
-        batches = self._batches()
-        if self.shuffle:
-            self.epoch += 1  # a fresh order next epoch even when nobody calls set_epoch
-        return iter(batches)
-
-    def __len__(self) -> int:
-        return len(self._batches()) if (self.drop_last or self.num_replicas > 1) else math.ceil(len(self.lengths) / self.batch_size)
-
-
-# ----------------------------------------------------------------------------------------------- module
 class IMDBDataModule(SourcedDataModule):
     """IMDB sentiment (2 classes), BPE or byte-level tokens, dynamic padding; see the module docstring."""
 
@@ -331,12 +101,12 @@ class IMDBDataModule(SourcedDataModule):
         for folder in (data_dir, data_dir / "imdb"):
             for name in TARBALL_NAMES:
                 # an official name that cannot be read (None) is taken too: reading it names it as corrupt
-                if (folder / name).is_file() and _tarball_has_aclimdb(folder / name) is not False:
+                if (folder / name).is_file() and tarball_has_aclimdb(folder / name) is not False:
                     return folder / name
         for folder in (data_dir, data_dir / "imdb"):
             if folder.is_dir():
                 for p in sorted(folder.glob("*.tar.gz")):
-                    if p.name not in TARBALL_NAMES and _tarball_has_aclimdb(p):
+                    if p.name not in TARBALL_NAMES and tarball_has_aclimdb(p):
                         return p
         return None
 
@@ -398,7 +168,7 @@ class IMDBDataModule(SourcedDataModule):
             return raw
 
         def load():
-            import datasets
+            import datasets  # lazily: only a hub download needs it, and it takes about 1 s to import
             return datasets.load_dataset(HUB_NAME)
 
         ds = self.hub_load(load)
@@ -415,7 +185,6 @@ class IMDBDataModule(SourcedDataModule):
         """The tokenizer, or None when the cached BPE file is missing or no longer loads (it is then removed)."""
         if self.tokenizer_kind == "byte":
             return ByteTokenizer(self.lowercase)
-        from tokenizers import Tokenizer
         if not self.tokenizer_path.is_file():
             return None
         try:
@@ -435,7 +204,7 @@ class IMDBDataModule(SourcedDataModule):
             return False
 
     def _encode(self, tok, texts: Sequence[str]) -> List[np.ndarray]:
-        return tok.encode_batch(texts) if isinstance(tok, ByteTokenizer) else _bpe_encode(tok, texts)
+        return tok.encode_batch(texts) if isinstance(tok, ByteTokenizer) else bpe_encode(tok, texts)
 
     def _pack(self, seqs: List[np.ndarray], d: Dict[str, list]) -> dict:
         keep = self.max_len - (1 if self.add_cls else 0)
@@ -539,15 +308,15 @@ class IMDBDataModule(SourcedDataModule):
                  else str(self.local_root or HUB_NAME))
         n_val, n_train = self.split_sizes(len(tr["labels"]), where)
         val_idx, train_idx = seeded_split(len(tr["labels"]), [n_val, n_train], seed=self.seed)
-        self.train_set = TokenizedReviews(tr["ids"], tr["offsets"], tr["labels"], train_idx)
-        self.val_set = TokenizedReviews(tr["ids"], tr["offsets"], tr["labels"], val_idx)
-        self.test_set = TokenizedReviews(te["ids"], te["offsets"], te["labels"])
+        self.train_set = TokenSequences(tr["ids"], tr["offsets"], tr["labels"], train_idx)
+        self.val_set = TokenSequences(tr["ids"], tr["offsets"], tr["labels"], val_idx)
+        self.test_set = TokenSequences(te["ids"], te["offsets"], te["labels"])
         self.test_ratings = te["ratings"]
         self.hparams["source_used"] = source
 
     # -- loaders
-    def _loader(self, ds: TokenizedReviews, shuffle: bool) -> DataLoader:
-        collate_fn = _Collate(self.pad_id)
+    def _loader(self, ds: TokenSequences, shuffle: bool) -> DataLoader:
+        collate_fn = PadCollate(self.pad_id)
         if shuffle and self.bucket_by_length:  # one process's share of the buckets: EpochBatches shards them
             buckets = BucketBatchSampler(ds.lengths, self.batch_size, shuffle=True, seed=self.seed)
             return self.resumable_loader(ds, buckets.batches, collate_fn, **self.loader_kwargs())

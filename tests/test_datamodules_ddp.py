@@ -162,7 +162,7 @@ def test_distributed_sampler_shards_are_disjoint_in_process(tmp_path, name):
 
 
 def test_bucket_sampler_splits_instead_of_dropping():
-    from datamodules.imdb import BucketBatchSampler
+    from datamodules.text_batches import BucketBatchSampler
 
     lengths = torch.randint(1, 50, (103,), generator=torch.Generator().manual_seed(0))
     for replicas in (2, 3, 4):

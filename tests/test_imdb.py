@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from datamodules.common import DataUnavailableError
-from datamodules.imdb import IMDBDataModule, BucketBatchSampler, read_aclimdb
+from datamodules.imdb import IMDBDataModule
+from datamodules.imdb_readers import read_aclimdb
+from datamodules.text_batches import BucketBatchSampler
 
 # (split, polarity, id, rating, text)
 REVIEWS = [
