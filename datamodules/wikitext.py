@@ -23,19 +23,7 @@ synthetic text drawn from a small seeded Markov chain with repeated segments (ab
 the lines copy one of the three lines before them: learnable, by attention beyond a bigram model;
 deterministic by `seed`).
 
-Lines: the text is handled one line at a time, exactly as the files are read (universal newlines).
-The hub holds one row per file line, with the trailing "\\n", and "" for the whitespace-only lines
-(" \\n" in the files); so a whitespace-only line counts as an empty line everywhere, and local and
-hub copies give the same token streams.
-
-Tokenizers:
-    "word"  the classic benchmark counting: each line is split on whitespace and followed by one
-            end-of-line token `<eos>` (WikiText-2 train: 2,088,628 tokens, vocabulary 33,278).
-            The vocabulary comes from the training split: `<eos>`, `<unk>` first, then the words by
-            falling frequency, ties in code-point order. The files' own `<unk>` is that same token;
-            a word of valid/test that is not in the vocabulary maps to `<unk>`.
-    "bpe"   a byte-level BPE (`tokenizers` library) trained on the training split's lines, of
-            `bpe_vocab_size` entries including `<eos>`; every line's pieces are followed by `<eos>`.
+Lines and tokenizers ("word", "bpe"): wikitext_tokens.py.
 
 Blocks: each split's stream is cut into contiguous blocks of `seq_len + 1` tokens taken every
 `seq_len` tokens (one token of overlap), so that every token after the first is a target exactly
@@ -46,8 +34,11 @@ The training blocks are shuffled by a generator seeded with `seed`; valid/test k
 Cache: `<cache_dir>/wikitext/<key>/` with `vocab.json` (word) or `tokenizer.json` (bpe), the
 streams `{train,valid,test}.pt` (int32) and `meta.json` (written last: a complete entry). The key
 hashes the variant, the tokenizer settings and the source (a local copy's path, sizes, mtimes;
-the hub config; the synthetic settings), so a second run reuses the entry. An entry that no longer
-reads back (a stream truncated or of the wrong length, unreadable JSON) is removed and built again.
+the hub config; the synthetic settings), so a second run reuses the entry. The entry is written as a
+temporary folder renamed into place whole (not file by file with utils.io.atomic_write: its files belong
+together, and a process that loses the race to another finishing the same entry keeps the winner's). An
+entry that no longer reads back (a stream truncated or of the wrong length, unreadable JSON) is removed and
+built again.
 
 Refused with a sentence naming the file: a split that holds no text (an empty wiki.valid.tokens
 would otherwise train without validation) and a split shorter than one block of seq_len + 1 tokens.
@@ -57,19 +48,19 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shutil
 import tempfile
-from collections import Counter
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from utils.checks import check_bool, check_choice, check_int
 
 from .common import DataUnavailableError, SourcedDataModule, cache_write_error, load_cached, make_folder, settings_key
+from .wikitext_tokens import BPEVocab, WordVocab, normalize_line, read_lines, split_text
 
 log = logging.getLogger(__name__)
 
@@ -78,30 +69,7 @@ TOKENIZERS = ("word", "bpe")
 SPLITS = ("train", "valid", "test")
 HUB_SPLITS = {"train": "train", "valid": "validation", "test": "test"}
 HUB_PATH = "Salesforce/wikitext"
-EOS, UNK = "<eos>", "<unk>"
 CACHE_FORMAT = 1
-
-
-def normalize_line(line: str) -> str:
-    """One line's content as it is tokenized: without its line break; a blank line becomes ""."""
-    line = line.rstrip("\r\n")
-    return line if line.strip() else ""
-
-
-def read_lines(path: Path) -> List[str]:
-    try:
-        with open(path, encoding="utf-8") as f:  # universal newlines, as the hub's builder read them
-            return [normalize_line(line) for line in f]
-    except UnicodeDecodeError as e:
-        raise DataUnavailableError(f"{path} is not UTF-8 text (byte {e.start}: {e.reason}): it is corrupt or "
-                                   f"not a WikiText file") from e
-
-
-def split_text(text: str):
-    """(complete lines, unterminated tail or None): the lines of `text` as a file would give them."""
-    parts = re.split(r"\r\n|\r|\n", text)
-    tail = parts.pop()
-    return [normalize_line(p) for p in parts], (tail if tail else None)
 
 
 class LMBlocks(Dataset):
@@ -125,93 +93,6 @@ class LMBlocks(Dataset):
 def stack_blocks(items, key=None):
     """A training batch of LMBlocks items (nothing random in it, so the BatchKey is not needed)."""
     return default_collate(items)
-
-
-class _WordVocab:
-    kind = "word"
-
-    def __init__(self, itos: Sequence[str]):
-        self.itos = list(itos)
-        self.stoi = {w: i for i, w in enumerate(self.itos)}
-        self.eos_id, self.unk_id = self.stoi[EOS], self.stoi[UNK]
-
-    @classmethod
-    def build(cls, lines: Iterable[str]) -> "_WordVocab":
-        counts = Counter(w for line in lines for w in line.split())
-        counts.pop(EOS, None)
-        counts.pop(UNK, None)
-        return cls([EOS, UNK] + sorted(counts, key=lambda w: (-counts[w], w)))
-
-    def save(self, folder: Path):
-        (folder / "vocab.json").write_text(json.dumps(self.itos, ensure_ascii=False))
-
-    @classmethod
-    def load(cls, folder: Path) -> "_WordVocab":
-        return cls(json.loads((folder / "vocab.json").read_text()))
-
-    def __len__(self):
-        return len(self.itos)
-
-    def encode_piece(self, text: str) -> List[int]:
-        get, unk = self.stoi.get, self.unk_id
-        return [get(w, unk) for w in text.split()]
-
-    def encode_lines(self, lines: Sequence[str]) -> List[int]:
-        get, unk, eos = self.stoi.get, self.unk_id, self.eos_id
-        out: List[int] = []
-        for line in lines:
-            out.extend(get(w, unk) for w in line.split())
-            out.append(eos)
-        return out
-
-    def decode_piece(self, ids: Sequence[int]) -> str:
-        return " ".join(self.itos[i] for i in ids)
-
-
-class _BPEVocab:
-    kind = "bpe"
-
-    def __init__(self, tok):
-        self.tok = tok
-        self.eos_id = tok.token_to_id(EOS)
-        self.unk_id = None
-
-    @classmethod
-    def build(cls, lines: Sequence[str], vocab_size: int) -> "_BPEVocab":
-        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-        tok = Tokenizer(models.BPE())
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        tok.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS], show_progress=False,
-                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-        tok.train_from_iterator(lines, trainer=trainer, length=len(lines))
-        return cls(tok)
-
-    def save(self, folder: Path):
-        self.tok.save(str(folder / "tokenizer.json"))
-
-    @classmethod
-    def load(cls, folder: Path) -> "_BPEVocab":
-        from tokenizers import Tokenizer
-
-        return cls(Tokenizer.from_file(str(folder / "tokenizer.json")))
-
-    def __len__(self):
-        return self.tok.get_vocab_size()
-
-    def encode_piece(self, text: str) -> List[int]:
-        return self.tok.encode(text, add_special_tokens=False).ids if text else []
-
-    def encode_lines(self, lines: Sequence[str]) -> List[int]:
-        out: List[int] = []
-        for enc in self.tok.encode_batch(list(lines), add_special_tokens=False):
-            out.extend(enc.ids)
-            out.append(self.eos_id)
-        return out
-
-    def decode_piece(self, ids: Sequence[int]) -> str:
-        return self.tok.decode(list(ids), skip_special_tokens=False) if ids else ""
 
 
 SYNTHETIC_GENERATOR = "markov+copies-1"  # part of the cache key: bump when markov_lines changes
@@ -319,7 +200,7 @@ class WikiTextDataModule(SourcedDataModule):
                                                f"every split of {self.name} needs some")
             return out
         if self.source_used == "hub":
-            import datasets
+            import datasets  # lazily: only a hub download needs it, and it takes about 1 s to import
 
             ds = self.hub_load(lambda: datasets.load_dataset(HUB_PATH, self.hub_config))
             try:
@@ -376,8 +257,8 @@ class WikiTextDataModule(SourcedDataModule):
         if (folder / "meta.json").is_file():
             return
         lines = self._read_split_lines()
-        vocab = (_WordVocab.build(lines["train"]) if self.tokenizer == "word"
-                 else _BPEVocab.build(lines["train"], self.bpe_vocab_size))
+        vocab = (WordVocab.build(lines["train"]) if self.tokenizer == "word"
+                 else BPEVocab.build(lines["train"], self.bpe_vocab_size))
         streams = {s: torch.tensor(vocab.encode_lines(lines[s]), dtype=torch.int32) for s in SPLITS}
         counts = {s: len(ids) for s, ids in streams.items()}
         self.check_blocks(counts)  # before anything is written: a refused run leaves no cache behind
@@ -408,7 +289,7 @@ class WikiTextDataModule(SourcedDataModule):
         try:
             meta = json.loads((folder / "meta.json").read_text())
             counts = {s: int(meta["tokens_per_split"][s]) for s in SPLITS}
-            vocab = _WordVocab.load(folder) if self.tokenizer == "word" else _BPEVocab.load(folder)
+            vocab = WordVocab.load(folder) if self.tokenizer == "word" else BPEVocab.load(folder)
         except Exception as e:  # noqa: BLE001 - missing file, bad JSON, a tokenizer file cut short: all rebuilt
             log.warning("cache entry %s is damaged (%s: %s): rebuilding it", folder, type(e).__name__, e)
             return None
@@ -455,11 +336,7 @@ class WikiTextDataModule(SourcedDataModule):
                + ", ".join(f"{s} {n:,}" for s, n in self.tokens_per_split.items())
                + f"; blocks of {self.seq_len} + 1")
         log.info(msg)
-        try:
-            from lightning.pytorch.utilities import rank_zero_info
-            rank_zero_info(msg)
-        except ImportError:  # pragma: no cover
-            print(msg)
+        rank_zero_info(msg)
 
     # -- vocabulary
     @property
