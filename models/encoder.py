@@ -145,11 +145,16 @@ def init_weights(m: nn.Module) -> None:
         nn.init.zeros_(m.bias)
 
 
-def attention_has_weights(blocks: nn.ModuleList) -> bool:
-    return all(block.attn.has_weights for block in blocks)
+class AttentionMapsMixin:
+    """For a network whose attention blocks are `self.blocks`: it can show attention maps when every block's
+    mechanism can return the matrix it applies (`attention_maps(...)` is the network's own: its inputs differ)."""
+
+    @property
+    def has_attention_maps(self) -> bool:
+        return all(block.attn.has_weights for block in self.blocks)
 
 
-class TransformerEncoder(nn.Module):
+class TransformerEncoder(AttentionMapsMixin, nn.Module):
     """Embedding (token ids, or a linear projection of features) + learned positions -> `depth`
     pre-norm blocks -> final LayerNorm -> mean pool over real tokens -> linear head.
 

@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional
 import torch
 from torch import Tensor, nn
 
-from models.encoder import (AttentionSpec, attention_has_weights, build_blocks, init_weights, run_blocks,
+from models.encoder import (AttentionMapsMixin, AttentionSpec, build_blocks, init_weights, run_blocks,
                             sized_attention_options)
 
 
@@ -60,7 +60,7 @@ class UNetInpainter(nn.Module):
         return self.outc(x)  # (B, c, H, W)
 
 
-class TransformerInpainter(nn.Module):
+class TransformerInpainter(AttentionMapsMixin, nn.Module):
     """Patches of the masked image with the mask as a 4th channel -> linear embedding + learned positions ->
     `depth` pre-norm blocks with the chosen attention -> a linear layer back to each patch's pixels."""
 
@@ -81,10 +81,6 @@ class TransformerInpainter(nn.Module):
         self.to_pixels = nn.Linear(dim, channels * patch_size * patch_size)
         nn.init.trunc_normal_(self.pos, std=0.02)
         self.apply(init_weights)
-
-    @property
-    def has_attention_maps(self) -> bool:
-        return attention_has_weights(self.blocks)
 
     def patchify(self, x: Tensor) -> Tensor:
         """(B, c, H, W) -> (B, n, c*p*p)."""

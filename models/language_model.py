@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from models.encoder import AttentionSpec, TransformerEncoder, attention_has_weights, init_weights, sized_attention_options
+from models.encoder import AttentionSpec, TransformerEncoder, init_weights, sized_attention_options
 
 
 class LanguageModel(TransformerEncoder):
@@ -29,10 +29,6 @@ class LanguageModel(TransformerEncoder):
         self.seq_len = seq_len
         self.apply(init_weights)
         nn_init_embedding(self)
-
-    @property
-    def has_attention_maps(self) -> bool:
-        return attention_has_weights(self.blocks)
 
     def forward(self, input_ids: Tensor) -> Tensor:
         """input_ids: (B, n) -> next-token logits (B, n, vocab) through the tied embedding."""

@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional
 import torch
 from torch import Tensor
 
-from models.encoder import AttentionSpec, TransformerEncoder, attention_has_weights, init_weights, sized_attention_options
+from models.encoder import AttentionSpec, TransformerEncoder, init_weights, sized_attention_options
 
 
 class TextClassifier(TransformerEncoder):
@@ -26,10 +26,6 @@ class TextClassifier(TransformerEncoder):
                          dropout=dropout, drop_path=drop_path, attention_options=options)
         self.seq_len = max_len
         self.apply(init_weights)
-
-    @property
-    def has_attention_maps(self) -> bool:
-        return attention_has_weights(self.blocks)
 
     @torch.no_grad()
     def attention_maps(self, input_ids: Tensor, mask: Optional[Tensor] = None) -> List[Tensor]:

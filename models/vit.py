@@ -18,10 +18,10 @@ from typing import Any, Dict, List, Optional
 import torch
 from torch import Tensor, nn
 
-from models.encoder import (AttentionSpec, attention_has_weights, build_blocks, init_weights, run_blocks,
+from models.encoder import (AttentionMapsMixin, AttentionSpec, build_blocks, init_weights, run_blocks,
                             sized_attention_options)
 
-class ViT(nn.Module):
+class ViT(AttentionMapsMixin, nn.Module):
     def __init__(self, image_size: int, patch_size: int, num_classes: int, dim: int, depth: int, heads: int,
                  mlp_ratio: float = 2.0, in_channels: int = 3, attention: AttentionSpec = "softmax",
                  attention_options: Optional[Dict[str, Any]] = None, dropout: float = 0.0, drop_path: float = 0.0):
@@ -42,10 +42,6 @@ class ViT(nn.Module):
         nn.init.trunc_normal_(self.pos, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         self.apply(init_weights)
-
-    @property
-    def has_attention_maps(self) -> bool:
-        return attention_has_weights(self.blocks)
 
     def embed(self, images: Tensor) -> Tensor:
         if images.shape[-2:] != (self.image_size, self.image_size):
