@@ -146,7 +146,8 @@ class SourcedDataModule(ResumableTraining, L.LightningDataModule):
         find_local(data_dir)     -> Optional[Path]: the local copy's root if one is there
         hub_available()          -> bool: whether a hub download can be attempted (cheap check)
         local_hint               one line: the expected local layout
-    and use `self.source_used` / `self.local_root` in prepare_data / setup.
+    and use `self.source_used` / `self.local_root` in prepare_data / setup. One whose loaders all shard
+    themselves across processes says so with `shards_itself`.
     """
 
     name = "data"
@@ -223,6 +224,14 @@ class SourcedDataModule(ResumableTraining, L.LightningDataModule):
             return loader()
         except Exception as e:  # noqa: BLE001 - network, missing config, offline mode: all the same to a user
             raise self.unavailable(f"the hub download failed ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
+
+    @property
+    def shards_itself(self) -> bool:
+        """True when ALL of this module's loaders (train, val, test) shard themselves across processes, so the
+        Trainer must not inject its DistributedSampler (the runner sets use_distributed_sampler=not
+        dm.shards_itself). False here: the evaluation loaders rely on Lightning's sampler. The training loader
+        shards itself either way (an EpochBatches, which Lightning leaves alone as a DistributedSampler)."""
+        return False
 
     def loader_kwargs(self) -> dict:
         """What every loader of the module shares. Evaluation loaders keep their order; the training

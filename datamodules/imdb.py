@@ -27,7 +27,8 @@ Splits: validation is `val_fraction` of the official train split, drawn with `se
 A local copy must hold reviews of both classes in both splits: an empty or one-sided split is refused
 with a sentence naming it, before anything is cached. A cached file that no longer loads is rebuilt.
 Batches are padded dynamically to the longest sequence in the batch (at most `max_len`);
-`bucket_by_length=True` groups similar lengths into batches to cut padding (text_batches.py).
+`bucket_by_length=True` groups similar lengths into batches to cut padding (text_batches.py); its loaders
+then shard themselves across processes (`shards_itself`).
 """
 from __future__ import annotations
 
@@ -315,6 +316,12 @@ class IMDBDataModule(SourcedDataModule):
         self.hparams["source_used"] = source
 
     # -- loaders
+    @property
+    def shards_itself(self) -> bool:
+        """With bucket_by_length every loader shards itself (BucketBatchSampler, EpochBatches): a
+        DistributedSampler injected by Lightning would break the buckets apart."""
+        return self.bucket_by_length
+
     def _loader(self, ds: TokenSequences, shuffle: bool) -> DataLoader:
         collate_fn = PadCollate(self.pad_id)
         if shuffle and self.bucket_by_length:  # one process's share of the buckets: EpochBatches shards them

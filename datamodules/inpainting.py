@@ -76,6 +76,7 @@ class InpaintingDataModule(ResumableTraining, L.LightningDataModule):
         self.save_hyperparameters(ignore=["datamodule"])
 
     # -- delegated properties
+    shards_itself = property(lambda self: False)  # evaluation loaders: the wrapped module's eval_loader, unsharded
     source_used = property(lambda self: self.datamodule.source_used)
     image_size = property(lambda self: self.datamodule.image_size)
     channels = property(lambda self: self.datamodule.channels)

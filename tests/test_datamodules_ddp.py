@@ -8,11 +8,13 @@ How the end of the epoch is accounted for:
     Lightning leaves them alone): each epoch's batches are dealt round-robin, and when their count is odd the
     largest is split in two, so the ranks get the same number of batches, are exactly disjoint and cover
     every sample.
-  * Evaluation loaders get Lightning's DistributedSampler (use_distributed_sampler=True, drop_last=False), which pads the index list to
+  * Evaluation loaders get Lightning's DistributedSampler (`shards_itself` False, so use_distributed_sampler=True as
+    in training/runner.py; drop_last=False), which pads the index list to
     2 * ceil(N / 2) by repeating its first indices, so each rank sees exactly ceil(N / 2) samples, no sample twice
     within a rank, the union is all N, and the ranks share exactly pad = 2 * ceil(N / 2) - N samples (0 or 1).
     The split sizes are chosen odd and even so both cases run.
-  * IMDB's evaluation BucketBatchSampler (bucket_by_length=True, use_distributed_sampler=False) shards whole batches and,
+  * IMDB's evaluation BucketBatchSampler (bucket_by_length=True: `shards_itself`, use_distributed_sampler=False)
+    shards whole batches and,
     when the batch count is odd, splits the largest batch in two instead of dropping or repeating: the ranks get
     the same number of batches, are exactly disjoint and cover every sample.
 
@@ -36,25 +38,34 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from datamodules import CIFAR10DataModule, IMDBDataModule, WikiTextDataModule  # noqa: E402
+from datamodules import CIFAR10DataModule, IMDBDataModule, InpaintingDataModule, WikiTextDataModule  # noqa: E402
+from datamodules.text_batches import BucketBatchSampler  # noqa: E402
 
 
 def make_datamodules(cache_dir: str):
-    """name -> (datamodule factory, use_distributed_sampler)."""
+    """name -> datamodule factory. Whether Lightning injects its sampler is the module's own `shards_itself`."""
     return {
         # train 31 (odd: one padded sample), val 10
-        "imdb": (lambda: IMDBDataModule(data_source="synthetic", tokenizer="byte", max_len=16, synthetic_sizes=(41, 6),
-                                        val_fraction=0.25, batch_size=4, cache_dir=cache_dir), True),
+        "imdb": lambda: IMDBDataModule(data_source="synthetic", tokenizer="byte", max_len=16, synthetic_sizes=(41, 6),
+                                       val_fraction=0.25, batch_size=4, cache_dir=cache_dir),
         # 31 samples in batches of 5: 7 batches (odd) -> the largest is split, 4 + 4 batches
-        "imdb_bucket": (lambda: IMDBDataModule(data_source="synthetic", tokenizer="byte", max_len=16,
-                                               synthetic_sizes=(41, 6), val_fraction=0.25, batch_size=5,
-                                               bucket_by_length=True, cache_dir=cache_dir), False),
-        "wikitext": (lambda: WikiTextDataModule(data_source="synthetic", synthetic_tokens=1000, seq_len=16,
-                                                batch_size=8, return_index=True, cache_dir=cache_dir), True),
+        "imdb_bucket": lambda: IMDBDataModule(data_source="synthetic", tokenizer="byte", max_len=16,
+                                              synthetic_sizes=(41, 6), val_fraction=0.25, batch_size=5,
+                                              bucket_by_length=True, cache_dir=cache_dir),
+        "wikitext": lambda: WikiTextDataModule(data_source="synthetic", synthetic_tokens=1000, seq_len=16,
+                                               batch_size=8, return_index=True, cache_dir=cache_dir),
         # train 39 (odd), val 11 (odd)
-        "cifar": (lambda: CIFAR10DataModule(data_source="synthetic", synthetic_sizes=(50, 10), val_size=11,
-                                            batch_size=8, augment="none", return_index=True, cache_dir=cache_dir), True),
+        "cifar": lambda: CIFAR10DataModule(data_source="synthetic", synthetic_sizes=(50, 10), val_size=11,
+                                           batch_size=8, augment="none", return_index=True, cache_dir=cache_dir),
     }
+
+
+def test_shards_itself_says_whether_every_loader_shards_itself(tmp_path):
+    """The runner passes use_distributed_sampler=not dm.shards_itself: True only where the evaluation loaders shard
+    themselves too (IMDB with bucket_by_length); the tests below check each module's loaders under that setting."""
+    got = {name: make().shards_itself for name, make in make_datamodules(str(tmp_path)).items()}
+    assert got == {"imdb": False, "imdb_bucket": True, "wikitext": False, "cifar": False}
+    assert InpaintingDataModule(data_source="synthetic", cache_dir=str(tmp_path)).shards_itself is False
 
 
 def batch_index(batch) -> list:
@@ -99,10 +110,10 @@ def _run_ddp(out: Path):
         def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=0.1)
 
-    for name, (make, use_ds) in make_datamodules(str(out / "cache")).items():
+    for name, make in make_datamodules(str(out / "cache")).items():
         dm, model = make(), Recorder()
         trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=1, num_sanity_val_steps=0,
-                            use_distributed_sampler=use_ds, logger=False, enable_checkpointing=False,
+                            use_distributed_sampler=not dm.shards_itself, logger=False, enable_checkpointing=False,
                             enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(out))
         trainer.fit(model, datamodule=dm)
         rec = {"rank": trainer.global_rank, "world_size": trainer.world_size, "seen": model.seen,
@@ -116,7 +127,8 @@ def test_two_ddp_processes_see_disjoint_shards(tmp_path):
     proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), str(tmp_path)], cwd=str(ROOT), env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    for name, (_, use_ds) in make_datamodules(str(tmp_path / "cache")).items():
+    for name, make in make_datamodules(str(tmp_path / "cache")).items():
+        use_ds = not make().shards_itself
         recs = [json.loads((tmp_path / f"{name}-rank{r}.json").read_text()) for r in (0, 1)]
         assert [r["rank"] for r in recs] == [0, 1] and all(r["world_size"] == 2 for r in recs)
         for split in ("train", "val"):
@@ -141,7 +153,8 @@ def _shard_with_lightnings_sampler(loader, rank: int, shuffle: bool):
 def test_distributed_sampler_shards_are_disjoint_in_process(tmp_path, name):
     from types import SimpleNamespace
 
-    make, use_ds = make_datamodules(str(tmp_path / "cache"))[name]
+    make = make_datamodules(str(tmp_path / "cache"))[name]
+    use_ds = not make().shards_itself
     for split, shuffle in (("train", True), ("val", False)):
         seen, n_batches = [], []
         for rank in (0, 1):
@@ -162,8 +175,6 @@ def test_distributed_sampler_shards_are_disjoint_in_process(tmp_path, name):
 
 
 def test_bucket_sampler_splits_instead_of_dropping():
-    from datamodules.text_batches import BucketBatchSampler
-
     lengths = torch.randint(1, 50, (103,), generator=torch.Generator().manual_seed(0))
     for replicas in (2, 3, 4):
         for shuffle in (True, False):
