@@ -808,7 +808,8 @@ def _bad_option_params():
         cases = [dict(opts) for opts in get_attention(name).bad_options]
         cases += [{key: bad} for key, default in attention_options(name).items() if key not in COMMON_OPTIONS
                   for bad in derived_bad_values(default)]
-        out += [pytest.param(name, opts, id=f"{name}-{'-'.join(f'{k}={v!r}' for k, v in opts.items())}") for opts in cases]
+        out += [pytest.param(name, opts, id=f"{name}-{'-'.join(f'{k}={v!r}' for k, v in opts.items())}")
+                for opts in cases]
     return out
 
 

@@ -4,9 +4,9 @@
 Blocked implementation, O(n w) time and memory, never an n x n matrix: the sequence is cut into
 blocks of W = window positions; each query block attends to its own block and its neighbours
 (previous and next; causal: previous only), i.e. 3W (2W) keys, and a band mask trims that to the
-exact window (functional.sliding_window_attention, shared with `hybrid`). Dilation regroups positions by residue mod delta, each group an ordinary window.
+exact window. Dilation regroups positions by residue mod delta, each group an ordinary window.
 The (B, h, n, n) weights returned on request are the same band-masked softmax written densely
-(O(n^2), for inspection).
+(O(n^2), for inspection). The kernel is functional.sliding_window_attention, shared with `hybrid`.
 """
 from __future__ import annotations
 
