@@ -1,14 +1,10 @@
-"""Train a task model with a chosen attention mechanism.
+"""Train a task model with a chosen attention mechanism (docs/training.md).
 
     python train.py --model vit --attention linformer                       # CIFAR-10, the default recipe
-    python train.py --model imdb --attention performer --attention-opt features=128
-    python train.py --model wikitext --attention linear --max-epochs 5
     python train.py --model wikitext --attention linear --ckpt-path last --generate "The history of"
-    python train.py --config experiment.yaml --lr 3e-4                      # flags override the file
+    python train.py --model vit --attention all --max-steps 300             # the comparison study
 
-Runs land in lightning_logs/<model>-<attention>-<data source>/version_N/. `python train.py --help` lists
-every flag; the machinery is in training/ (config, runner) and the recipes in models/tasks/registry.py.
-"""
+Runs land in lightning_logs/<model>-<attention>-<data source>/version_N/; the machinery is in training/."""
 import sys
 
 from training import main

@@ -1,31 +1,10 @@
-"""`last.ckpt` that really is the newest state, a graceful stop on SIGINT / SIGTERM, and the TensorBoard
-files cut back to a checkpoint when a run resumes from it.
+"""`last.ckpt` that is always the newest resumable state, a graceful stop on SIGINT / SIGTERM, and the
+TensorBoard files cut back to a checkpoint when a run resumes from it (docs/training.md, "Resuming").
 
-    trainer = L.Trainer(callbacks=[ModelCheckpoint(monitor="val/acc", mode="max"), LastCheckpoint(dirpath)])
+    trainer = L.Trainer(callbacks=[ModelCheckpoint(monitor="val/acc", mode="max"), LastCheckpoint()])
 
-Lightning's `ModelCheckpoint(save_last=True)` beside a monitored top-k writes `last.ckpt` only when a top-k
-file is written, i.e. when the metric improves; a resumed run then goes back to the best step. This
-callback writes `<dirpath>/last.ckpt` on its own schedule:
-- after every validation inside an epoch, at the start of every epoch after the first (the state at the
-  end of the previous one, after its validation and everything it logged) and when training ends. These
-  are states Lightning's loops resume from exactly; a save in the validation at an epoch's last batch
-  would not be (Lightning would repeat the epoch's end), so that one waits for the next epoch's start.
-  At --max-steps the state is saved at the end of the last batch, before Lightning counts the cut epoch
-  as done, so that a run continued with a larger --max-steps finishes that epoch;
-- when the loss stops being finite (FiniteLossGuard raises before the backward pass, so the weights are
-  still those of the last good step, and they are checked to be finite before they are saved);
-- when the process gets SIGINT or SIGTERM: the first signal asks the run to stop at the end of the
-  current training batch (a step is never cut in half), saves there and raises TrainingInterrupted; a
-  second SIGINT interrupts at once, as Ctrl+C normally does. Single-process runs only: under DDP the
-  launcher owns the signals.
-Lightning writes checkpoints through an fsspec transaction (a temporary file moved into place), so a kill
-while saving leaves the previous last.ckpt whole.
-
-Every checkpoint records the size of each TensorBoard event file of the run at the moment it was saved
-(after a flush). `truncate_events(log_dir, checkpoint)` cuts the files back to those sizes and removes
-files that did not exist then, so a run resumed from that checkpoint never holds a step twice: what was
-logged after the checkpoint is logged again by the resumed run.
-"""
+Saved after every mid-epoch validation, at each epoch's start, at --max-steps, at the end, before a NaN
+step and on a signal: the states Lightning's loops resume from exactly."""
 from __future__ import annotations
 
 import os
@@ -119,6 +98,8 @@ class LastCheckpoint(Checkpoint):
         return not trainer.sanity_checking and not trainer.fast_dev_run and trainer.state.fn == "fit"
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # not in the validation at an epoch's last batch: Lightning would repeat the epoch's end from that
+        # state, so the end of an epoch is saved at the next epoch's start, after everything it logged
         if self._fitting(trainer) and not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
             self.save(trainer)
             self._stop_if_asked(trainer)
@@ -134,6 +115,7 @@ class LastCheckpoint(Checkpoint):
         self._restore_handlers()
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        # FiniteLossGuard raises before the backward pass: the weights are still the last good step's
         self._restore_handlers()
         # one process only: under DDP the others are not in this hook, and saving waits for them all
         if isinstance(exception, NonFiniteLossError) and not trainer.fast_dev_run and trainer.world_size == 1:
@@ -151,6 +133,7 @@ class LastCheckpoint(Checkpoint):
                 self._previous_handlers[signum] = signal.signal(signum, self._ask_to_stop)
 
     def _ask_to_stop(self, signum: int, frame) -> None:
+        # the stop happens at the end of the current training batch: a step is never cut in half
         if self._stop_signal is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt  # asked twice: stop now, as Ctrl+C does
         self._stop_signal = signum

@@ -1,22 +1,10 @@
-"""Training batches that a run can resume in the middle of an epoch, exactly.
+"""Training batches that a run can resume in the middle of an epoch, exactly (docs/training.md, "Resuming").
 
-Every training batch is a pure function of (seed, epoch, position in the epoch): the epoch's order comes
-from a generator seeded with (seed, epoch), and the batch's own random draws (augmentation, masks) from
-one seeded with (seed, salt, epoch, position), never from a generator that advances as batches are made.
-So a batch does not depend on how many batches came before it in this process, on the number of workers
-or on which worker made it, and a resumed run only has to say where it is: the DataModule's
-`state_dict()` (which Lightning saves in every checkpoint) holds `{"epoch": e, "done": k}`, the batches
-of epoch e that the training loop had finished (Lightning's own counter), and after `load_state_dict` the
-next training epoch starts at batch k of epoch e.
+A batch is a pure function of (seed, epoch, position): its order from a generator seeded with (seed,
+epoch), its augmentation from one seeded with (seed, epoch, position). So the DataModule's state only
+needs the position, and the batches do not depend on the number of workers.
 
-    batches = EpochBatches(lambda epoch: shuffled_batches(n, 32, seed, epoch))
-    loader = DataLoader(KeyedDataset(dataset, collate), sampler=batches, batch_size=None, collate_fn=unkey)
-
-The sampler yields a `BatchKey` (epoch, position, indices); `KeyedDataset` turns it into the finished
-batch, so the key travels to a worker with the indices. `EpochBatches` shards the batches across
-processes itself (every rank the same number of batches, no sample twice in an epoch); it is a
-DistributedSampler for that reason, which is also what tells Lightning to leave it alone.
-"""
+    loader = self.resumable_loader(dataset, plan=lambda epoch: batches_of(epoch), make_batch=collate)"""
 from __future__ import annotations
 
 import functools

@@ -1,27 +1,10 @@
-"""The comparison study: every attention mechanism a task supports, trained with the same recipe, seed
-and budget, then its accuracy set against its latency, memory and FLOPs in one report.
+"""The comparison study: every mechanism a task supports, trained with one recipe, seed and budget, then
+accuracy set against latency, memory and FLOPs in one report (docs/study.md).
 
     python train.py --model vit --attention all --max-steps 300 --seeds 3
-    python train.py --model imdb --attention all --attention-opt linformer.k=64 --study-dir results/imdb
-    python train.py --model wikitext --attention softmax,performer,linear --max-steps 100
+    python train.py --model wikitext --attention softmax,performer,linear --attention-opt performer.features=64
 
-`--attention a,b,c` compares the listed mechanisms only. Every flag of a single run applies to every run
-of the study. `--attention-opt NAME.KEY=VALUE` gives an
-option to one mechanism only. `--seeds N` trains seeds seed, seed + 1, ... seed + N - 1.
-
-- Mechanisms the task cannot use (a causal language model and a mechanism that cannot be causal) are
-  listed as skipped, with the reason, before anything trains.
-- Runs land where single runs do (`<logdir>/<model>-<attention>-<source>/version_N/`). A run whose
-  results.json holds the same config is finished: a re-run of the study skips it, so an interrupted
-  study resumes where it stopped.
-- A run that fails (an exception, a diverging loss) is recorded as failed with its error, and the
-  study goes on with the others.
-- `<study dir>/study.json` is rewritten after every run (status, results and efficiency of each);
-  then training/study_report.py writes the table (markdown, CSV), the trade-off plots, the attention
-  maps side by side and report.md. With `--study-sweep` (default), profile.py's sweep of the same
-  mechanisms at the model's width and heads around its sequence length goes to `<study dir>/sweep/`
-  and the report links its plots.
-"""
+A re-run skips finished runs and resumes stopped ones; failures are recorded and the others go on."""
 from __future__ import annotations
 
 import argparse

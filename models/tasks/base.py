@@ -1,17 +1,7 @@
-"""What every task's LightningModule shares (the lightning-hydra-template shape).
-
-- The network is handed in; `config` (the run's full recipe: task, attention, its options, sizes,
-  optimiser, data source used) is saved as hyperparameters, so a checkpoint rebuilds its network.
-- One `model_step(batch, stage)` serves train / val / test; metrics are torchmetrics collections per
-  stage, logged as `train/loss`, `val/acc`, ... (epoch-level, synchronised across processes).
-- AdamW (no weight decay on biases, norms, positions and tokens) with linear warm-up and cosine decay,
-  stepped every optimiser step.
-- Attention maps of a fixed validation batch are logged as a (layer x head) image grid for mechanisms
-  that can produce them (`net.has_attention_maps`).
-- Checkpoints carry the global RNG states, restored when training starts, so a resumed run continues
-  with the same random draws (dropout, drop-path) as an uninterrupted one, and the training metrics'
-  running states, so an epoch cut by a resume reports the same metrics.
-"""
+"""What every task's LightningModule shares: the network handed in, the run's config saved as
+hyperparameters, one `model_step` for train / val / test with torchmetrics per stage, AdamW with warm-up
+and cosine decay, attention-map images, and what exact resumption needs in a checkpoint (the global RNG
+states, the training metrics' running sums)."""
 from __future__ import annotations
 
 import math
