@@ -55,7 +55,7 @@ def test_two_mechanisms_table_plots_report_and_rerun_skips(tmp_path, capsys):
     rows = list(csv.DictReader((out / "table.csv").open()))
     assert [r["attention"] for r in rows] == ["softmax", "linear"]
     for r in rows:
-        assert r["metric_name"] == "test/acc" and float(r["latency_ms_p50"]) > 0 and float(r["step_mem_mib"]) > 0
+        assert r["metric_name"] == "test/acc" and float(r["latency_ms_p50"]) > 0 and float(r["step_alloc_peak_mib"]) > 0
         assert float(r["gflop_per_sample"]) > 0 and int(r["parameters"]) > 0 and r["data_source"] == "synthetic"
     report = (out / "report.md").read_text()
     assert "| softmax |" in report and "| linear |" in report and "tradeoff.png" in report

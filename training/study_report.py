@@ -15,13 +15,22 @@ from __future__ import annotations
 import csv
 import io
 import math
+import os
 import statistics
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+import torch
+from matplotlib.ticker import FuncFormatter, NullFormatter
+
+from profiling.plots import STYLE, mechanism_styles, plt
+from training.runner import prepare
+from training.tasks import get_task
+from utils.io import write_text
+
 COST_AXES = [  # (key in a row, axis label); lower is better on every axis
     ("latency_ms_p50", "training step latency p50 (ms)"),
-    ("step_mem_mib", "tensor memory of a training step (MiB)"),
+    ("step_alloc_peak_mib", "tensor memory of a training step (MiB)"),
     ("gflop_per_sample", "GFLOP per sample (fwd + bwd)"),
 ]
 
@@ -59,10 +68,8 @@ def rows(study: Dict[str, Any]) -> List[Dict[str, Any]]:
             effs = [r.get("efficiency") or {} for r in ok]
             row["metric"], row["metric_std"] = _mean_std([run_metric(r, metric) for r in ok])
             row["best_val"], _ = _mean_std([r["results"].get("best_val") for r in ok])
-            for key, src in (("latency_ms_p50", "latency_ms_p50"), ("step_mem_mib", "step_alloc_peak_mib"),
-                             ("process_peak_mem_mib", "peak_mem_mib"),
-                             ("samples_per_s", "samples_per_s"), ("wall_time_s", "wall_time_s")):
-                row[key], row[f"{key}_std"] = _mean_std([e.get(src) for e in effs])
+            for key in ("latency_ms_p50", "step_alloc_peak_mib", "peak_mem_mib", "samples_per_s", "wall_time_s"):
+                row[key], row[f"{key}_std"] = _mean_std([e.get(key) for e in effs])  # efficiency.json's names
             fwd_bwd = [e.get("flops_per_sample_fwd_bwd") for e in effs]
             row["gflop_per_sample"], _ = _mean_std([f / 1e9 if f else None for f in fwd_bwd])
             row["gflop_per_sample_std"] = None
@@ -96,7 +103,7 @@ def pareto(points: Sequence[Tuple[str, float, float]], maximize: bool) -> List[s
 COLUMNS = [  # (key, header, format)
     ("attention", "attention", "s"), ("metric", "{metric}", ".4g"), ("best_val", "best {monitor}", ".4g"),
     ("parameters", "params", ","), ("gflop_per_sample", "GFLOP / sample (fwd+bwd)", ".4g"),
-    ("latency_ms_p50", "latency p50 (ms)", ".1f"), ("step_mem_mib", "step memory (MiB)", ",.1f"),
+    ("latency_ms_p50", "latency p50 (ms)", ".1f"), ("step_alloc_peak_mib", "step memory (MiB)", ",.1f"),
     ("samples_per_s", "samples/s", ",.1f"), ("tokens_per_s", "{unit}/s", ",.0f"), ("fit_seconds", "training (s)", ",.0f"),
     ("seeds", "seeds", "d"), ("data_source", "data", "s"), ("machine", "machine", "s"),
 ]
@@ -129,7 +136,7 @@ def table_markdown(study: Dict[str, Any], table_rows: List[Dict[str, Any]]) -> s
 
 def table_csv(study: Dict[str, Any], table_rows: List[Dict[str, Any]]) -> str:
     keys = ["attention", "status", "error", "metric", "metric_std", "best_val", "parameters", "gflop_per_sample",
-            "latency_ms_p50", "latency_ms_p50_std", "step_mem_mib", "step_mem_mib_std", "process_peak_mem_mib", "samples_per_s",
+            "latency_ms_p50", "latency_ms_p50_std", "step_alloc_peak_mib", "step_alloc_peak_mib_std", "peak_mem_mib", "samples_per_s",
             "samples_per_s_std", "tokens_per_s", "token_unit", "fit_seconds", "seeds", "failed", "data_source", "machine"]
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=["metric_name", *keys], extrasaction="ignore", lineterminator="\n")
@@ -142,8 +149,6 @@ def table_csv(study: Dict[str, Any], table_rows: List[Dict[str, Any]]) -> str:
 # ------------------------------------------------------------------ plots
 def save_figure(fig, out_dir: Path, stem: str) -> List[Path]:
     """PNG and PDF of a figure, then closed."""
-    import matplotlib.pyplot as plt
-
     paths = [out_dir / f"{stem}.{ext}" for ext in ("png", "pdf")]
     for path in paths:
         fig.savefig(path)
@@ -152,15 +157,6 @@ def save_figure(fig, out_dir: Path, stem: str) -> List[Path]:
 
 
 def plot_tradeoffs(study: Dict[str, Any], table_rows: List[Dict[str, Any]], out_dir: Path) -> List[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from matplotlib.ticker import FuncFormatter, NullFormatter
-
-    from profiling.plots import STYLE, mechanism_styles
-
     done = [r for r in table_rows if r["status"] == "finished" and r.get("metric") is not None]
     if not done:
         return []
@@ -202,16 +198,6 @@ def attention_maps(study: Dict[str, Any], out_dir: Path, max_layers: int = 4) ->
     """Head-averaged attention of one validation input, every layer, for each mechanism that has weights
     (its first finished seed's best checkpoint). The input is the first validation sample of the data the
     study trained on."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import torch
-
-    from profiling.plots import STYLE
-    from training.runner import prepare
-    from training.tasks import get_task
-
     firsts: Dict[str, Dict[str, Any]] = {}
     for rec in study["runs"]:
         if rec["status"] == "finished" and rec.get("results") and rec["attention"] not in firsts:
@@ -264,8 +250,6 @@ BUDGET_KEYS = ("data_source", "max_epochs", "max_steps", "limit_train_batches", 
 
 
 def _rel(path: Path, start: Path) -> str:
-    import os
-
     return os.path.relpath(path, start)
 
 
@@ -274,8 +258,8 @@ def write_report(study: Dict[str, Any], out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     table_rows = rows(study)
     md_table = table_markdown(study, table_rows)
-    _write(out_dir / "table.md", md_table + "\n")
-    _write(out_dir / "table.csv", table_csv(study, table_rows))
+    write_text(out_dir / "table.md", md_table + "\n")
+    write_text(out_dir / "table.csv", table_csv(study, table_rows))
     plots = plot_tradeoffs(study, table_rows, out_dir)
     try:
         maps = attention_maps(study, out_dir)
@@ -322,13 +306,5 @@ def write_report(study: Dict[str, Any], out_dir: Path) -> Path:
         lines += [f"- {r['attention']} seed {r['seed']}: failed, {r.get('error')}" for r in failed]
         lines.append("")
     path = out_dir / "report.md"
-    _write(path, "\n".join(lines))
+    write_text(path, "\n".join(lines))
     return path
-
-
-def _write(path: Path, text: str) -> None:
-    import os
-
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
