@@ -24,45 +24,39 @@ Pairs (ours vs reference):
 A mechanism not registered yet (see list_attentions()) or a reference package not installed gives a
 "skipped" row instead of an error.
 
-Timing: time.perf_counter around each forward call, gc collected then disabled over the timed
-region, medians reported with the interquartile range, the ratio of medians and the ratio of minima.
-Peak memory: the PyTorch CPU allocator's own accounting, read through the profiler
-(profile_memory=True): the peak of bytes allocated during one forward call, measured in a separate
-call from the timed ones. Inputs and parameters, allocated beforehand, are not included; memory that
-bypasses the PyTorch allocator (oneDNN / BLAS scratch, Python objects) is not seen.
+Timing: profiling.time_interleaved (time.perf_counter around each forward call, gc off while timing),
+medians with the interquartile range, the ratio of medians and the ratio of minima. Peak memory:
+profiling.peak_allocated_bytes (the PyTorch CPU allocator's own accounting, read through the profiler) of
+one forward call, apart from the timed ones; inputs and parameters are not included.
 """
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import gc
-import json
+import importlib
 import math
 import os
-import platform
-import shlex
-import statistics
 import sys
 import time
 import warnings
+from importlib import metadata
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-_ROOT = Path(__file__).resolve().parents[1]
-if str(_ROOT) not in sys.path:
-    sys.path.insert(0, str(_ROOT))
-
-from profiling.machine import cpu_model  # noqa: E402
-from profiling import peak_allocated_bytes  # noqa: E402
-from profiling.report import loglog_slope  # noqa: E402
-from models.attention import build_attention, list_attentions  # noqa: E402
+from models.attention import build_attention, list_attentions
+from profiling import peak_allocated_bytes, time_interleaved
+from profiling.harness import command_line, finish, int_arg, machine, timing_summary, write_results
+from profiling.machine import cpu_times, load_average, memory_available, steal_fraction
+from profiling.report import loglog_slope
+from utils.checks import check_int_list
 
 MIB = 2**20
-DEFAULT_OUT = _ROOT / "benchmarks" / "results"  # independent of the working directory
+DEFAULT_OUT = Path(__file__).resolve().parent / "results"  # independent of the working directory
+RESULTS = "attention_vs_reference"  # OUT/attention_vs_reference.{md,json}
 SCALING_LENS = (1024, 2048, 4096, 8192, 16384)
 QUICK_SCALING_LENS = (256, 512)
 SCALING_MECHANISMS = ("softmax", "naive", "local", "linear", "performer", "linformer", "nystromformer")
@@ -106,8 +100,6 @@ class ReferenceMissing(Exception):
 
 def _import(module: str):
     """Import a reference package quietly (they emit deprecation warnings on import)."""
-    import importlib
-
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -117,8 +109,6 @@ def _import(module: str):
 
 
 def _pkg_version(dist: str) -> str:
-    from importlib import metadata
-
     try:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:
@@ -282,125 +272,6 @@ def scaling_options(name: str, max_n: int) -> Dict:
     }.get(name, {})
 
 
-# --------------------------------------------------------------------------- measurement
-
-
-def peak_alloc_bytes(fn: Callable[[], object]) -> int:
-    """Peak bytes allocated by the PyTorch CPU allocator during fn(), above the level at its start
-    (profiling.memory: the allocator's running total read from profiler events)."""
-    return peak_allocated_bytes(fn, "cpu")
-
-
-def time_interleaved(fns: Sequence[Callable[[], object]], warmup: int, runs: int):
-    """Seconds per call for each fn, calling them in turn (a, b, a, b, ...) so noise hits all alike.
-
-    Returns (wall times, process CPU times) per fn; CPU / (wall * threads) well below 1 means other
-    processes were competing for the cores (hypervisor steal is tracked separately, from /proc/stat)."""
-    for _ in range(warmup):
-        for fn in fns:
-            fn()
-    times: List[List[float]] = [[] for _ in fns]
-    cpu: List[List[float]] = [[] for _ in fns]
-    gc.collect()
-    gc.disable()
-    try:
-        for _ in range(runs):
-            for i, fn in enumerate(fns):
-                c0 = time.process_time()
-                t0 = time.perf_counter()
-                fn()
-                times[i].append(time.perf_counter() - t0)
-                cpu[i].append(time.process_time() - c0)
-    finally:
-        gc.enable()
-    return times, cpu
-
-
-def _quartiles(xs: Sequence[float]):
-    if len(xs) < 2:
-        return xs[0], xs[0]
-    q = statistics.quantiles(xs, n=4, method="inclusive")
-    return q[0], q[2]
-
-
-def summarize(ts: Sequence[float]) -> Dict:
-    ms = [t * 1e3 for t in ts]
-    q1, q3 = _quartiles(ms)
-    return dict(median_ms=statistics.median(ms), min_ms=min(ms), q1_ms=q1, q3_ms=q3, iqr_ms=q3 - q1, runs_ms=ms)
-
-
-def _mem_available() -> Optional[int]:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-# --------------------------------------------------------------------------- machine
-
-
-def physical_cores() -> Optional[int]:
-    try:
-        cores = set()
-        phys = core = None
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("physical id"):
-                    phys = line.split(":")[1].strip()
-                elif line.startswith("core id"):
-                    core = line.split(":")[1].strip()
-                elif not line.strip():
-                    if core is not None:
-                        cores.add((phys, core))
-                    phys = core = None
-        return len(cores) or None
-    except OSError:
-        return None
-
-
-def machine_info(threads: int, command: str) -> Dict:
-    return dict(
-        cpu_model=cpu_model(),
-        logical_cpus=os.cpu_count(),
-        physical_cores=physical_cores(),
-        torch_threads=threads,
-        torch_version=torch.__version__,
-        python=platform.python_version(),
-        platform=platform.platform(),
-        mkldnn=torch.backends.mkldnn.is_available(),
-        date_utc=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
-        command=command,
-        load_avg_start=_loadavg(),
-    )
-
-
-def _cpu_stat() -> Optional[List[int]]:
-    """Aggregate CPU jiffies from /proc/stat (user nice system idle iowait irq softirq steal ...)."""
-    try:
-        with open("/proc/stat") as f:
-            return [int(v) for v in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-
-
-def _steal_fraction(a, b) -> Optional[float]:
-    if not a or not b or len(a) < 8 or len(b) < 8:
-        return None
-    total = sum(b[:8]) - sum(a[:8])
-    return (b[7] - a[7]) / total if total > 0 else None
-
-
-def _loadavg() -> Optional[List[float]]:
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except OSError:
-        return None
-
-
 # --------------------------------------------------------------------------- output
 
 
@@ -437,12 +308,12 @@ def render_markdown(report: Dict) -> str:
         "# Our attention vs reference implementations",
         "",
         f"- command: `{m['command']}`",
-        f"- date: {m['date_utc']}{'' if report['complete'] else '  (run in progress / incomplete)'}",
+        f"- date: {m['started_utc']}{'' if report['complete'] else '  (run in progress / incomplete)'}",
         f"- CPU: {m['cpu_model']}; {m['logical_cpus']} logical CPUs ({m['physical_cores'] or '?'} physical cores); "
         f"torch threads used: {m['torch_threads']}",
         f"- system load average (1, 5, 15 min) at start {m.get('load_avg_start')}, at end {m.get('load_avg_end', 'n/a')} "
         f"(this run itself adds about its thread count; other processes competing for the CPUs add noise, which interleaving spreads over both sides)",
-        f"- torch {m['torch_version']}, Python {m['python']}, {m['platform']}",
+        f"- torch {m['torch_version']}, Python {m['python_version']}, {m['platform']}",
         f"- config: CPU, fp32, dim {c['dim']}, {c['heads']} heads (head dim {c['dim'] // c['heads']}), batch {c['batch']}, "
         f"n = {c['seq_len']}, forward only under torch.no_grad(), eval(); "
         f"{c['warmup']} warm-up + {c['runs']} timed runs each, ours and reference interleaved run by run",
@@ -513,14 +384,7 @@ def render_markdown(report: Dict) -> str:
 
 
 def write_report(report: Dict, out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    for name, text in (
-        ("attention_vs_reference.md", render_markdown(report)),
-        ("attention_vs_reference.json", json.dumps(report, indent=2) + "\n"),
-    ):
-        tmp = out / (name + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, out / name)
+    write_results(out / RESULTS, report, render_markdown(report))
 
 
 # --------------------------------------------------------------------------- running
@@ -570,16 +434,16 @@ def run_pair(spec: Dict, cfg: Dict, log) -> Dict:
             row["max_abs_diff"] = diff
             row["check"] = f"same weights: max |ours - ref| = {diff:.2e}"
         del y_ours, y_ref
-        row["load_avg_before"], stat0 = _loadavg(), _cpu_stat()
-        (t_ours, t_ref), (c_ours, c_ref) = time_interleaved([f_ours, f_ref], cfg["warmup"], cfg["runs"])
-        row["load_avg_after"], row["cpu_steal"] = _loadavg(), _steal_fraction(stat0, _cpu_stat())
-        row["ours_time"], row["ref_time"] = summarize(t_ours), summarize(t_ref)
-        threads = torch.get_num_threads()
-        row["cpu_util"] = sum(c_ours + c_ref) / (sum(t_ours + t_ref) * threads)
-        row["time_ratio"] = row["ours_time"]["median_ms"] / row["ref_time"]["median_ms"]
-        row["time_ratio_min"] = row["ours_time"]["min_ms"] / row["ref_time"]["min_ms"]
-        row["ours_peak_bytes"] = peak_alloc_bytes(f_ours)
-        row["ref_peak_bytes"] = peak_alloc_bytes(f_ref)
+        row["load_avg_before"], stat0 = load_average(), cpu_times()
+        (t_ours, t_ref), cpu_s = time_interleaved([f_ours, f_ref], warmup=cfg["warmup"], runs=cfg["runs"])
+        row["load_avg_after"], row["cpu_steal"] = load_average(), steal_fraction(stat0, cpu_times())
+        row["ours_time"], row["ref_time"] = timing_summary(t_ours), timing_summary(t_ref)
+        wall_s = (sum(t_ours.times_ms) + sum(t_ref.times_ms)) / 1e3
+        row["cpu_util"] = sum(cpu_s) / (wall_s * torch.get_num_threads())
+        row["time_ratio"] = t_ours.median_ms / t_ref.median_ms
+        row["time_ratio_min"] = t_ours.min_ms / t_ref.min_ms
+        row["ours_peak_bytes"] = peak_allocated_bytes(f_ours, "cpu")
+        row["ref_peak_bytes"] = peak_allocated_bytes(f_ref, "cpu")
     except Exception as exc:
         row["status"] = f"error: {type(exc).__name__}: {exc}"
         return row
@@ -610,7 +474,7 @@ def run_scaling(name: str, lens: Sequence[int], cfg: Dict, log) -> Dict:
         row["status"] = f"error building: {type(exc).__name__}: {exc}"
         return row
     measured_n, measured_b = [], []
-    avail = _mem_available()
+    avail = memory_available()
     for n in lens:
         if len(measured_n) >= 1 and avail is not None:
             # extrapolate from the last two points (quadratic if only one) and skip what cannot fit
@@ -633,7 +497,7 @@ def run_scaling(name: str, lens: Sequence[int], cfg: Dict, log) -> Dict:
         try:
             t0 = time.perf_counter()
             fwd()  # warm-up: lazily built buffers are not counted as per-call memory
-            b = peak_alloc_bytes(fwd)
+            b = peak_allocated_bytes(fwd, "cpu")
         except Exception as exc:
             row["peak_mib"][str(n)] = f"error: {type(exc).__name__}"
             log(f"    {name} n={n}: {type(exc).__name__}: {exc}")
@@ -652,39 +516,13 @@ def run_scaling(name: str, lens: Sequence[int], cfg: Dict, log) -> Dict:
     return row
 
 
-def _positive(name):
-    def parse(s):
-        try:
-            v = int(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a positive integer, got {s!r}") from None
-        if v <= 0:
-            raise argparse.ArgumentTypeError(f"{name} must be a positive integer, got {s!r}")
-        return v
-
-    return parse
-
-
-def _non_negative(name):
-    def parse(s):
-        try:
-            v = int(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a non-negative integer, got {s!r}") from None
-        if v < 0:
-            raise argparse.ArgumentTypeError(f"{name} must be a non-negative integer, got {s!r}")
-        return v
-
-    return parse
-
-
-def _lens(s):
+def _lens(text: str) -> List[int]:
     try:
-        vals = [int(v) for v in s.split(",") if v.strip()]
+        vals = check_int_list("--scaling-lens", [int(v) for v in text.split(",") if v.strip()])
     except ValueError:
-        vals = []
-    if len(vals) < 2 or any(v <= 0 for v in vals):
-        raise argparse.ArgumentTypeError(f"--scaling-lens must be at least two positive integers separated by commas, got {s!r}")
+        vals = ()
+    if len(set(vals)) < 2:
+        raise argparse.ArgumentTypeError(f"--scaling-lens must be at least two positive integers separated by commas, got {text!r}")
     return sorted(set(vals))
 
 
@@ -693,13 +531,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="bench_attention.py",
         description="Benchmark our attention mechanisms against public reference implementations (CPU, fp32, forward).",
     )
-    p.add_argument("--seq-len", type=_positive("--seq-len"), default=None, help="sequence length n (default 4096; --quick: 256)")
-    p.add_argument("--dim", type=_positive("--dim"), default=512, help="model dim (default 512)")
-    p.add_argument("--heads", type=_positive("--heads"), default=8, help="heads (default 8)")
-    p.add_argument("--batch", type=_positive("--batch"), default=1, help="batch size (default 1)")
-    p.add_argument("--runs", type=_positive("--runs"), default=None, help="timed runs per implementation (default 10; --quick: 2)")
-    p.add_argument("--warmup", type=_non_negative("--warmup"), default=None, help="warm-up runs (default 3; --quick: 1)")
-    p.add_argument("--threads", type=_positive("--threads"), default=None, help="torch CPU threads (default os.cpu_count())")
+    p.add_argument("--seq-len", type=int_arg("--seq-len"), default=None, help="sequence length n (default 4096; --quick: 256)")
+    p.add_argument("--dim", type=int_arg("--dim"), default=512, help="model dim (default 512)")
+    p.add_argument("--heads", type=int_arg("--heads"), default=8, help="heads (default 8)")
+    p.add_argument("--batch", type=int_arg("--batch"), default=1, help="batch size (default 1)")
+    p.add_argument("--runs", type=int_arg("--runs"), default=None, help="timed runs per implementation (default 10; --quick: 2)")
+    p.add_argument("--warmup", type=int_arg("--warmup", 0), default=None, help="warm-up runs (default 3; --quick: 1)")
+    p.add_argument("--threads", type=int_arg("--threads"), default=None, help="torch CPU threads (default os.cpu_count())")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default benchmarks/results)")
     p.add_argument("--scaling-lens", type=_lens, default=None,
                    help="comma-separated lengths for the memory-scaling table (default 1024,...,16384; --quick: 256,512)")
@@ -721,12 +559,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     lens = args.scaling_lens or (QUICK_SCALING_LENS if args.quick else SCALING_LENS)
 
     torch.set_num_threads(threads)
-    command = "python benchmarks/bench_attention.py" + (" " + shlex.join(argv) if argv else "")
+    command = command_line("bench_attention.py", argv)
     cfg = dict(seq_len=seq_len, dim=args.dim, heads=args.heads, batch=args.batch, runs=runs, warmup=warmup,
                dtype="float32", device="cpu", quick=args.quick)
     specs = pair_specs(cfg)
     report = dict(
-        machine=machine_info(torch.get_num_threads(), command),
+        machine=machine(torch.get_num_threads(), command, mkldnn=torch.backends.mkldnn.is_available()),
         config=cfg,
         reference_versions=sorted({s["ref_version"] for s in specs}),
         registered=list_attentions(),
@@ -780,10 +618,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except Exception as exc:  # the checks are informative only
         report["remarks"].append(f"reference checks failed: {type(exc).__name__}: {exc}")
     report["complete"] = True
-    report["machine"]["finished_utc"] = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-    report["machine"]["load_avg_end"] = _loadavg()
+    finish(report["machine"])
     write_report(report, out)
-    log(f"wrote {out / 'attention_vs_reference.md'} and {out / 'attention_vs_reference.json'}")
+    log(f"wrote {out / (RESULTS + '.md')} and {out / (RESULTS + '.json')}")
     return 0
 
 

@@ -12,7 +12,6 @@ WikiText-2 <= 15 s; a second run served from the cache <= 3 s each.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -23,9 +22,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from datamodules import CIFAR10DataModule, IMDBDataModule, WikiTextDataModule  # noqa: E402
-from profiling.machine import cpu_model  # noqa: E402
+from datamodules import CIFAR10DataModule, IMDBDataModule, WikiTextDataModule
+from profiling.harness import write_results
+from profiling.machine import cpu_model
 
 
 def ready(make) -> float:
@@ -108,11 +107,7 @@ def main() -> int:
     for r in rows:
         op = ">=" if r["higher_is_better"] else "<="
         lines.append(f"| {r['step']} | {r['value']:,.2f} {r['unit']} | {op} {r['target']:,} {r['unit']} | {'yes' if r['met'] else 'no'} | {r['note']} |")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, args.out)
-    args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1, default=str))
+    write_results(args.out.with_suffix(""), rows, "\n".join(lines) + "\n")  # OUT.md and OUT.json
     print(f"wrote {args.out}")
     return 0
 

@@ -55,41 +55,31 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import datetime as _dt
 import gc
-import importlib
 import io
 import json
-import logging
 import os
-import platform
 import random
-import shlex
 import statistics
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
+from statistics import median
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
+import lightning as L
 import torch
 
-_ROOT = Path(__file__).resolve().parents[1]
-if str(_ROOT) not in sys.path:
-    sys.path.insert(0, str(_ROOT))
-
-from benchmarks.bench_train_step import (  # noqa: E402
-    BenchError, Setup, _fmt_ci, _int_at_least, _loadavg, _median, _out_paths, _Parser, compare, make_config,
-    run_lightning, timed_rounds,
-)
-from profiling.machine import cpu_model  # noqa: E402
+from bench_train_step import (BenchError, Parser, Setup, _fmt_ci, make_config, quiet_and_restored, run_lightning,
+                              timed_rounds)
+from profiling.harness import command_line, compare_rounds, finish, int_arg, machine, result_paths, write_results
 
 TARGET_RATIO = 1.02
 VERDICT_HEADLINE = "the headline: median step on / off <= the target"
 VERDICT_RESOLVED = ("the resolved cost: the projected ratio's 95 % upper bound <= the target, and the headline's 95 % "
                     "bootstrap interval reaches the target (the headline does not contradict it)")
-DEFAULT_OUT = _ROOT / "benchmarks" / "results" / "efficiency_callbacks_overhead"
+DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "efficiency_callbacks_overhead"
 PROG = "bench_efficiency_callbacks.py"
 SIDES = ("off", "on")
 MONITOR = "EfficiencyMonitor"
@@ -125,9 +115,9 @@ INT_FLAGS = [  # flag, lowest value, default, help
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description="Training step with the efficiency callbacks on vs off (CPU, ViT recipe).")
+    p = Parser(prog=PROG, description="Training step with the efficiency callbacks on vs off (CPU, ViT recipe).")
     for flag, lowest, default, text in INT_FLAGS:
-        p.add_argument(flag, type=_int_at_least(flag, lowest), default=default, help=text)
+        p.add_argument(flag, type=int_arg(flag, lowest), default=default, help=text)
     p.add_argument("--seed", type=int, default=0, help="seed of the weights, the batch and each round (default 0)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output path without suffix: writes OUT.md and "
                    "OUT.json (default benchmarks/results/efficiency_callbacks_overhead)")
@@ -169,7 +159,7 @@ def run_rounds(setup: Setup, cfgs: Dict[str, Dict[str, Any]], init_state, rounds
         rd["off"].pop("efficiency_json")
         rd["on"]["efficiency"] = {k: eff.get(k) for k in EFFICIENCY_KEYS}
         records.append(rd)
-        off, on = (_median(rd[s]["intervals_ms"][warmup:]) for s in SIDES)
+        off, on = (median(rd[s]["intervals_ms"][warmup:]) for s in SIDES)
         log(f"{label} round {r + 1}/{rounds} ({order[0]} first): off {off:.2f} ms/step, on {on:.2f} ms/step, "
             f"ratio {on / off:.4f}; first step off {rd['off']['intervals_ms'][0]:.1f} ms, on "
             f"{rd['on']['intervals_ms'][0]:.1f} ms; CPU use {rd['off']['cpu_util']:.2f} / {rd['on']['cpu_util']:.2f}")
@@ -190,16 +180,14 @@ def _round_value(rec: Dict[str, Any], key: str, warmup: int) -> float:
 
 def measure(records: List[Dict[str, Any]], key: str, what: str, warmup: int, rng: random.Random,
             threads: int) -> Dict[str, Any]:
-    """on vs off by bench_train_step.compare (its `plain` is `off` here, its `lightning` `on`): medians, ratio,
-    difference, per-round ratios, bootstrap intervals over whole rounds (paired)."""
+    """on vs off by profiling.harness.compare_rounds: medians, ratio, difference, per-round ratios, bootstrap
+    intervals over whole rounds (paired)."""
     if what == "step":
         pairs = timed_rounds([{"plain": rd["off"], "lightning": rd["on"]} for rd in records], warmup)
+        values = {side: [p[other][key] for p in pairs] for side, other in (("off", "plain"), ("on", "lightning"))}
     else:
-        pairs = [{"plain": {key: [_round_value(rd["off"], key, warmup)]},
-                  "lightning": {key: [_round_value(rd["on"], key, warmup)]}} for rd in records]
-    s = compare(pairs, key, True, 1, rng, threads)
-    s["off"], s["on"] = s.pop("plain"), s.pop("lightning")
-    return s
+        values = {side: [[_round_value(rd[side], key, warmup)] for rd in records] for side in SIDES}
+    return compare_rounds(values["off"], values["on"], rng, names=SIDES, threads=threads)
 
 
 def summarize(records: List[Dict[str, Any]], warmup: int, rng: random.Random, threads: int) -> Dict[str, Any]:
@@ -216,14 +204,7 @@ def summarize(records: List[Dict[str, Any]], warmup: int, rng: random.Random, th
 
 # --------------------------------------------------------------------------- output
 def write_report(report: Dict[str, Any], out: Path) -> None:
-    """OUT.json and OUT.md, each atomically (a reader never sees half a file)."""
-    from callbacks.efficiency import write_json
-
-    md, js = _out_paths(out)
-    write_json(js, report)  # the efficiency callback's atomic writer (tmp + os.replace; makes the folder)
-    tmp = md.with_name(md.name + ".tmp")
-    tmp.write_text(render_markdown(report))
-    os.replace(tmp, md)
+    write_results(out, report, render_markdown(report))
 
 
 def _measure_rows(measures: Dict[str, Any], digits: int) -> List[str]:
@@ -339,7 +320,7 @@ def render_markdown(r: Dict[str, Any]) -> str:
               "| round | first | off median step (ms) | on median step (ms) | ratio | off first step (ms) | "
               "on first step (ms) | CPU use off / on |", "|---:|---|---:|---:|---:|---:|---:|---:|"]
     for i, rd in enumerate(r["rounds"]):
-        off, on = (_median(rd[s]["intervals_ms"][c["warmup_steps"]:]) for s in SIDES)
+        off, on = (median(rd[s]["intervals_ms"][c["warmup_steps"]:]) for s in SIDES)
         lines.append(f"| {i + 1} | {rd['first']} | {off:.1f} | {on:.1f} | {on / off:.4f} | "
                      f"{rd['off']['intervals_ms'][0]:.1f} | {rd['on']['intervals_ms'][0]:.1f} | "
                      f"{rd['off']['cpu_util']:.2f} / {rd['on']['cpu_util']:.2f} |")
@@ -348,43 +329,15 @@ def render_markdown(r: Dict[str, Any]) -> str:
 
 
 # --------------------------------------------------------------------------- main
-@contextlib.contextmanager
-def _quiet_and_restored():
-    """Lightning's info logs and known warnings silenced; torch threads, the deterministic-algorithms flag and
-    the loggers' levels put back afterwards."""
-    importlib.import_module("lightning")  # sets its loggers' levels on import; ours are set after it
-
-    saved_threads = torch.get_num_threads()
-    saved_det = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
-    saved_levels = [(lg, lg.level) for lg in map(logging.getLogger, ("lightning.pytorch", "lightning.fabric", "lightning"))]
-    with warnings.catch_warnings():
-        for message, module in ((".*", r"lightning(\.|$)"),
-                                (r".*(num_workers|could not find the monitored key|log_every_n_steps).*", "")):
-            warnings.filterwarnings("ignore", message=message, module=module)
-        try:
-            for lg, _ in saved_levels:
-                lg.setLevel(logging.ERROR)
-            yield
-        finally:
-            torch.set_num_threads(saved_threads)
-            torch.use_deterministic_algorithms(saved_det[0], warn_only=saved_det[1])
-            for lg, level in saved_levels:
-                lg.setLevel(level)
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     try:
-        with _quiet_and_restored():
+        with quiet_and_restored():
             return _main(args, argv)
     except BenchError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _main(args, argv: List[str]) -> int:
@@ -401,20 +354,15 @@ def _main(args, argv: List[str]) -> int:
     if cfg["deterministic"]:  # what build_trainer's Trainer sets process-wide; set up front so both sides share it
         torch.use_deterministic_algorithms(True, warn_only=True)
 
-    import lightning as L
-
     setup = Setup(cfg, steps_per_round)
     init_state = copy.deepcopy(setup.module.state_dict())
     cfgs = {side: dict(setup.cfg, efficiency_callbacks=side == "on") for side in SIDES}
-    command = "python benchmarks/bench_efficiency_callbacks.py" + (" " + shlex.join(argv) if argv else "")
+    command = command_line("bench_efficiency_callbacks.py", argv)
     report: Dict[str, Any] = dict(
         target=dict(description="With all callbacks on vs off, a training step of the ViT default on CPU costs <= 2 % "
                                 "more (FLOPs are counted only when the input shape changes).", max_ratio=TARGET_RATIO,
                     judged_on="median step interval (start to start, timed steps after the warm-up), on / off"),
-        machine=dict(cpu_model=cpu_model(), logical_cpus=os.cpu_count(), torch_threads=torch.get_num_threads(),
-                     torch_version=torch.__version__, lightning_version=L.__version__,
-                     python_version=platform.python_version(), platform=platform.platform(), command=command,
-                     load_avg_start=_loadavg(), started_utc=_now()),
+        machine=machine(torch.get_num_threads(), command, lightning_version=L.__version__),
         config=dict(model="vit", attention=cfg["attention"], batch_size=int(cfg["batch_size"]), image_size=cfg["image_size"],
                     patch_size=cfg["patch_size"], dim=cfg["dim"], depth=cfg["depth"], heads=cfg["heads"],
                     parameters=setup.parameters, precision=cfg["precision"], dtype="float32", device="cpu",
@@ -472,7 +420,7 @@ def _main(args, argv: List[str]) -> int:
             efficiency_json=eff, resolution=None,
             # this script's batch window over the steps the callback's statistics cover (last round, `on`): its own
             # span (on_train_batch_start to _end of EfficiencyMonitor) lies inside, so its p50 should be below
-            efficiency_window_ms=_median(last["on"]["windows_ms"][eff.get("warmup_batches_excluded") or 0:]))
+            efficiency_window_ms=median(last["on"]["windows_ms"][eff.get("warmup_batches_excluded") or 0:]))
         report["results"] = res
         save()
 
@@ -493,8 +441,8 @@ def _main(args, argv: List[str]) -> int:
                 **rz, overhead_ms=d["difference_ms"], overhead_ci95_ms=ci,
                 projected_ratio=(base + d["difference_ms"]) / base, projected_ratio_ci95=[(base + v) / base for v in ci],
                 amortised_overhead_ms=mean["difference_ms"], amortised_projected_ratio=(base + mean["difference_ms"]) / base,
-                per_round_difference_ms=[_median(rd["on"]["intervals_ms"][args.warmup:])
-                                         - _median(rd["off"]["intervals_ms"][args.warmup:])
+                per_round_difference_ms=[median(rd["on"]["intervals_ms"][args.warmup:])
+                                         - median(rd["off"]["intervals_ms"][args.warmup:])
                                          for rd in report["resolution_rounds"]])
     rz = res.get("resolution")
     if rz:  # the headline alone cannot resolve 2 % on a machine whose step jitters by +-10 % per round
@@ -504,7 +452,7 @@ def _main(args, argv: List[str]) -> int:
     else:
         res["verdict_basis"] = VERDICT_HEADLINE
     report["complete"] = True
-    report["machine"].update(load_avg_end=_loadavg(), finished_utc=_now())
+    finish(report["machine"])
     write_report(report, out)
 
     log(f"{res['verdict']} (judged on {res['verdict_basis']})")
@@ -523,7 +471,7 @@ def _main(args, argv: List[str]) -> int:
     log(f"  efficiency.json (on, last round): latency p50 {e['latency_ms_p50']:.1f} ms, peak memory "
         f"{e['peak_mem_mib']:,.0f} MiB, {(e['flops_per_sample_fwd_bwd'] or 0) / 1e9:.4g} GFLOP/sample (fwd+bwd); "
         f"losses max |on - off| {res['equivalence']['max_abs_loss_diff']:.3g}")
-    md, js = _out_paths(out)
+    md, js = result_paths(out)
     log(f"wrote {md} and {js}")
     return 0
 

@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 from torch.utils.benchmark import Timer
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from models.attention import build_attention  # noqa: E402
-from profiling.machine import cpu_model  # noqa: E402
-from profiling import time_fn  # noqa: E402
+from models.attention import build_attention
+from profiling import time_fn
+from profiling.machine import cpu_model
+from utils.io import write_text
 
 
 def cases():
@@ -79,10 +79,7 @@ def main() -> int:
     for label, mo, mt, r in rows:
         lines.append(f"| {label} | {mo:.3f} | {mt:.3f} | {r:.4f} | {'yes' if abs(r - 1) <= 0.03 else 'no'} |")
     lines += ["", f"Run time {time.time() - t0:.0f} s.", ""]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text("\n".join(lines))
-    os.replace(tmp, args.out)
+    write_text(args.out, "\n".join(lines))
     print(f"wrote {args.out}")
     return 0
 

@@ -55,35 +55,34 @@ sides (a real loop pays it).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
-import datetime as _dt
 import gc
-import json
 import logging
 import os
-import platform
 import random
-import shlex
-import statistics
 import sys
 import tempfile
 import time
 import warnings
 from pathlib import Path
+from statistics import median
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
+import lightning as L
 import torch
 import torch.nn.functional as F
+import torchmetrics
 
-_ROOT = Path(__file__).resolve().parents[1]
-if str(_ROOT) not in sys.path:
-    sys.path.insert(0, str(_ROOT))
-
-from profiling.machine import cpu_model  # noqa: E402
-from profiling.timing import summarize_times, time_fn  # noqa: E402
+from models.tasks.base import warmup_cosine
+from profiling.harness import command_line, compare_rounds, finish, int_arg, machine, result_paths, write_results
+from profiling.timing import time_fn
+from training.config import UsageError, build_parser as train_parser, resolve_config
+from training.runner import build_trainer, prepare
+from training.tasks import get_task
 
 TARGET_RATIO = 1.05
-DEFAULT_OUT = _ROOT / "benchmarks" / "results" / "train_step_overhead"
+DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "train_step_overhead"
 PROG = "bench_train_step.py"
 BOOTSTRAP_SAMPLES = 2000
 SIDES = ("plain", "lightning")
@@ -93,44 +92,54 @@ class BenchError(ValueError):
     """Bad input: one sentence, exit code 2."""
 
 
-class _Parser(argparse.ArgumentParser):
+class Parser(argparse.ArgumentParser):
     def error(self, message):  # one sentence on stderr, exit 2 (no usage dump)
         print(f"{self.prog}: error: {message}", file=sys.stderr)
         raise SystemExit(2)
 
 
-def _int_at_least(flag: str, lo: int):
-    def parse(text: str) -> int:
+@contextlib.contextmanager
+def quiet_and_restored():
+    """Lightning's info logs and known warnings silenced; torch threads, the deterministic-algorithms flag and
+    the loggers' levels put back afterwards (a benchmark's main() may run inside a test process)."""
+    saved_threads = torch.get_num_threads()
+    saved_det = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    saved_levels = [(lg, lg.level) for lg in map(logging.getLogger, ("lightning.pytorch", "lightning.fabric", "lightning"))]
+    with warnings.catch_warnings():
+        for message, module in ((".*", r"lightning(\.|$)"),
+                                (r".*(num_workers|could not find the monitored key|log_every_n_steps).*", "")):
+            warnings.filterwarnings("ignore", message=message, module=module)
         try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{flag} must be an integer >= {lo}, got {text!r}") from None
-        if value < lo:
-            raise argparse.ArgumentTypeError(f"{flag} must be an integer >= {lo}, got {value}")
-        return value
-    return parse
+            for lg, _ in saved_levels:
+                lg.setLevel(logging.ERROR)
+            yield
+        finally:
+            torch.set_num_threads(saved_threads)
+            torch.use_deterministic_algorithms(saved_det[0], warn_only=saved_det[1])
+            for lg, level in saved_levels:
+                lg.setLevel(level)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description="Lightning training step vs a plain PyTorch loop (CPU, ViT recipe).")
-    p.add_argument("--steps", type=_int_at_least("--steps", 1), default=10, help="timed steps per side per round (default 10)")
-    p.add_argument("--rounds", type=_int_at_least("--rounds", 1), default=5, help="interleaved rounds (default 5)")
-    p.add_argument("--warmup", type=_int_at_least("--warmup", 0), default=1,
+    p = Parser(prog=PROG, description="Lightning training step vs a plain PyTorch loop (CPU, ViT recipe).")
+    p.add_argument("--steps", type=int_arg("--steps"), default=10, help="timed steps per side per round (default 10)")
+    p.add_argument("--rounds", type=int_arg("--rounds"), default=5, help="interleaved rounds (default 5)")
+    p.add_argument("--warmup", type=int_arg("--warmup", 0), default=1,
                    help="untimed steps per side at the start of each round (default 1)")
-    p.add_argument("--batch-size", type=_int_at_least("--batch-size", 1), default=None,
+    p.add_argument("--batch-size", type=int_arg("--batch-size"), default=None,
                    help="images per step (default: the ViT recipe's 256)")
-    p.add_argument("--threads", type=_int_at_least("--threads", 1), default=None,
+    p.add_argument("--threads", type=int_arg("--threads"), default=None,
                    help="torch CPU threads (default os.cpu_count())")
-    p.add_argument("--dim", type=_int_at_least("--dim", 1), default=None, help="model width (default: recipe's 256)")
-    p.add_argument("--depth", type=_int_at_least("--depth", 1), default=None, help="blocks (default: recipe's 6)")
-    p.add_argument("--heads", type=_int_at_least("--heads", 1), default=None, help="attention heads (default: recipe's 8)")
-    p.add_argument("--resolution-steps", type=_int_at_least("--resolution-steps", 0), default=100,
+    p.add_argument("--dim", type=int_arg("--dim"), default=None, help="model width (default: recipe's 256)")
+    p.add_argument("--depth", type=int_arg("--depth"), default=None, help="blocks (default: recipe's 6)")
+    p.add_argument("--heads", type=int_arg("--heads"), default=None, help="attention heads (default: recipe's 8)")
+    p.add_argument("--resolution-steps", type=int_arg("--resolution-steps", 0), default=100,
                    help="timed steps per side per round of the tiny-step resolution phase (default 100; 0 skips it)")
-    p.add_argument("--resolution-batch", type=_int_at_least("--resolution-batch", 1), default=4,
+    p.add_argument("--resolution-batch", type=int_arg("--resolution-batch"), default=4,
                    help="batch of the resolution phase (default 4)")
-    p.add_argument("--resolution-dim", type=_int_at_least("--resolution-dim", 1), default=32, help="(default 32)")
-    p.add_argument("--resolution-depth", type=_int_at_least("--resolution-depth", 1), default=1, help="(default 1)")
-    p.add_argument("--resolution-heads", type=_int_at_least("--resolution-heads", 1), default=2, help="(default 2)")
+    p.add_argument("--resolution-dim", type=int_arg("--resolution-dim"), default=32, help="(default 32)")
+    p.add_argument("--resolution-depth", type=int_arg("--resolution-depth"), default=1, help="(default 1)")
+    p.add_argument("--resolution-heads", type=int_arg("--resolution-heads"), default=2, help="(default 2)")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights, the batch and each round (default 0)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT,
                    help="output path without suffix: writes OUT.md and OUT.json (default benchmarks/results/train_step_overhead)")
@@ -141,9 +150,6 @@ def build_parser() -> argparse.ArgumentParser:
 def make_config(batch_size: Optional[int], dim: Optional[int], depth: Optional[int], heads: Optional[int],
                 steps_per_round: int, seed: int, what: str = "") -> Dict[str, Any]:
     """The run config exactly as train.py resolves it for `--model vit`, with the sizes given here."""
-    from training.tasks import get_task
-    from training.config import UsageError, build_parser as train_parser, resolve_config
-
     recipe = get_task("vit").recipe()
     d, h = dim or recipe["dim"], heads or recipe["heads"]
     if d % h:
@@ -179,11 +185,6 @@ class Setup:
     """One config's network (two identical copies), LightningModule, fixed batch and DataLoader."""
 
     def __init__(self, cfg: Dict[str, Any], steps_per_round: int, dm=None):
-        import lightning as L
-
-        from training.tasks import get_task
-        from training.runner import prepare
-
         self.cfg, self.steps_per_round = cfg, steps_per_round
         L.seed_everything(cfg["seed"], workers=True, verbose=False)
         if dm is None:
@@ -208,8 +209,6 @@ class Setup:
 
 def plain_optimizer(net, cfg: Dict[str, Any], total: int):
     """AdamW + LambdaLR by the rule of TaskModule.configure_optimizers (verified against Lightning's)."""
-    from models.tasks.base import warmup_cosine
-
     decay, no_decay = [], []
     for name, p in net.named_parameters():
         if not p.requires_grad:
@@ -263,53 +262,50 @@ def run_plain(net, loader, cfg, total: int, seed: int) -> Dict[str, Any]:
     )
 
 
-def _timer_callbacks(seed: int):
-    """(first, last): `first` goes at the front of trainer.callbacks, `last` at the end, so the batch window
-    spans every callback's on_train_batch_start / _end hook."""
-    import lightning as L
+class FirstHooks(L.Callback):
+    """First in trainer.callbacks: the start of every step (and of the epoch, its end, the fit's end)."""
 
-    class First(L.Callback):
-        def __init__(self):
-            self.starts: List[float] = []
-            self.epoch_start = self.epoch_end = self.train_end = None
-            self.threads = self.deterministic = None
+    def __init__(self, seed: int):
+        self.seed = seed
+        self.starts: List[float] = []
+        self.epoch_start = self.epoch_end = self.train_end = None
+        self.threads = self.deterministic = None
 
-        def on_train_epoch_start(self, trainer, pl_module):
-            self.epoch_start = time.perf_counter()
-            torch.manual_seed(seed)  # the DataLoader iterator exists by now, as in the plain loop when it seeds
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.epoch_start = time.perf_counter()
+        torch.manual_seed(self.seed)  # the DataLoader iterator exists by now, as in the plain loop when it seeds
 
-        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            self.starts.append(time.perf_counter())
-            self.threads = torch.get_num_threads()
-            self.deterministic = torch.are_deterministic_algorithms_enabled()
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.starts.append(time.perf_counter())
+        self.threads = torch.get_num_threads()
+        self.deterministic = torch.are_deterministic_algorithms_enabled()
 
-        def on_train_epoch_end(self, trainer, pl_module):
-            self.epoch_end = time.perf_counter()
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.epoch_end = time.perf_counter()
 
-        def on_train_end(self, trainer, pl_module):
-            self.train_end = time.perf_counter()
+    def on_train_end(self, trainer, pl_module):
+        self.train_end = time.perf_counter()
 
-    class Last(L.Callback):
-        def __init__(self):
-            self.ends: List[float] = []
-            self.losses: List[float] = []
 
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            self.ends.append(time.perf_counter())
-            loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-            self.losses.append(float(loss.detach()))
+class LastHooks(L.Callback):
+    """Last in trainer.callbacks: the end of every step's batch window, and its loss."""
 
-    return First(), Last()
+    def __init__(self):
+        self.ends: List[float] = []
+        self.losses: List[float] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.ends.append(time.perf_counter())
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        self.losses.append(float(loss.detach()))
 
 
 def run_lightning(module, loader, cfg, task, logdir: str, seed: int) -> Dict[str, Any]:
-    from training.runner import build_trainer
-
     ns = argparse.Namespace(fast_dev_run=0, logdir=logdir)  # the two things build_trainer reads from the CLI args
     t_build = time.perf_counter()
     trainer = build_trainer(cfg, ns, task, None)
     build_s = time.perf_counter() - t_build
-    first, last = _timer_callbacks(seed)
+    first, last = FirstHooks(seed), LastHooks()  # the batch window spans every other callback's hooks
     trainer.callbacks.insert(0, first)
     trainer.callbacks.append(last)
     c0, t0 = time.process_time(), time.perf_counter()
@@ -349,7 +345,7 @@ def run_rounds(setup: Setup, rounds: int, warmup: int, logdir: str, label: str, 
             if r == 0:
                 sigs[side] = group_signature(opt, setup.names[side])
         records.append(rd)
-        pm, lm = (_median(rd[s]["intervals_ms"][warmup:]) for s in SIDES)
+        pm, lm = (median(rd[s]["intervals_ms"][warmup:]) for s in SIDES)
         log(f"{label} round {r + 1}/{rounds} ({order[0]} first): plain {pm:.1f} ms/step, Lightning {lm:.1f} ms/step, "
             f"ratio {lm / pm:.3f}; fit {rd['plain']['fit_s']:.2f} s vs {rd['lightning']['fit_s']:.2f} s; "
             f"CPU use {rd['plain']['cpu_util']:.2f} / {rd['lightning']['cpu_util']:.2f}")
@@ -358,17 +354,6 @@ def run_rounds(setup: Setup, rounds: int, warmup: int, logdir: str, label: str, 
 
 
 # --------------------------------------------------------------------------- statistics
-def _median(xs):
-    return statistics.median(xs)
-
-
-def _ci(xs: List[float]) -> Optional[List[float]]:
-    if not xs:
-        return None
-    xs = sorted(xs)
-    return [xs[int(0.025 * len(xs))], xs[min(len(xs) - 1, int(0.975 * len(xs)))]]
-
-
 def timed_rounds(records: List[Dict[str, Any]], warmup: int) -> List[Dict[str, Any]]:
     """The round records with the warm-up steps dropped from the per-step lists."""
     return [{side: {**rd[side], "intervals_ms": rd[side]["intervals_ms"][warmup:],
@@ -376,30 +361,14 @@ def timed_rounds(records: List[Dict[str, Any]], warmup: int) -> List[Dict[str, A
 
 
 def compare(rounds: List[Dict[str, Any]], key: str, per_step: bool, steps_per_round: int, rng: random.Random,
-            threads: int) -> Dict[str, Any]:
-    """Lightning vs plain on one measure: medians, ratio and difference of medians, ratio of minima, per-round
-    ratios, and bootstrap intervals that resample whole rounds (paired)."""
-    def values(side, idx):
-        if per_step:
-            return [v for i in idx for v in rounds[i][side][key]]
-        return [rounds[i][side][key] / steps_per_round * 1e3 for i in idx]  # seconds per round -> ms per step
+            threads: int, names=SIDES) -> Dict[str, Any]:
+    """Lightning vs plain on one measure (profiling.harness.compare_rounds): medians, ratio and difference of
+    medians, ratio of minima, per-round ratios, and bootstrap intervals that resample whole rounds (paired)."""
+    def values(rd: Dict[str, Any]) -> List[float]:
+        return list(rd[key]) if per_step else [rd[key] / steps_per_round * 1e3]  # seconds per round -> ms per step
 
-    all_idx = list(range(len(rounds)))
-    pl, li = values("plain", all_idx), values("lightning", all_idx)
-    per_round = [_median(values("lightning", [i])) / _median(values("plain", [i])) for i in all_idx]
-    boot_ratio, boot_diff = [], []
-    for _ in range(BOOTSTRAP_SAMPLES if len(rounds) > 1 else 0):
-        idx = [rng.randrange(len(rounds)) for _ in all_idx]
-        a, b = _median(values("lightning", idx)), _median(values("plain", idx))
-        boot_ratio.append(a / b)
-        boot_diff.append(a - b)
-    return dict(
-        plain=summarize_times(pl, device="cpu", threads=threads).to_dict(),
-        lightning=summarize_times(li, device="cpu", threads=threads).to_dict(),
-        ratio=_median(li) / _median(pl), ratio_of_minima=min(li) / min(pl), difference_ms=_median(li) - _median(pl),
-        per_round_ratio=per_round, per_round_min=min(per_round), per_round_max=max(per_round),
-        bootstrap_ci95=_ci(boot_ratio), difference_ci95_ms=_ci(boot_diff),
-    )
+    return compare_rounds([values(rd["plain"]) for rd in rounds], [values(rd["lightning"]) for rd in rounds], rng,
+                          names=names, threads=threads)
 
 
 MEASURES = [  # key in the round records, per step?, label
@@ -415,14 +384,14 @@ def fixed_costs(records: List[Dict[str, Any]], warmup: int) -> Dict[str, Dict[st
     out = {}
     for side in SIDES:
         out[side] = dict(
-            outside_window_per_step_ms=_median([i - w for rd in records for i, w in
+            outside_window_per_step_ms=median([i - w for rd in records for i, w in
                                                 zip(rd[side]["intervals_ms"][warmup:], rd[side]["windows_ms"][warmup:])]),
-            per_epoch_ms=_median([(rd[side]["epoch_s"] - sum(rd[side]["intervals_ms"]) / 1e3) * 1e3 for rd in records]),
-            per_fit_ms=_median([(rd[side]["fit_s"] - rd[side]["epoch_s"]) * 1e3 for rd in records]),
-            first_step_extra_ms=_median([rd[side]["intervals_ms"][0] - _median(rd[side]["intervals_ms"][warmup:])
+            per_epoch_ms=median([(rd[side]["epoch_s"] - sum(rd[side]["intervals_ms"]) / 1e3) * 1e3 for rd in records]),
+            per_fit_ms=median([(rd[side]["fit_s"] - rd[side]["epoch_s"]) * 1e3 for rd in records]),
+            first_step_extra_ms=median([rd[side]["intervals_ms"][0] - median(rd[side]["intervals_ms"][warmup:])
                                          for rd in records]) if warmup else None,
         )
-    out["lightning"]["trainer_build_ms"] = _median([rd["lightning"]["trainer_build_s"] * 1e3 for rd in records])
+    out["lightning"]["trainer_build_ms"] = median([rd["lightning"]["trainer_build_s"] * 1e3 for rd in records])
     return out
 
 
@@ -455,28 +424,12 @@ def metric_update_ms(module, batch_size: int, num_classes: int, threads: int) ->
 
 
 # --------------------------------------------------------------------------- output
-def _loadavg() -> Optional[List[float]]:
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except OSError:
-        return None
-
-
 def _fmt_ci(ci, digits: int = 3) -> str:
     return f"{ci[0]:.{digits}f} to {ci[1]:.{digits}f}" if ci else "n/a (1 round)"
 
 
-def _out_paths(out: Path):
-    return out.with_name(out.name + ".md"), out.with_name(out.name + ".json")
-
-
 def write_report(report: Dict[str, Any], out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    md, js = _out_paths(out)
-    for path, text in ((js, json.dumps(report, indent=2) + "\n"), (md, render_markdown(report))):
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+    write_results(out, report, render_markdown(report))
 
 
 def render_markdown(r: Dict[str, Any]) -> str:
@@ -582,7 +535,7 @@ def render_markdown(r: Dict[str, Any]) -> str:
               "ratio | plain fit (s) | Lightning fit (s) | CPU use plain / Lightning |", "|---:|---|---:|---:|---:|---:|---:|---:|"]
     for i, rd in enumerate(r["rounds"]):
         p, li = rd["plain"], rd["lightning"]
-        pm, lm = _median(p["intervals_ms"][c["warmup_steps"]:]), _median(li["intervals_ms"][c["warmup_steps"]:])
+        pm, lm = median(p["intervals_ms"][c["warmup_steps"]:]), median(li["intervals_ms"][c["warmup_steps"]:])
         lines.append(f"| {i + 1} | {rd['first']} | {pm:.1f} | {lm:.1f} | {lm / pm:.3f} | {p['fit_s']:.2f} | "
                      f"{li['fit_s']:.2f} | {p['cpu_util']:.2f} / {li['cpu_util']:.2f} |")
     lines.append("")
@@ -593,27 +546,12 @@ def render_markdown(r: Dict[str, Any]) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    import lightning  # noqa: F401  (sets its loggers' levels on import; ours are set after it)
-
-    prev = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
-            torch.is_deterministic_algorithms_warn_only_enabled())
-    loggers = {name: logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric", "lightning")}
-    levels = {name: lg.level for name, lg in loggers.items()}
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", module=r"lightning(\.|$)")
-            warnings.filterwarnings("ignore", message=r".*(num_workers|could not find the monitored key|log_every_n_steps).*")
-            for lg in loggers.values():
-                lg.setLevel(logging.ERROR)
+        with quiet_and_restored():
             return _main(args, argv)
     except BenchError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
-    finally:
-        torch.set_num_threads(prev[0])
-        torch.use_deterministic_algorithms(prev[1], warn_only=prev[2])
-        for name, lg in loggers.items():
-            lg.setLevel(levels[name])
 
 
 def _main(args, argv: List[str]) -> int:
@@ -631,20 +569,14 @@ def _main(args, argv: List[str]) -> int:
     if cfg["deterministic"]:
         torch.use_deterministic_algorithms(True, warn_only=True)
 
-    import lightning as L
-    import torchmetrics
-
     setup = Setup(cfg, steps_per_round)
-    command = "python benchmarks/bench_train_step.py" + (" " + shlex.join(argv) if argv else "")
+    command = command_line("bench_train_step.py", argv)
     report: Dict[str, Any] = dict(
         target=dict(description="A Lightning training step is within 5 % of a plain PyTorch loop on the same model and "
                                 "batch (CPU, ViT default, measured side by side).", max_ratio=TARGET_RATIO,
                     judged_on="median step interval (start to start), Lightning / plain"),
-        machine=dict(cpu_model=cpu_model(), logical_cpus=os.cpu_count(), torch_threads=torch.get_num_threads(),
-                     torch_version=torch.__version__, lightning_version=L.__version__,
-                     torchmetrics_version=torchmetrics.__version__, python_version=platform.python_version(),
-                     platform=platform.platform(), command=command, load_avg_start=_loadavg(),
-                     started_utc=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")),
+        machine=machine(torch.get_num_threads(), command, lightning_version=L.__version__,
+                        torchmetrics_version=torchmetrics.__version__),
         config=dict(model="vit", attention=cfg["attention"], batch_size=int(cfg["batch_size"]), image_size=cfg["image_size"],
                     patch_size=cfg["patch_size"], dim=cfg["dim"], depth=cfg["depth"], heads=cfg["heads"],
                     mlp_ratio=cfg["mlp_ratio"], dropout=cfg["dropout"], drop_path=cfg["drop_path"],
@@ -732,12 +664,11 @@ def _main(args, argv: List[str]) -> int:
                 overhead_ci95_ms=ci, projected_ratio=(base + overhead) / base,
                 projected_ratio_ci95=[(base + v) / base for v in ci],
                 equivalence=equivalence(rrecords, rsigs),
-                per_round_difference_ms=[_median(rd["lightning"]["intervals_ms"]) - _median(rd["plain"]["intervals_ms"])
+                per_round_difference_ms=[median(rd["lightning"]["intervals_ms"]) - median(rd["plain"]["intervals_ms"])
                                          for rd in rtimed],
             )
     report["complete"] = True
-    report["machine"]["load_avg_end"] = _loadavg()
-    report["machine"]["finished_utc"] = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    finish(report["machine"])
     write_report(report, out)
 
     res = report["results"]
@@ -756,7 +687,7 @@ def _main(args, argv: List[str]) -> int:
             f"-> projected ratio {rz['projected_ratio']:.4f} ({_fmt_ci(rz['projected_ratio_ci95'], 4)})")
     log(f"  losses max |diff| {res['equivalence']['max_abs_loss_diff']:.3g}; param groups identical: "
         f"{res['equivalence']['param_groups_identical']}")
-    md, js = _out_paths(out)
+    md, js = result_paths(out)
     log(f"wrote {md} and {js}")
     return 0
 

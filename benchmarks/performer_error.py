@@ -19,15 +19,14 @@ import argparse
 import os
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from models.attention import build_attention  # noqa: E402
-from profiling.machine import cpu_model  # noqa: E402
+from models.attention import build_attention
+from profiling.machine import cpu_model
+from utils.io import write_text
 
 
 def errors(n: int, dim: int, heads: int, features: int, seed: int, qk_scale: float):
@@ -127,8 +126,7 @@ def main() -> None:
         f"Machine: {machine()}. Run time {elapsed:.1f} s. Command: `python benchmarks/performer_error.py`.",
         "",
     ]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines))
+    write_text(args.out, "\n".join(lines))
     print(f"wrote {args.out}")
 
 

@@ -16,23 +16,18 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
-import matplotlib
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from profiling.plots import STYLE  # noqa: E402
+from profiling.plots import STYLE, plt  # plt with the Agg backend selected
+from training.config import TRAINER_DEFAULTS
+from training.tasks import get_task
+from utils.io import write_json, write_text
 
 SKIP_SCALARS = ("epoch",)
 
 
 def read_scalars(run_dir: Path) -> Dict[str, List[Tuple[int, float]]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
     out: Dict[str, List[Tuple[int, float]]] = {}
     for events in sorted(run_dir.glob("events.out.tfevents.*")):
         ea = EventAccumulator(str(events), size_guidance={"scalars": 0, "images": 1, "tensors": 1})
@@ -86,9 +81,6 @@ def plot_run(run_dir: Path, results: dict, out: Path) -> Path:
 
 
 def recipe_changes(config: dict) -> Dict[str, object]:
-    from training.tasks import get_task
-    from training.config import TRAINER_DEFAULTS
-
     recipe = {**get_task(config["model"]).recipe(), **TRAINER_DEFAULTS}
     ignore = {"data_dir", "cache_dir", "source_used", "mean", "std", "num_classes", "progress_bar", "profiler"}
     return {k: v for k, v in config.items() if k in recipe and k not in ignore and recipe[k] != v
@@ -96,8 +88,6 @@ def recipe_changes(config: dict) -> Dict[str, object]:
 
 
 def read_config(run_dir: Path) -> dict:
-    import yaml
-
     hp = yaml.load((run_dir / "hparams.yaml").read_text(), Loader=yaml.FullLoader) or {}  # Lightning writes tuples
     return hp.get("config", {})
 
@@ -124,7 +114,7 @@ def main(argv=None) -> int:
         rows.append({**{k: results[k] for k in ("run", "model", "attention", "data_source", "parameters", "monitor",
                                                "best_val", "test", "epochs", "steps", "fit_seconds", "device")},
                      "changes": recipe_changes(config), "figure": figure.name})
-    (out / "summary.json").write_text(json.dumps({"machine": args.machine, "runs": rows}, indent=2, default=str) + "\n")
+    write_json(out / "summary.json", {"machine": args.machine, "runs": rows})
     lines = [f"# Training runs{f' on {args.machine}' if args.machine else ''}", "",
              "| run | test | best val | params | steps (epochs) | fit time | settings changed from the recipe | curve |",
              "| --- | --- | --- | ---: | ---: | ---: | --- | --- |"]
@@ -134,7 +124,7 @@ def main(argv=None) -> int:
         changes = ", ".join(f"{k}={v}" for k, v in r["changes"].items()) or "none"
         lines.append(f"| {r['run']} | {test} | {best} | {r['parameters'] / 1e6:.2f}M | {r['steps']} ({r['epochs']}) | "
                      f"{r['fit_seconds']:.0f} s | {changes} | [{r['figure']}]({r['figure']}) |")
-    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    write_text(out / "summary.md", "\n".join(lines) + "\n")
     print(f"wrote {len(rows)} curves and summary.md to {out}")
     return 0
 

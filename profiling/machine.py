@@ -1,5 +1,5 @@
-"""What a measurement ran on, named once for the sweep, the comparisons and the benchmarks: the CPU model,
-a device's name, the load average, the git commit, and the hypervisor's steal from /proc/stat."""
+"""What a measurement ran on, named once for the sweep, the comparisons and the benchmarks: the CPU model and
+cores, a device's name, the load average, free memory, the git commit, the hypervisor's steal (/proc/stat)."""
 from __future__ import annotations
 
 import os
@@ -51,6 +51,17 @@ def load_average() -> Optional[List[float]]:
         return [round(v, 2) for v in os.getloadavg()]
     except (OSError, AttributeError):
         return None
+
+
+def memory_available() -> Optional[int]:
+    """Bytes the kernel could hand out now (MemAvailable in /proc/meminfo), or None where it cannot be read."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return None
 
 
 def git_commit() -> Optional[str]:

@@ -20,14 +20,17 @@ import torch
 from utils.io import write_json
 
 from .environment import environment, now
-from .errors import is_oom, one_line  # noqa: F401 - also imported from here by training/
+from .errors import is_oom, one_line
 from .machine import load_average
 from .progress import SweepProgress
 from .report import write_summary
 from .results import FINISHED, append_point, latest_by_key, read_points, repair_jsonl, write_csv
-from .sweep_config import ConfigError, SweepConfig, validate  # noqa: F401 - the sweep's API, in one import
+from .sweep_config import ConfigError, SweepConfig, validate
 from .sweep_point import PointSpec, run_point
 from .timing import Clock
+
+# the sweep's API in one import (training/ builds and runs sweeps with these)
+__all__ = ["ConfigError", "SweepConfig", "available_devices", "is_oom", "one_line", "plan", "run_sweep", "validate"]
 
 
 def plan(cfg: SweepConfig, devices: Optional[List[str]] = None) -> List[PointSpec]:

@@ -52,8 +52,8 @@ def test_tiny_run_writes_results(bench, tmp_path):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--steps", "0"], "--steps must be an integer >= 1"),
-    (["--batch-size", "x"], "--batch-size must be an integer >= 1"),
+    (["--steps", "0"], "--steps must be a positive integer, got 0"),  # utils.checks' words, as everywhere
+    (["--batch-size", "x"], "--batch-size must be a positive integer, got 'x'"),
     (["--dim", "30", "--heads", "4"], "--dim (30) must be divisible by --heads (4)"),
 ])
 def test_bad_input_exits_2(bench, tmp_path, capsys, argv, message):
