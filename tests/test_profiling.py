@@ -1,10 +1,13 @@
-"""The measurement core: timing statistics, the timer itself, the time budget, CPU peak memory.
+"""The measurement core: timing statistics, the timer itself (one callable, and several interleaved), the time
+budget, CPU peak memory, and the benchmarks' harness (paired comparisons of rounds, integer flags).
 
 The timer and its budget are checked on a ManualClock that only the timed function advances, so every
 figure is known exactly (1e-9 ms: float rounding of the clock's sums) whatever the machine's speed or
 load. A real sleep on the real clock is a slow test (`make test-slow`) with a generous bound."""
+import argparse
 import gc
 import math
+import random
 import statistics
 import time
 
@@ -23,7 +26,9 @@ from profiling import (
     peak_allocated_bytes,
     summarize_times,
     time_fn,
+    time_interleaved,
 )
+from profiling.harness import bootstrap_ci, compare_rounds, int_arg
 
 
 def test_statistics_against_numpy():
@@ -77,6 +82,39 @@ def test_step_timer_on_a_manual_clock():
     got = timer.ready()
     assert [t for t, _ in got] == ["a", "b"] and [ms for _, ms in got] == pytest.approx([60.0, 15.0], abs=EXACT_MS)
     assert timer.flush() == []
+
+
+def test_interleaved_timing_on_a_manual_clock():
+    """Two callables in turn: a takes 30 ms, b 10 ms; warm-up rounds untimed; the CPU clock charged per callable."""
+    clock, cpu, order = ManualClock(), ManualClock(), []
+
+    def make(name, seconds, cpu_seconds):
+        return lambda: (order.append(name), clock.advance(seconds), cpu.advance(cpu_seconds))
+
+    (a, b), cpu_s = time_interleaved([make("a", 0.030, 0.05), make("b", 0.010, 0.01)], warmup=1, runs=3, threads=1,
+                                     clock=clock, cpu_clock=cpu)
+    assert order == ["a", "b"] * 4  # interleaved, warm-up round first
+    assert a.times_ms == pytest.approx([30.0] * 3, abs=EXACT_MS) and b.times_ms == pytest.approx([10.0] * 3, abs=EXACT_MS)
+    assert cpu_s == pytest.approx([0.15, 0.03]) and a.threads == 1 and a.clock == "manual clock"
+
+
+def test_compare_rounds_is_paired_over_rounds():
+    base, other = [[10.0, 12.0], [20.0, 22.0]], [[11.0, 13.0], [22.0, 24.0]]
+    r = compare_rounds(base, other, random.Random(0), names=("off", "on"), samples=200)
+    assert r["off"]["median_ms"] == 16.0 and r["on"]["median_ms"] == 17.5
+    assert r["ratio"] == pytest.approx(17.5 / 16.0) and r["difference_ms"] == pytest.approx(1.5)
+    assert r["per_round_ratio"] == pytest.approx([12.0 / 11.0, 23.0 / 21.0]) and r["ratio_of_minima"] == pytest.approx(1.1)
+    lo, hi = r["bootstrap_ci95"]
+    assert 12.0 / 11.0 - 1e-12 <= lo <= hi <= 23.0 / 21.0 + 1e-12  # resampling whole rounds stays between them
+    assert compare_rounds(base[:1], other[:1], random.Random(0))["bootstrap_ci95"] is None  # one round: no interval
+    assert bootstrap_ci([1.0, 2.0, 3.0, 4.0, 5.0]) == pytest.approx([1.1, 4.9])  # utils.stats.percentile, 2.5 / 97.5
+
+
+def test_int_arg_speaks_utils_checks():
+    assert int_arg("--runs")("3") == 3 and int_arg("--warmup", 0)("0") == 0
+    for text, message in (("0", "--runs must be a positive integer, got 0"), ("x", "--runs must be a positive integer, got 'x'")):
+        with pytest.raises(argparse.ArgumentTypeError, match=message):
+            int_arg("--runs")(text)
 
 
 def test_manual_clock_never_goes_back():
