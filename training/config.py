@@ -7,7 +7,6 @@ found here is a UsageError: one sentence, exit code 2, before any data is read o
 from __future__ import annotations
 
 import argparse
-import ast
 import math
 import re
 import typing
@@ -23,6 +22,7 @@ from datamodules.common import DATA_SOURCES
 from models.attention import attention_options, build_attention, get_attention, list_attentions
 from models.attention.base import causal_alternatives
 from training.tasks import get_task, list_tasks
+from utils.checks import check_bool, check_choice, check_int, check_number, parse_value
 from profiling.sweep import is_oom
 
 NO_ATTENTION = "none"
@@ -56,72 +56,48 @@ class Setting:
     special: Tuple[Any, ...] = ()
     choices: Tuple[Any, ...] = ()
     nullable: bool = False
-    fraction_hi: float = 1.0  # int|float: a float is a fraction in (0, fraction_hi]
 
     @property
     def flag(self) -> str:
         return "--" + self.key.replace("_", "-")
 
-    def expected(self) -> str:
-        if self.choices:
-            text = "one of " + ", ".join(str(c) for c in self.choices)
-        elif self.kind == "bool":
-            text = "true or false"
-        elif self.kind == "str":
-            text = "a string"
-        elif self.kind == "devices":
-            text = "'auto', a device count (-1: all) or a comma-separated list of device indices such as 0,1"
-        elif self.kind == "int|float":
-            low = int(self.lo) if self.lo is not None else 0
-            text = f"an integer >= {low} (a count) or a number in (0, {self.fraction_hi:g}] (a fraction)"
-        else:
-            text = {"int": "an integer", "float": "a finite number"}.get(self.kind, "a value")
-            bounds = []
-            if self.lo is not None:
-                bounds.append(f"{'>' if self.lo_open else '>='} {_num(self.lo)}")
-            if self.hi is not None:
-                bounds.append(f"{'<' if self.hi_open else '<='} {_num(self.hi)}")
-            text += (" " + " and ".join(bounds)) if bounds else ""
-        if self.special:
-            text += " (or " + " or ".join(f"{v}" for v in self.special) + " for no limit)"
-        if self.nullable:
-            text += " (or null)"
-        return text
-
-    def valid(self, value: Any) -> bool:
-        if value is None:
-            return self.nullable
+    def check(self, where: str, value: Any) -> None:
+        """UsageError naming `where` (the flag, or the key and its file), the value and what is expected.
+        Numbers, booleans and choices are checked by utils.checks, the one validator of the suite."""
+        if (value is None and self.nullable) or self.kind == "any":
+            return
         if value in self.special and not isinstance(value, bool):
-            return True
-        if self.choices:
-            return value in self.choices
-        if self.kind == "any":
-            return True
-        if self.kind == "bool":
-            return isinstance(value, bool)
-        if self.kind == "str":
-            return isinstance(value, str)
-        if self.kind == "devices":
-            return _valid_devices(value)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return False
-        if self.kind == "int|float":
-            if isinstance(value, int):
-                return value >= (self.lo if self.lo is not None else 0)
-            return math.isfinite(value) and 0 < value <= self.fraction_hi
-        if self.kind == "int" and not isinstance(value, int):
-            return False
-        if not math.isfinite(value):
-            return False
-        if self.lo is not None and (value < self.lo or (self.lo_open and value == self.lo)):
-            return False
-        if self.hi is not None and (value > self.hi or (self.hi_open and value == self.hi)):
-            return False
-        return True
-
-
-def _num(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+            return
+        try:
+            if self.choices:
+                check_choice(where, value, self.choices)
+            elif self.kind == "bool":
+                check_bool(where, value)
+            elif self.kind == "int":
+                check_int(where, value, low=int(self.lo) if self.lo is not None else -(2**63),
+                          high=int(self.hi) if self.hi is not None else None)
+            elif self.kind == "float":
+                check_number(where, value, self.lo, self.hi, self.lo_open, self.hi_open)
+            elif self.kind == "int|float":
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+                        isinstance(value, int) and value < (self.lo or 0)) or (
+                        isinstance(value, float) and not (math.isfinite(value) and 0 < value <= 1)):
+                    raise ValueError(f"{where} must be an integer >= {int(self.lo or 0)} (a count) or a number in "
+                                     f"(0, 1] (a fraction), got {value!r}")
+            elif self.kind == "devices" and not _valid_devices(value):
+                raise ValueError(f"{where} must be 'auto', a device count (-1: all) or a comma-separated list of "
+                                 f"device indices such as 0,1, got {value!r}")
+            elif self.kind == "str" and not isinstance(value, str):
+                raise ValueError(f"{where} must be a string, got {value!r}")
+        except ValueError as e:
+            message = str(e)
+            if self.special:  # the values valid outside the range, said before the value given
+                message = message.replace(", got ", f" (or {' or '.join(map(str, self.special))} for no limit), got ", 1)
+            if self.nullable:
+                message = message.replace(", got ", " (or null), got ", 1)
+            if isinstance(value, str) and self.kind not in ("str", "devices"):
+                message += f" (a {type(value).__name__})"
+            raise UsageError(message) from None
 
 
 def _valid_devices(value: Any) -> bool:
@@ -285,19 +261,6 @@ def _number(text: str):
         return float(text)
 
 
-def parse_value(text: str) -> Any:
-    """'128' -> 128, '0.5' -> 0.5, 'true' -> True, '(1, 2)' -> (1, 2), anything else stays a string."""
-    lowered = text.strip().lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    if lowered in ("none", "null"):
-        return None
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
-
-
 def parse_attention_opts(items: List[str]) -> Dict[str, Any]:
     out = {}
     for item in items:
@@ -391,10 +354,8 @@ def _where(key: str, origin: str, args: argparse.Namespace) -> str:
 def validate(cfg: Dict[str, Any], where: Dict[str, str]) -> None:
     """Every known setting's type and range, and the combinations Lightning would refuse mid-run."""
     for key, value in cfg.items():
-        s = SETTING.get(key)
-        if s is not None and not s.valid(value):
-            shown = f"{value!r} (a {type(value).__name__})" if isinstance(value, str) and s.kind not in ("str", "devices") else repr(value)
-            raise UsageError(f"{where.get(key, key)} must be {s.expected()}, got {shown}")
+        if key in SETTING:
+            SETTING[key].check(where.get(key, key), value)
     if cfg.get("max_epochs") == -1 and cfg.get("max_steps") == -1:
         raise UsageError(f"{where['max_epochs']} -1 (no epoch limit) needs --max-steps, or the run would never end")
     opts = cfg.get("attention_options")
