@@ -26,7 +26,6 @@ from typing import Dict, Iterable, List, Optional
 
 from utils.io import write_text
 
-STATUSES = ("ok", "oom", "timeout", "unsupported", "error")
 FINISHED = ("ok", "oom", "timeout", "unsupported")  # not re-run on --resume ("error" is retried)
 
 CSV_COLUMNS = [

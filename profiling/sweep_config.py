@@ -189,8 +189,10 @@ def validate(cfg: SweepConfig) -> SweepConfig:
     if not cfg.seq_lens:
         raise ConfigError("--seq-lens is empty; expected one or more positive integers")
     for n in cfg.seq_lens:
-        if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
-            raise ConfigError(f"--seq-lens has {n!r}; expected positive integers")
+        try:
+            check_int("--seq-lens", n)
+        except ValueError:
+            raise ConfigError(f"--seq-lens has {n!r}; expected positive integers") from None
     _once("--seq-lens", ",".join(map(str, cfg.seq_lens)), list(cfg.seq_lens), [str(n) for n in cfg.seq_lens])
     _positive_int("--dim", cfg.dim)
     _positive_int("--heads", cfg.heads)
