@@ -114,6 +114,7 @@ def cases(tmp: Path, ckpt: str):
         "cnn with attention": (["--model", "inpaint-cnn", "--attention", "softmax"], [r"--model inpaint-cnn has no attention layer"]),
         "unknown mask": (["--model", "inpaint-cnn", "--mask", "circle"], [r"mask must be one of .*center.*got 'circle'"]),
         "unknown tokenizer": (["--model", "imdb", "--tokenizer", "chars"], [r"tokenizer must be one of bpe, byte"]),
+        "another task's flag": ([*vit, "--mask", "boxes"], [r"--mask does not apply to --model vit"]),
         "unknown augment": ([*vit, "--augment", "heavy"], [r"augment must be one of .*strong.*got 'heavy'"]),
         # sizes that cannot be built
         "patch size 5": ([*vit, "--patch-size", "5"], [r"--model vit: image_size 32 is not a multiple of patch_size 5"]),

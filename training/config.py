@@ -7,12 +7,9 @@ found here is a UsageError: one sentence, exit code 2, before any data is read o
 from __future__ import annotations
 
 import argparse
-import math
-import re
 import typing
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
 import yaml
 from lightning.fabric.connector import _PRECISION_INPUT_STR
@@ -22,7 +19,8 @@ from datamodules.common import DATA_SOURCES
 from models.attention import attention_options, build_attention, get_attention, list_attentions
 from models.attention.base import causal_alternatives
 from training.tasks import get_task, list_tasks
-from utils.checks import check_bool, check_choice, check_int, check_number, parse_value
+from training.settings import PROBABILITY, POSITIVE, S, Setting, UsageError
+from utils.checks import parse_value
 from profiling.sweep import is_oom
 
 NO_ATTENTION = "none"
@@ -34,100 +32,12 @@ def is_study(attention: Optional[str]) -> bool:
     return attention is not None and (attention == ALL or "," in attention)
 
 
-class UsageError(ValueError):
-    """Bad input: the message is one sentence saying what was wrong and what is expected."""
-
-
-@dataclass(frozen=True)
-class Setting:
-    """One config key: its type, its valid range and, when it has a command-line flag, the flag's help.
-
-    kind: "int", "float", "str", "bool", "int|float" (an int count or a float fraction), "devices", "any".
-    lo / hi bound numbers (lo_open / hi_open: the bound itself is excluded); `special` values are valid
-    outside them (-1: no limit); `choices` lists the valid values; `nullable`: None is valid.
-    """
-    key: str
-    kind: str
-    help: Optional[str] = None
-    lo: Optional[float] = None
-    hi: Optional[float] = None
-    lo_open: bool = False
-    hi_open: bool = False
-    special: Tuple[Any, ...] = ()
-    choices: Tuple[Any, ...] = ()
-    nullable: bool = False
-
-    @property
-    def flag(self) -> str:
-        return "--" + self.key.replace("_", "-")
-
-    def check(self, where: str, value: Any) -> None:
-        """UsageError naming `where` (the flag, or the key and its file), the value and what is expected.
-        Numbers, booleans and choices are checked by utils.checks, the one validator of the suite."""
-        if (value is None and self.nullable) or self.kind == "any":
-            return
-        if value in self.special and not isinstance(value, bool):
-            return
-        try:
-            if self.choices:
-                check_choice(where, value, self.choices)
-            elif self.kind == "bool":
-                check_bool(where, value)
-            elif self.kind == "int":
-                check_int(where, value, low=int(self.lo) if self.lo is not None else -(2**63),
-                          high=int(self.hi) if self.hi is not None else None)
-            elif self.kind == "float":
-                check_number(where, value, self.lo, self.hi, self.lo_open, self.hi_open)
-            elif self.kind == "int|float":
-                if isinstance(value, bool) or not isinstance(value, (int, float)) or (
-                        isinstance(value, int) and value < (self.lo or 0)) or (
-                        isinstance(value, float) and not (math.isfinite(value) and 0 < value <= 1)):
-                    raise ValueError(f"{where} must be an integer >= {int(self.lo or 0)} (a count) or a number in "
-                                     f"(0, 1] (a fraction), got {value!r}")
-            elif self.kind == "devices" and not _valid_devices(value):
-                raise ValueError(f"{where} must be 'auto', a device count (-1: all) or a comma-separated list of "
-                                 f"device indices such as 0,1, got {value!r}")
-            elif self.kind == "str" and not isinstance(value, str):
-                raise ValueError(f"{where} must be a string, got {value!r}")
-        except ValueError as e:
-            message = str(e)
-            if self.special:  # the values valid outside the range, said before the value given
-                message = message.replace(", got ", f" (or {' or '.join(map(str, self.special))} for no limit), got ", 1)
-            if self.nullable:
-                message = message.replace(", got ", " (or null), got ", 1)
-            if isinstance(value, str) and self.kind not in ("str", "devices"):
-                message += f" (a {type(value).__name__})"
-            raise UsageError(message) from None
-
-
-def _valid_devices(value: Any) -> bool:
-    if isinstance(value, bool):
-        return False
-    if isinstance(value, int):
-        return value >= 1 or value == -1
-    if isinstance(value, (list, tuple)):
-        return len(value) > 0 and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
-    if not isinstance(value, str):
-        return False
-    if value == "auto":
-        return True
-    parts = value.split(",")
-    if len(parts) == 1:
-        return re.fullmatch(r"-1|[1-9]\d*", value.strip()) is not None
-    return all(re.fullmatch(r"\d+", p.strip()) for p in parts)
-
-
-def S(key, kind, help=None, **kw) -> Setting:
-    return Setting(key, kind, help, **kw)
-
-
-POSITIVE = dict(lo=0, lo_open=True)
-PROBABILITY = dict(lo=0, hi=1, hi_open=True)  # a rate in [0, 1)
 SEED_MAX = 2**32 - 1  # numpy's seeds are 32-bit
 PRECISIONS = typing.get_args(_PRECISION_INPUT_STR)  # Lightning's own list (its short aliases are deprecated)
 ACCELERATORS = ("auto", "gpu", *sorted(AcceleratorRegistry.available_accelerators()))
-# Every key a run config can hold. Those with help text are also command-line flags (in this order).
-SETTINGS: List[Setting] = [
+# The keys every task's run config can hold; a task adds its own (Task.settings). Those with help text are
+# also command-line flags, in this order.
+CORE_SETTINGS: List[Setting] = [
     # data
     S("data_source", "str", "auto | local | hub | synthetic (default auto: a local copy, else the hub)",
       choices=DATA_SOURCES),
@@ -135,12 +45,8 @@ SETTINGS: List[Setting] = [
     S("cache_dir", "str", "tokenizer / image caches (default $ATTENTION_SUITE_CACHE or ~/.cache/attention-suite)",
       nullable=True),
     S("num_workers", "int", "DataLoader worker processes", lo=0),
-    S("dataset", "str", "wikitext: wikitext-2 or wikitext-103"),
     S("tokenizer", "str", "imdb: bpe | byte; wikitext: word | bpe"),
-    S("vocab_size", "int", "imdb: BPE vocabulary size", lo=2),
     S("augment", "str", "images: none | standard | strong"),
-    S("mask", "str", "inpainting: center | boxes | strokes"),
-    S("hole_fraction", "float", "inpainting: fraction of the pixels masked", lo=0, hi=1, lo_open=True, hi_open=True),
     S("image_size", "int", "image side in pixels (32 for CIFAR-10)", lo=1),
     # network
     S("dim", "int", "model width", lo=1),
@@ -151,8 +57,6 @@ SETTINGS: List[Setting] = [
     S("seq_len", "int", "text: tokens per example (IMDB truncation, LM context)", lo=1),
     S("dropout", "float", "dropout rate", **PROBABILITY),
     S("drop_path", "float", "stochastic depth rate of the last block", **PROBABILITY),
-    S("base_width", "int", "inpaint-cnn: channels of the first U-Net level", lo=1),
-    S("levels", "int", "inpaint-cnn: U-Net downsamplings", lo=1),
     # optimisation
     S("batch_size", "int", "samples per step (per device)", lo=1),
     S("lr", "float", "peak learning rate (AdamW)", **POSITIVE),
@@ -183,26 +87,33 @@ SETTINGS: List[Setting] = [
     S("efficiency_callbacks", "bool", "log latency, data wait, peak memory, FLOPs, throughput and MFU "
       "per step and write efficiency.json (default on)"),
     S("progress_bar", "bool", "show Lightning's progress bar (--no-progress-bar for logs and pipes)"),
-    S("sample_prompt", "str", "wikitext: prompt of the samples logged while training"),
     # recipe keys without a flag (settable in a --config file)
     S("min_lr_ratio", "float", lo=0, hi=1),
     S("betas", "any"),
-    S("bucket_by_length", "bool"),
-    S("sample_tokens", "int", lo=0),
-    S("temperature", "float", lo=0),
-    S("top_k", "int", lo=0),
-    S("loss", "str"),
-    S("outside_weight", "float", lo=0),
     S("model", "str"),
     S("attention", "str", nullable=True),
     S("attention_options", "any"),
 ]
+
+
+def all_settings() -> List[Setting]:
+    """The core settings, then every registered task's own (a key two tasks declare must be the same Setting)."""
+    out: Dict[str, Setting] = {s.key: s for s in CORE_SETTINGS}
+    for name in list_tasks():
+        for s in get_task(name).settings:
+            if s.key in out and out[s.key] != s:
+                raise ValueError(f"task {name!r} declares setting {s.key!r} differently from an earlier declaration")
+            out[s.key] = s
+    return list(out.values())
+
+
+SETTINGS = all_settings()
 SETTING = {s.key: s for s in SETTINGS}
 FLAGS = [s for s in SETTINGS if s.help is not None]
 TRAINER_DEFAULTS = dict(precision="32-true", accelerator="auto", devices="auto", strategy="auto", compile=False,
                         progress_bar=True, profiler=None, efficiency_callbacks=True,
                         deterministic=True)
-KEYS = set(SETTING)
+KEYS = {s.key for s in CORE_SETTINGS}  # what every task takes; a task adds its own (Task.settings)
 
 
 class Parser(argparse.ArgumentParser):
@@ -317,10 +228,15 @@ def resolve_config(args: argparse.Namespace, saved: Optional[Dict[str, Any]] = N
     except ValueError as e:
         raise UsageError(str(e)) from None
     cfg = {**task.recipe(), **TRAINER_DEFAULTS}
-    unknown = sorted(set(from_file) - set(cfg) - KEYS)
+    known = set(cfg) | KEYS | {s.key for s in task.settings}
+    unknown = sorted(set(from_file) - known)
     if unknown:
         raise UsageError(f"config file {args.config} has unknown setting(s) {', '.join(unknown)}; "
-                         f"known settings: {', '.join(sorted(set(cfg) | KEYS))}")
+                         f"known settings: {', '.join(sorted(known))}")
+    foreign = [SETTING[k].flag for k in flags if k not in known]
+    if foreign:
+        raise UsageError(f"{', '.join(foreign)} does not apply to --model {name}; leave it out (python train.py --help "
+                         f"says which task each flag is for)")
     source = {key: f"the recipe of --model {name}" for key in cfg}
     for layer, origin in ((saved or {}, "checkpoint"), (from_file, "file"), (flags, "flag")):
         for k, v in layer.items():

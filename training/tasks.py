@@ -1,8 +1,8 @@
 """The task registry: name -> DataModule, network, LightningModule and recipe; `train.py --model NAME` reads it.
 
 A new task is one DataModule file and one `register_task(Task(...))` here: its recipe (`defaults`, laid over
-COMMON) is the only place its default settings live, and `smoke` holds the sizes that make its network tiny
-for the tests. What the network and the LightningModule need from the data (vocabulary size, classes,
+COMMON) is the only place its default settings live, `settings` declares the keys only it has (type, range,
+flag), and `smoke` holds the sizes that make its network tiny for the tests. What the network and the LightningModule need from the data (vocabulary size, classes,
 normalisation) is handed to them here, by name, once the DataModule has prepared its data.
 """
 from __future__ import annotations
@@ -20,6 +20,7 @@ from models.tasks import (ImageClassificationModule, InpaintingModule, LanguageM
                           TextClassificationModule)
 from models.text import TextClassifier
 from models.vit import ViT
+from training.settings import S, Setting
 
 # keys every recipe has (the shared trainer / optimiser budget); task recipes add their own
 COMMON: Dict[str, Any] = dict(
@@ -43,6 +44,7 @@ class Task:
     defaults: Dict[str, Any] = field(default_factory=dict)  # the recipe, over COMMON
     module_inputs: Callable[[Any], Dict[str, Any]] = lambda dm: {}  # what the LightningModule takes from the data
     smoke: Dict[str, Any] = field(default_factory=dict)  # settings for a tiny network (tests, smoke runs)
+    settings: Tuple[Setting, ...] = ()  # the task's own config keys (type, range, flag help); shared ones: config.py
     uses_attention: bool = True
     causal: bool = False
     sequence_length: Optional[Callable[[Dict[str, Any]], int]] = None  # tokens the attention sees
@@ -136,6 +138,7 @@ register_task(Task(
                   mlp_ratio=2.0, dropout=0.1, drop_path=0.0, batch_size=32, lr=5e-4, weight_decay=0.05,
                   warmup=0.1, max_epochs=4, label_smoothing=0.0),
     module_inputs=_classes, smoke=dict(tokenizer="byte", seq_len=32, **SMALL_TRANSFORMER),
+    settings=(S("vocab_size", "int", "imdb: BPE vocabulary size", lo=2), S("bucket_by_length", "bool")),
     sequence_length=lambda cfg: cfg["seq_len"],
 ))
 
@@ -155,6 +158,9 @@ register_task(Task(
                   dropout=0.2, drop_path=0.0, batch_size=32, lr=1e-3, weight_decay=0.1, warmup=0.05, max_epochs=20,
                   sample_prompt="The", sample_tokens=40, temperature=0.8, top_k=40),
     module_inputs=lambda dm: {"codec": dm}, smoke=dict(seq_len=32, **SMALL_TRANSFORMER),
+    settings=(S("dataset", "str", "wikitext: wikitext-2 or wikitext-103"),
+              S("sample_prompt", "str", "wikitext: prompt of the samples logged while training"),
+              S("sample_tokens", "int", lo=0), S("temperature", "float", lo=0), S("top_k", "int", lo=0)),
     causal=True, sequence_length=lambda cfg: cfg["seq_len"],
 ))
 
@@ -167,6 +173,10 @@ def _inpaint_data(cfg):
 
 INPAINT = dict(image_size=32, mask="center", hole_fraction=0.25, augment="standard", loss="l1", outside_weight=0.1,
                batch_size=128, lr=1e-3, weight_decay=0.01, warmup=0.02, max_epochs=30)
+INPAINT_SETTINGS = (S("mask", "str", "inpainting: center | boxes | strokes"),
+                    S("hole_fraction", "float", "inpainting: fraction of the pixels masked", lo=0, hi=1, lo_open=True,
+                      hi_open=True),
+                    S("loss", "str"), S("outside_weight", "float", lo=0))
 
 
 def _unet(cfg, dm):
@@ -182,11 +192,13 @@ register_task(Task(
     "inpaint-cnn", "U-Net inpainting on CIFAR-10 (PSNR, SSIM; no attention)", InpaintingModule, _inpaint_data, _unet,
     defaults=dict(INPAINT, base_width=32, levels=3), module_inputs=_normalisation,
     smoke=dict(image_size=16, base_width=8, levels=2), uses_attention=False,
+    settings=INPAINT_SETTINGS + (S("base_width", "int", "inpaint-cnn: channels of the first U-Net level", lo=1),
+                                 S("levels", "int", "inpaint-cnn: U-Net downsamplings", lo=1)),
 ))
 register_task(Task(
     "inpaint-transformer", "Transformer inpainting over patches of CIFAR-10 (PSNR, SSIM)", InpaintingModule,
     _inpaint_data, _inpaint_transformer,
     defaults=dict(INPAINT, patch_size=4, dim=192, depth=6, heads=4, mlp_ratio=2.0, dropout=0.0, drop_path=0.0),
     module_inputs=_normalisation, smoke=dict(image_size=16, patch_size=4, **SMALL_TRANSFORMER),
-    sequence_length=lambda cfg: (cfg["image_size"] // cfg["patch_size"]) ** 2,
+    settings=INPAINT_SETTINGS, sequence_length=lambda cfg: (cfg["image_size"] // cfg["patch_size"]) ** 2,
 ))
