@@ -1,6 +1,6 @@
 # Two commands on a fresh machine:
 #   make train   the main job: train.py on the quick-start config (offline, synthetic data, ~1 min)
-#   make test    the test suite
+#   make test    ruff, then the test suite
 # Each creates or updates the virtual environment in $(VENV) when it is missing or stale.
 VENV   ?= .venv
 PYTHON ?= python3
@@ -25,6 +25,7 @@ train: $(VENV)/.installed
 	$(PY) train.py --config configs/quickstart.yaml $(ARGS)
 
 test: $(VENV)/.installed
+	$(PY) -m ruff check .
 	$(PY) -m pytest
 
 test-slow: $(VENV)/.installed

@@ -492,7 +492,7 @@ def run_scaling(name: str, lens: Sequence[int], cfg: Dict, log) -> Dict:
 
         def fwd():
             with torch.no_grad():
-                return model(x)
+                return model(x)  # noqa: B023, F821 - called only in this iteration, before `del x` frees the input
 
         try:
             t0 = time.perf_counter()

@@ -70,9 +70,17 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import lightning as L
 import torch
+from bench_train_step import (
+    BenchError,
+    Parser,
+    Setup,
+    _fmt_ci,
+    make_config,
+    quiet_and_restored,
+    run_lightning,
+    timed_rounds,
+)
 
-from bench_train_step import (BenchError, Parser, Setup, _fmt_ci, make_config, quiet_and_restored, run_lightning,
-                              timed_rounds)
 from profiling.harness import command_line, compare_rounds, finish, int_arg, machine, result_paths, write_results
 
 TARGET_RATIO = 1.02

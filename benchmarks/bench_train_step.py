@@ -77,7 +77,8 @@ import torchmetrics
 from models.tasks.base import warmup_cosine
 from profiling.harness import command_line, compare_rounds, finish, int_arg, machine, result_paths, write_results
 from profiling.timing import time_fn
-from training.config import UsageError, build_parser as train_parser, resolve_config
+from training.config import UsageError, resolve_config
+from training.config import build_parser as train_parser
 from training.runner import build_trainer, prepare
 from training.tasks import get_task
 

@@ -23,7 +23,7 @@ from profiling.memory import CPU_MEMORY_METHOD, CUDA_MEMORY_METHOD, CPUAllocator
 from utils.io import write_json
 
 from .efficiency_records import MIB, TrainRecord, ValRecord, records_from_state, records_to_state
-from .efficiency_summary import format_table, measured, step_scalars, steady, train_epoch_scalars, val_epoch_scalars
+from .efficiency_summary import format_table, measured, steady, step_scalars, train_epoch_scalars, val_epoch_scalars
 
 FLOP_COUNTER = "torch.utils.flop_counter.FlopCounterMode + fused-attention formulas (profiling/flops.py), once per batch shape"
 EFFICIENCY_FILE = "efficiency.json"

@@ -28,10 +28,25 @@ from torch.utils.data import Dataset
 
 from utils.checks import check_bool, check_choice, check_int
 
-from .cifar_readers import (CIFAR10_CLASSES, folder_fingerprint, hw, pil_to_tensor, read_folder_split,
-                            read_pickle_split, read_tar_split, stack_images)
-from .common import (DataUnavailableError, SourcedDataModule, load_cached, make_folder, seeded_split, settings_key,
-                     write_cache)
+from .cifar_readers import (
+    CIFAR10_CLASSES,
+    folder_fingerprint,
+    hw,
+    pil_to_tensor,
+    read_folder_split,
+    read_pickle_split,
+    read_tar_split,
+    stack_images,
+)
+from .common import (
+    DataUnavailableError,
+    SourcedDataModule,
+    load_cached,
+    make_folder,
+    seeded_split,
+    settings_key,
+    write_cache,
+)
 from .image_augment import AUGMENTS, PADDING_MODES, BatchTransform, channel_stats
 from .resumable import BatchKey
 

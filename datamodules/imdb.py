@@ -42,8 +42,15 @@ from torch.utils.data import DataLoader
 
 from utils.checks import check_bool, check_choice, check_fraction, check_int
 
-from .common import (DataUnavailableError, SourcedDataModule, load_cached, make_folder, seeded_split, settings_key,
-                     write_cache)
+from .common import (
+    DataUnavailableError,
+    SourcedDataModule,
+    load_cached,
+    make_folder,
+    seeded_split,
+    settings_key,
+    write_cache,
+)
 from .imdb_readers import TARBALL_NAMES, clean_review, read_aclimdb, tarball_has_aclimdb
 from .imdb_tokenizers import BYTE_OFFSET, CLS_ID, PAD_ID, SPECIALS, ByteTokenizer, bpe_encode, train_bpe
 from .text_batches import BucketBatchSampler, PadCollate, TokenSequences

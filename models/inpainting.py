@@ -17,8 +17,14 @@ from typing import Any, Dict, List, Optional
 import torch
 from torch import Tensor, nn
 
-from models.encoder import (AttentionMapsMixin, AttentionSpec, build_blocks, init_weights, run_blocks,
-                            sized_attention_options)
+from models.encoder import (
+    AttentionMapsMixin,
+    AttentionSpec,
+    build_blocks,
+    init_weights,
+    run_blocks,
+    sized_attention_options,
+)
 
 
 def _conv_block(cin: int, cout: int) -> nn.Sequential:

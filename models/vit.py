@@ -18,8 +18,15 @@ from typing import Any, Dict, List, Optional
 import torch
 from torch import Tensor, nn
 
-from models.encoder import (AttentionMapsMixin, AttentionSpec, build_blocks, init_weights, run_blocks,
-                            sized_attention_options)
+from models.encoder import (
+    AttentionMapsMixin,
+    AttentionSpec,
+    build_blocks,
+    init_weights,
+    run_blocks,
+    sized_attention_options,
+)
+
 
 class ViT(AttentionMapsMixin, nn.Module):
     def __init__(self, image_size: int, patch_size: int, num_classes: int, dim: int, depth: int, heads: int,

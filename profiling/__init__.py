@@ -7,11 +7,28 @@ breakdown.py, imported by their own names. Named `profiling`, never `profile`: s
 """
 from .errors import is_oom, one_line
 from .flops import FLOP_TOLERANCE, FlopReport, FlopTally, counted_flops, flop_report, ptflops_macs
-from .memory import (CPU_MEMORY_METHOD, CUDA_MEMORY_METHOD, MemoryStats, StepMemory, StepMemoryReading, measure_peak_memory,
-                     module_bytes, peak_allocated_bytes)
+from .memory import (
+                     CPU_MEMORY_METHOD,
+                     CUDA_MEMORY_METHOD,
+                     MemoryStats,
+                     StepMemory,
+                     StepMemoryReading,
+                     measure_peak_memory,
+                     module_bytes,
+                     peak_allocated_bytes,
+)
 from .peaks import matmul_dtype, mfu_note, peak_tflops
-from .timing import (Clock, ManualClock, StepTimer, TimeBudgetExceeded, TimingStats, summarize_times, synchronize, time_fn,
-                     time_interleaved)
+from .timing import (
+                     Clock,
+                     ManualClock,
+                     StepTimer,
+                     TimeBudgetExceeded,
+                     TimingStats,
+                     summarize_times,
+                     synchronize,
+                     time_fn,
+                     time_interleaved,
+)
 
 __all__ = [
     "CPU_MEMORY_METHOD",

@@ -22,7 +22,15 @@ from .errors import is_oom, one_line
 from .plots import plot_sweep
 from .report import print_summary
 from .sweep import available_devices, run_sweep
-from .sweep_config import ConfigError, SweepConfig, parse_attentions, parse_devices, parse_opts, parse_seq_lens, validate
+from .sweep_config import (
+    ConfigError,
+    SweepConfig,
+    parse_attentions,
+    parse_devices,
+    parse_opts,
+    parse_seq_lens,
+    validate,
+)
 
 PROG = "profile.py"
 # flags each job reads (argparse dests); any other flag given with it would be ignored, so it is refused

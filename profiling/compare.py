@@ -81,7 +81,7 @@ def compare_config(batch: int, seq: int, dim: int, heads: int, device="cpu", dty
     for name, m in modules.items():
         m = m.to(device=device, dtype=DTYPES[dtype])
         with torch.no_grad():
-            stats = time_fn(lambda: m(xd), warmup=warmup, runs=runs, device=device, threads=threads)
+            stats = time_fn(lambda m=m: m(xd), warmup=warmup, runs=runs, device=device, threads=threads)
         cos, diff = agreement(outs[name], outs[REFERENCE])
         rows.append(
             dict(device=str(torch.device(device)), device_name=device_name(device), batch=batch, seq_len=seq, dim=dim, heads=heads, dtype=dtype,

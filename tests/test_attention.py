@@ -271,7 +271,7 @@ def test_causal_no_future_leak(name):
         x2[0, j] += torch.randn(DIM)
         y2 = attn(x2, causal=True)
         # i < j: unchanged up to float rounding (atol 1e-6)
-        torch.testing.assert_close(y2[0, :j], y[0, :j], atol=1e-6, rtol=1e-5, msg=lambda s: f"j={j}: {s}")
+        torch.testing.assert_close(y2[0, :j], y[0, :j], atol=1e-6, rtol=1e-5, msg=lambda s, j=j: f"j={j}: {s}")
         # i = j always sees token j, so it must change; overall i >= j must change
         assert (y2[0, j] - y[0, j]).abs().max() > 1e-4, f"output at i=j={j} did not change"
         assert (y2[0, j:] - y[0, j:]).abs().max() > 1e-4

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import load_script
 from test_bench_train_step import TINY  # the same tiny config: batch 4, 3 steps, 2 rounds, dim 32, 1 thread, ...
 

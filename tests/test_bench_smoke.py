@@ -3,7 +3,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import load_script
 
 for _pkg in ("linformer", "performer_pytorch", "nystrom_attention"):

@@ -171,7 +171,9 @@ def test_hub_path_decodes_pil_images(tmp_path, monkeypatch):
 
     def fake_load(name, *a, **k):
         calls.append(name)
-        mk = lambda sl: FakeSplit([{"img": Image.fromarray(a), "label": i % 10} for i, a in enumerate(arrays[sl])])
+        def mk(sl):
+            return FakeSplit([{"img": Image.fromarray(a), "label": i % 10} for i, a in enumerate(arrays[sl])])
+
         return {"train": mk(slice(0, 6)), "test": mk(slice(6, 8))}
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load)

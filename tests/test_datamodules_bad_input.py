@@ -7,7 +7,6 @@ clean (checked by fixing the data and running again where it matters). The data 
 A damaged cache file (truncated, or holding something else) is rebuilt from the data, not trusted.
 """
 import logging
-import os
 import pickle
 import sys
 import tarfile
@@ -18,8 +17,13 @@ import pytest
 import torch
 from PIL import Image
 
-from datamodules import (CIFAR10DataModule, DataUnavailableError, IMDBDataModule, InpaintingDataModule,
-                         WikiTextDataModule)
+from datamodules import (
+    CIFAR10DataModule,
+    DataUnavailableError,
+    IMDBDataModule,
+    InpaintingDataModule,
+    WikiTextDataModule,
+)
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_cifar import write_image_folder, write_pickle_batches  # noqa: E402

@@ -155,7 +155,7 @@ def test_distributed_sampler_shards_are_disjoint_in_process(tmp_path, name):
 
     make = make_datamodules(str(tmp_path / "cache"))[name]
     use_ds = not make().shards_itself
-    for split, shuffle in (("train", True), ("val", False)):
+    for _split, shuffle in (("train", True), ("val", False)):
         seen, n_batches = [], []
         for rank in (0, 1):
             dm = make()

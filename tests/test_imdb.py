@@ -1,6 +1,5 @@
 """IMDB DataModule: official layout (folder and tarball), hub path, synthetic data, caches, splits, batches."""
 import collections
-import os
 import tarfile
 from pathlib import Path
 
@@ -172,7 +171,9 @@ def _fake_hub():
 
     tr = [r for r in REVIEWS if r[0] == "train"]
     te = [r for r in REVIEWS if r[0] == "test"]
-    mk = lambda rows: Dataset.from_dict({"text": [r[4] for r in rows], "label": [int(r[1] == "pos") for r in rows]})
+    def mk(rows):
+        return Dataset.from_dict({"text": [r[4] for r in rows], "label": [int(r[1] == "pos") for r in rows]})
+
     return DatasetDict(train=mk(tr), test=mk(te))
 
 

@@ -8,7 +8,6 @@ import argparse
 import gc
 import math
 import random
-import statistics
 import time
 
 import numpy as np

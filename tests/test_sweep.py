@@ -19,9 +19,9 @@ import profiling.sweep_point as sp
 from models.attention import get_attention
 from profiling import ManualClock, is_oom
 from profiling.budget import Budget
-from profiling.sweep_config import MAX_RUNS, ConfigError, SweepConfig, parse_opts, validate
 from profiling.report import crossover, scaling_exponent, summary_tables, to_markdown
 from profiling.results import CSV_COLUMNS, point_key, read_csv_rows, read_points
+from profiling.sweep_config import MAX_RUNS, ConfigError, SweepConfig, parse_opts, validate
 
 
 def tiny(**kw) -> SweepConfig:

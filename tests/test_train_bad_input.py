@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from models.attention import get_attention, list_attentions
-from training.tasks import list_tasks
 from training.cli import main
 from training.runner import run
+from training.tasks import list_tasks
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ROOT / "train.py"
@@ -206,7 +206,7 @@ def test_bad_input_from_the_command_line(tmp_path, lm_checkpoint):
         procs[name] = (patterns, logdir, subprocess.Popen(
             [sys.executable, str(TRAIN), *argv, "--logdir", str(logdir), "--data-source", "synthetic"],
             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ)))
-    for name, (patterns, logdir, p) in procs.items():
+    for patterns, logdir, p in procs.values():
         out, err = p.communicate(timeout=600)  # a hang guard, not a timing claim
         check_usage_error(p.returncode, err, patterns, logdir)
         assert out == ""

@@ -15,14 +15,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import smoke_flags
 
 from callbacks import NonFiniteLossError
 from models.attention import get_attention, list_attentions
-from training.tasks import get_task, list_tasks
 from training.cli import main
 from training.runner import run
-
-from conftest import smoke_flags
+from training.tasks import get_task, list_tasks
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ROOT / "train.py"

@@ -22,11 +22,10 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from conftest import isolated_training_state
 
 from models.language_model import LanguageModel
 from training.runner import run
-
-from conftest import isolated_training_state
 
 ROOT = Path(__file__).resolve().parents[1]
 RTOL = 1e-6  # relative; atol 0

@@ -8,8 +8,16 @@ import os
 import numpy as np
 import pytest
 
-from utils.checks import (check_bool, check_choice, check_fraction, check_int, check_int_list, check_number,
-                          check_probability, parse_value)
+from utils.checks import (
+    check_bool,
+    check_choice,
+    check_fraction,
+    check_int,
+    check_int_list,
+    check_number,
+    check_probability,
+    parse_value,
+)
 from utils.io import atomic_write, write_json, write_text
 from utils.stats import percentile
 

@@ -24,7 +24,7 @@ def expected_words(lines):
 def write_files(folder: Path, ext="tokens", splits=SPLITS):
     folder.mkdir(parents=True, exist_ok=True)
     for s, lines in splits.items():
-        (folder / f"wiki.{s}.{ext}").write_text("".join(l + "\n" for l in lines), encoding="utf-8")
+        (folder / f"wiki.{s}.{ext}").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     return folder
 
 
@@ -101,7 +101,7 @@ def test_real_bpe_round_trip(real, tmp_path):
     ids = dm.encode(text)
     assert ids == stream(dm, "valid").tolist()
     lines = text.split("\n")[:-1]
-    assert dm.decode(ids) == "".join((l if l.strip() else "") + "\n" for l in lines)
+    assert dm.decode(ids) == "".join((line if line.strip() else "") + "\n" for line in lines)
 
 
 # ---------------------------------------------------------------- local copies
@@ -152,7 +152,7 @@ def hub_dict(splits=SPLITS):
 
     # as the hub has them: one row per file line, with its "\n"; the whitespace-only lines are ""
     def rows(lines):
-        return [l + "\n" if l.strip() else "" for l in lines]
+        return [line + "\n" if line.strip() else "" for line in lines]
     return DatasetDict({hs: Dataset.from_dict({"text": rows(splits[s])})
                         for s, hs in (("train", "train"), ("valid", "validation"), ("test", "test"))})
 
@@ -250,7 +250,7 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="seq_len"):
         WikiTextDataModule(seq_len=0)
     with pytest.raises(RuntimeError, match="setup"):
-        WikiTextDataModule(data_source="synthetic").vocab_size
+        _ = WikiTextDataModule(data_source="synthetic").vocab_size
 
 
 def test_synthetic_stream_has_repeated_segments_that_looking_back_predicts(tmp_path):

@@ -18,10 +18,10 @@ from lightning.pytorch.accelerators import AcceleratorRegistry
 from datamodules.common import DATA_SOURCES
 from models.attention import attention_options, build_attention, get_attention, list_attentions
 from models.attention.base import causal_alternatives
-from training.tasks import get_task, list_tasks
-from training.settings import PROBABILITY, POSITIVE, S, Setting, UsageError
-from utils.checks import parse_value
 from profiling.sweep import is_oom
+from training.settings import POSITIVE, PROBABILITY, S, Setting, UsageError
+from training.tasks import get_task, list_tasks
+from utils.checks import parse_value
 
 NO_ATTENTION = "none"
 ALL = "all"  # --attention all: the comparison study (training/study.py)

@@ -25,8 +25,14 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from callbacks import (EfficiencyMonitor, FiniteLossGuard, LastCheckpoint, NonFiniteLossError, TrainingInterrupted,
-                       truncate_events)
+from callbacks import (
+    EfficiencyMonitor,
+    FiniteLossGuard,
+    LastCheckpoint,
+    NonFiniteLossError,
+    TrainingInterrupted,
+    truncate_events,
+)
 from profiling.sweep import is_oom, one_line
 from training.config import SETTING, UsageError, build_parser, is_study, load_yaml, resolve_config
 from training.tasks import get_task

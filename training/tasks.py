@@ -16,8 +16,13 @@ from torch import nn
 from datamodules import CIFAR10DataModule, IMDBDataModule, InpaintingDataModule, WikiTextDataModule
 from models.inpainting import TransformerInpainter, UNetInpainter
 from models.language_model import LanguageModel
-from models.tasks import (ImageClassificationModule, InpaintingModule, LanguageModelModule, TaskModule,
-                          TextClassificationModule)
+from models.tasks import (
+    ImageClassificationModule,
+    InpaintingModule,
+    LanguageModelModule,
+    TaskModule,
+    TextClassificationModule,
+)
 from models.text import TextClassifier
 from models.vit import ViT
 from training.settings import S, Setting

@@ -10,7 +10,14 @@ import importlib
 import pkgutil
 
 from .base import Attention
-from .registry import attention_options, build_attention, capabilities, get_attention, list_attentions, register_attention
+from .registry import (
+    attention_options,
+    build_attention,
+    capabilities,
+    get_attention,
+    list_attentions,
+    register_attention,
+)
 
 _SHARED = {"base", "registry", "functional"}
 for _mod in sorted(m.name for m in pkgutil.iter_modules(__path__)):

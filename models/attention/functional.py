@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-
 # --------------------------------------------------------------------------- small helpers
 
 
