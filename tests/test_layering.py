@@ -3,7 +3,8 @@
 - no import cycles between the suite's modules (module-level imports);
 - the floors: utils/ imports nothing of the suite; models/attention/ only utils/; models/ never datamodules/,
   training/, callbacks/ or profiling/; datamodules/ never models/, training/, callbacks/ or profiling/; the
-  measurement core of profiling/ (timing, memory, flops, peaks, machine) never models/; nothing imports
+  measurement core of profiling/ (timing, memory, flops, peaks, machine, errors, the benchmarks' harness) never
+  models/; nothing imports
   training/ but training/ itself;
 - no import inside a function, except of an optional or slow dependency that a caller may never need
   (OPTIONAL below): an import hidden in a function is how a cycle or a wrong arrow hides.
@@ -19,7 +20,8 @@ PACKAGES = ("utils", "models", "datamodules", "callbacks", "profiling", "trainin
 # third-party modules a function may import lazily: optional extras, or slow to import and rarely needed
 OPTIONAL = {"matplotlib", "ptflops", "datasets", "tokenizers", "torch_xla", "pynvml", "psutil", "linformer",
             "performer_pytorch", "nystrom_attention", "local_attention", "einops"}
-CORE = ("profiling.timing", "profiling.memory", "profiling.flops", "profiling.peaks", "profiling.machine")
+CORE = ("profiling.timing", "profiling.memory", "profiling.flops", "profiling.peaks", "profiling.machine", "profiling.errors",
+        "profiling.harness")
 
 
 def module_name(path: Path) -> str:
