@@ -4,8 +4,7 @@
 - the floors: utils/ imports nothing of the suite; models/attention/ only utils/; models/ never datamodules/,
   training/, callbacks/ or profiling/; datamodules/ never models/, training/, callbacks/ or profiling/; the
   measurement core of profiling/ (timing, memory, flops, peaks, machine, errors, the benchmarks' harness) never
-  models/; nothing imports
-  training/ but training/ itself;
+  models/; nothing imports training/ but training/ itself;
 - no import inside a function, except of an optional or slow dependency that a caller may never need
   (OPTIONAL below): an import hidden in a function is how a cycle or a wrong arrow hides.
 """
