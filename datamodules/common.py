@@ -42,7 +42,7 @@ from .resumable import ResumableTraining
 
 log = logging.getLogger(__name__)
 
-DATA_SOURCES = ("auto", "hub", "local", "synthetic")
+DATA_SOURCES = ("auto", "generated", "hub", "local", "synthetic")
 
 
 class DataUnavailableError(RuntimeError):
@@ -146,17 +146,21 @@ class SourcedDataModule(ResumableTraining, L.LightningDataModule):
         find_local(data_dir)     -> Optional[Path]: the local copy's root if one is there
         hub_available()          -> bool: whether a hub download can be attempted (cheap check)
         local_hint               one line: the expected local layout
+        sources                  the data sources it offers (a subset of DATA_SOURCES): "hub" for a download
+                                 through `datasets`, "generated" for a generator of its own (LRA's ListOps,
+                                 Pathfinder); "auto" tries local, then generated, then the hub
     and use `self.source_used` / `self.local_root` in prepare_data / setup. One whose loaders all shard
     themselves across processes says so with `shards_itself`.
     """
 
     name = "data"
     local_hint = ""
+    sources = ("auto", "hub", "local", "synthetic")
 
     def __init__(self, data_source: str = "auto", data_dir: Optional[str] = None, cache_dir: Optional[str] = None,
                  batch_size: int = 64, num_workers: int = 0, seed: int = 0):
         super().__init__()
-        self.data_source = check_choice("data_source", data_source, DATA_SOURCES)
+        self.data_source = check_choice("data_source", data_source, self.sources)
         self.batch_size = check_int("batch_size", batch_size)
         self.num_workers = check_int("num_workers", num_workers, low=0)
         self.seed = check_int("seed", seed, low=0, high=2**32 - 1)  # the range Lightning's seed_everything takes
@@ -205,17 +209,20 @@ class SourcedDataModule(ResumableTraining, L.LightningDataModule):
             raise DataUnavailableError(
                 f"no local copy of {self.name} found in {self.data_dir}; expected {self.local_hint}"
             )
-        if self.data_source == "hub" or (self.data_source == "auto" and self.hub_available()):
+        if self.data_source == "generated" or (self.data_source == "auto" and "generated" in self.sources):
+            self.source_used = "generated"
+            return self.source_used
+        if self.data_source == "hub" or (self.data_source == "auto" and "hub" in self.sources and self.hub_available()):
             self.source_used = "hub"
             return self.source_used
-        raise self.unavailable("no local copy was found and the hub cannot be reached")
+        raise self.unavailable("no local copy was found" + (" and the hub cannot be reached" if "hub" in self.sources else ""))
 
     def unavailable(self, what: str) -> DataUnavailableError:
         where = f" in {self.data_dir}" if self.data_dir is not None else ""
+        hub = "allow the download (network access for the `datasets` hub), " if "hub" in self.sources else ""
         return DataUnavailableError(
             f"{self.name} is not available: {what}{where}. Ways forward: point --data-dir at a local copy "
-            f"({self.local_hint}), allow the download (network access for the `datasets` hub), "
-            f"or choose --data-source synthetic."
+            f"({self.local_hint}), {hub}or choose --data-source synthetic."
         )
 
     def hub_load(self, loader: Callable[[], object]):

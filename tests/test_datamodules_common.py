@@ -78,3 +78,32 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="batch_size"):
         Toy(batch_size=0)
     assert Toy(data_source="synthetic").resolve_source() == "synthetic"
+
+
+class Generated(Toy):
+    """A data set with a generator of its own and no hub (as LRA's ListOps and Pathfinder)."""
+    sources = ("auto", "generated", "local", "synthetic")
+
+
+def test_auto_prefers_local_then_the_generator(tmp_path):
+    assert Generated(data_source="auto", hub=True).resolve_source() == "generated"  # never the hub
+    assert Generated(data_source="auto", data_dir=str(tmp_path)).resolve_source() == "generated"  # no copy here
+    (tmp_path / "toy.txt").write_text("x")
+    assert Generated(data_source="auto", data_dir=str(tmp_path)).resolve_source() == "local"
+    assert Generated(data_source="generated", data_dir=str(tmp_path)).resolve_source() == "generated"
+
+
+def test_a_source_the_data_set_does_not_offer_is_refused():
+    with pytest.raises(ValueError, match=r"data_source must be one of auto, generated, local, synthetic, got 'hub'"):
+        Generated(data_source="hub")
+    with pytest.raises(ValueError, match=r"data_source must be one of auto, hub, local, synthetic, got 'generated'"):
+        Toy(data_source="generated")
+
+
+def test_a_local_only_data_set_does_not_suggest_the_hub(tmp_path):
+    class LocalOnly(Toy):
+        sources = ("auto", "local", "synthetic")
+
+    with pytest.raises(DataUnavailableError) as info:
+        LocalOnly(data_source="auto").resolve_source()
+    assert "hub" not in str(info.value) and "--data-dir" in str(info.value)

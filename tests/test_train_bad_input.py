@@ -99,7 +99,7 @@ def cases(tmp: Path, ckpt: str):
         "accelerator not installed": ([*vit, "--accelerator", "tpu"], [r"invalid trainer setting: .*torch_xla"]),
         "strategy unknown": ([*vit, "--strategy", "nonsense"], [r"invalid trainer setting: .*strategy='nonsense'"]),
         "profiler unknown": ([*vit, "--profiler", "fancy"], [r"--profiler must be one of simple, advanced, pytorch \(or null\), got 'fancy'"]),
-        "data source unknown": ([*vit, "--data-source", "web"], [r"--data-source must be one of auto, hub, local, synthetic, got 'web'"]),
+        "data source unknown": ([*vit, "--data-source", "web"], [r"--data-source must be one of auto, generated, hub, local, synthetic, got 'web'"]),
         "unknown model": (["--model", "transformer-xl"], [r"unknown model 'transformer-xl'", r"choose one of: " + ", ".join(list_tasks())]),
         "unknown attention": ([*vit, "--attention", "flash"], [r"unknown attention 'flash'", r"known: " + ", ".join(list_attentions())]),
         "causal-incapable": (["--model", "wikitext", "--attention", "linformer"],
