@@ -65,6 +65,10 @@ CORE_SETTINGS: List[Setting] = [
     S("label_smoothing", "float", "classification label smoothing", **PROBABILITY),
     S("gradient_clip_val", "float", "gradient norm clipping (0 turns it off)", lo=0),
     S("accumulate_grad_batches", "int", "batches per optimiser step", lo=1),
+    S("lr_schedule", "str", "after the warm-up: cosine | linear (to min_lr_ratio) | rsqrt (the LRA paper's text tasks)",
+      choices=("cosine", "linear", "rsqrt")),
+    S("recipe", "str", "a task's named recipe (the LRA tasks: small, the PyTorch reproductions' | paper, LRA's "
+      "released configurations)"),
     # budget and hardware
     S("max_epochs", "int", "epochs to train (-1: no limit, with --max-steps)", lo=1, special=(-1,)),
     S("max_steps", "int", "optimiser steps to train (-1: no limit; stops before max-epochs if reached)",
@@ -227,7 +231,7 @@ def resolve_config(args: argparse.Namespace, saved: Optional[Dict[str, Any]] = N
         task = get_task(name)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    cfg = {**task.recipe(), **TRAINER_DEFAULTS}
+    cfg = {**task.recipe(choose_recipe(task, flags, from_file, saved, args)), **TRAINER_DEFAULTS}
     known = set(cfg) | KEYS | {s.key for s in task.settings}
     unknown = sorted(set(from_file) - known)
     if unknown:
@@ -254,6 +258,21 @@ def resolve_config(args: argparse.Namespace, saved: Optional[Dict[str, Any]] = N
         cfg["attention"] = cfg.get("attention") or "softmax"
         check_attention(task, cfg)
     return cfg
+
+
+def choose_recipe(task, flags: Dict[str, Any], from_file: Dict[str, Any], saved: Optional[Dict[str, Any]],
+                  args: argparse.Namespace) -> Optional[str]:
+    """The named recipe asked for (flag, then file, then checkpoint), checked against the task's."""
+    for layer, where in ((flags, "--recipe"), (from_file, f"recipe in {args.config}"), (saved or {}, "recipe saved in the checkpoint")):
+        name = layer.get("recipe")
+        if name is None:
+            continue
+        if not task.recipes:
+            raise UsageError(f"{where} does not apply to --model {task.name}, which has one recipe; leave it out")
+        if name not in task.recipes:
+            raise UsageError(f"{where} must be one of {', '.join(task.recipes)} for --model {task.name}, got {name!r}")
+        return name
+    return None
 
 
 def _where(key: str, origin: str, args: argparse.Namespace) -> str:

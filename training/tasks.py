@@ -33,7 +33,7 @@ COMMON: Dict[str, Any] = dict(
     batch_size=64, lr=1e-3, weight_decay=0.05, warmup=0.05, min_lr_ratio=0.0, betas=(0.9, 0.999),
     max_epochs=10, max_steps=-1, gradient_clip_val=1.0, accumulate_grad_batches=1,
     limit_train_batches=1.0, limit_val_batches=1.0, limit_test_batches=1.0, val_check_interval=1.0,
-    log_every_n_steps=20, attention_options={},
+    log_every_n_steps=20, lr_schedule="cosine", attention_options={},
 )
 TRANSFORMER = ("dim", "depth", "heads", "mlp_ratio", "dropout", "drop_path")
 SMALL_TRANSFORMER = dict(dim=32, depth=1, heads=2)
@@ -50,12 +50,18 @@ class Task:
     module_inputs: Callable[[Any], Dict[str, Any]] = lambda dm: {}  # what the LightningModule takes from the data
     smoke: Dict[str, Any] = field(default_factory=dict)  # settings for a tiny network (tests, smoke runs)
     settings: Tuple[Setting, ...] = ()  # the task's own config keys (type, range, flag help); shared ones: config.py
+    recipes: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # named alternatives over `defaults` (--recipe)
+    default_recipe: Optional[str] = None
     uses_attention: bool = True
     causal: bool = False
     sequence_length: Optional[Callable[[Dict[str, Any]], int]] = None  # tokens the attention sees
 
-    def recipe(self) -> Dict[str, Any]:
-        return {**COMMON, **self.defaults, "model": self.name}
+    def recipe(self, name: Optional[str] = None) -> Dict[str, Any]:
+        """The settings of recipe `name` (None: the task's default one): COMMON, the task's defaults, then the
+        named recipe's own values."""
+        name = name or self.default_recipe
+        named = self.recipes[name] if name is not None else {}
+        return {**COMMON, **self.defaults, **named, "model": self.name, **({"recipe": name} if name else {})}
 
     def build_module(self, cfg: Dict[str, Any], dm, net: nn.Module) -> TaskModule:
         return self.module(net, cfg, **self.module_inputs(dm))

@@ -141,7 +141,8 @@ class TaskModule(L.LightningModule):
         opt = torch.optim.AdamW(groups, lr=self.lr, betas=self.betas)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = int(self.warmup * total) if self.warmup < 1 else int(self.warmup)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(warmup, total, self.min_lr_ratio))
+        schedule = SCHEDULES[self.hparams.config.get("lr_schedule", "cosine")]
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule(warmup, total, self.min_lr_ratio))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # ---------------------------------------------------------------- exact resumption
@@ -200,6 +201,26 @@ def numpy_state_from_plain(state) -> tuple:
     return (kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached)
 
 
+def warmup_linear(warmup: int, total: int, min_ratio: float = 0.0):
+    """LR multiplier: linear from 1/warmup to 1 over `warmup` steps, then linear to `min_ratio` at `total` (the
+    PyTorch LRA reproductions' schedule)."""
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 1 - (1 - min_ratio) * progress
+    return f
+
+
+def warmup_rsqrt(warmup: int, total: int, min_ratio: float = 0.0):
+    """LR multiplier of the LRA paper's text tasks ("constant * linear_warmup * rsqrt_decay"): linear warm-up,
+    then 1 / sqrt(step), both scaled by 1 / sqrt(warmup) as theirs are, so `lr` means what their configs mean
+    (their 0.05 peaks at 0.05 / sqrt(warmup)). `total` and `min_ratio` do not apply."""
+    def f(step: int) -> float:
+        return min(1.0, (step + 1) / max(1, warmup)) / math.sqrt(max(step + 1, warmup, 1))
+    return f
+
+
 def warmup_cosine(warmup: int, total: int, min_ratio: float = 0.0):
     """LR multiplier: linear from 1/warmup to 1 over `warmup` steps, then cosine to `min_ratio` at `total`."""
     def f(step: int) -> float:
@@ -208,6 +229,9 @@ def warmup_cosine(warmup: int, total: int, min_ratio: float = 0.0):
         progress = min(1.0, (step - warmup) / max(1, total - warmup))
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
     return f
+
+
+SCHEDULES = {"cosine": warmup_cosine, "linear": warmup_linear, "rsqrt": warmup_rsqrt}
 
 
 def attention_grid(maps: List[Tensor], sample: int = 0, pad: int = 2, max_heads: int = 8) -> Tensor:
