@@ -90,10 +90,13 @@ class EpochBatches(DistributedSampler):
         return batches
 
     def __iter__(self) -> Iterator[BatchKey]:
-        (epoch, done), self._next = self._next, (self._next[0] + 1, 0)
-        self.epoch = epoch
+        # a generator: the epoch advances when its first batch is drawn, not when iter() is called, because a
+        # DataLoader with workers calls iter() twice as it starts and draws from the second iterator only
+        epoch, done = self._next
+        self._next, self.epoch = (epoch + 1, 0), epoch
         batches = self.shard(epoch)
-        return (BatchKey(epoch, i, tuple(batches[i])) for i in range(done, len(batches)))
+        for i in range(done, len(batches)):
+            yield BatchKey(epoch, i, tuple(batches[i]))
 
     def __len__(self) -> int:
         if self._length is None:  # the same for every epoch: the plans only reorder
