@@ -115,6 +115,10 @@ def cases(tmp: Path, ckpt: str):
         "unknown mask": (["--model", "inpaint-cnn", "--mask", "circle"], [r"mask must be one of .*center.*got 'circle'"]),
         "unknown tokenizer": (["--model", "imdb", "--tokenizer", "chars"], [r"tokenizer must be one of bpe, byte"]),
         "another task's flag": ([*vit, "--mask", "boxes"], [r"--mask does not apply to --model vit"]),
+        "unknown recipe": (["--model", "lra-text", "--recipe", "huge"], [r"--recipe must be one of small, paper for --model lra-text, got 'huge'"]),
+        "recipe of a one-recipe task": ([*vit, "--recipe", "paper"], [r"--recipe does not apply to --model vit, which has one recipe"]),
+        "unknown pooling": (["--model", "lra-text", "--pool", "max"], [r"--pool must be one of cls, mean, got 'max'"]),
+        "unknown schedule": ([*vit, "--lr-schedule", "exp"], [r"--lr-schedule must be one of cosine, linear, rsqrt, got 'exp'"]),
         "unknown augment": ([*vit, "--augment", "heavy"], [r"augment must be one of .*strong.*got 'heavy'"]),
         # sizes that cannot be built
         "patch size 5": ([*vit, "--patch-size", "5"], [r"--model vit: image_size 32 is not a multiple of patch_size 5"]),

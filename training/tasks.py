@@ -14,8 +14,12 @@ import lightning as L
 from torch import nn
 
 from datamodules import CIFAR10DataModule, IMDBDataModule, InpaintingDataModule, WikiTextDataModule
+from datamodules.lra_image import LRAImageDataModule
+from datamodules.lra_retrieval import RetrievalDataModule
+from datamodules.lra_text import LRATextDataModule
 from models.inpainting import TransformerInpainter, UNetInpainter
 from models.language_model import LanguageModel
+from models.lra import POOLS, LRAClassifier, LRAPairClassifier
 from models.tasks import (
     ImageClassificationModule,
     InpaintingModule,
@@ -212,4 +216,80 @@ register_task(Task(
     defaults=dict(INPAINT, patch_size=4, dim=192, depth=6, heads=4, mlp_ratio=2.0, dropout=0.0, drop_path=0.0),
     module_inputs=_normalisation, smoke=dict(image_size=16, patch_size=4, **SMALL_TRANSFORMER),
     settings=INPAINT_SETTINGS, sequence_length=lambda cfg: (cfg["image_size"] // cfg["patch_size"]) ** 2,
+))
+
+
+# ------------------------------------------------------------------------------------------------ Long Range Arena
+# Two recipes per task (--recipe, docs/lra.md): "small", the PyTorch reproductions' configuration
+# (mlpen/Nystromformer LRA/code/lra_config.py: 2 layers, width 64, 2 heads, MLP 128, mean pooling, AdamW 1e-4
+# with linear decay, no weight decay), the default; and "paper", LRA's released configurations
+# (google-research/long-range-arena lra_benchmarks/*/configs/base_*_config.py with transformer_base.py).
+LRA_SMALL = dict(dim=64, depth=2, heads=2, mlp_ratio=2.0, dropout=0.1, drop_path=0.0, pool="mean", lr=1e-4,
+                 lr_schedule="linear", weight_decay=0.0, gradient_clip_val=0.0, label_smoothing=0.0, max_epochs=-1,
+                 log_every_n_steps=10)
+LRA_PAPER = dict(drop_path=0.0, label_smoothing=0.0, gradient_clip_val=0.0, max_epochs=-1, log_every_n_steps=10)
+LRA_SETTINGS = (S("pool", "str", "LRA: the classifier's pooling, cls | mean", choices=POOLS),)
+
+
+def _lra_recipes(small: Dict[str, Any], paper: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
+    return {"small": {**LRA_SMALL, **small}, "paper": {**LRA_PAPER, **paper}}
+
+
+def _lra_tokens(cfg) -> int:
+    return cfg["seq_len"] + (cfg["pool"] == "cls")  # a CLS token goes in front
+
+
+def _lra_net(cls):
+    def build(cfg, dm):
+        return cls(vocab_size=dm.vocab_size, num_classes=dm.num_classes, seq_len=dm.seq_len, pool=cfg["pool"],
+                   **_net(cfg, *TRANSFORMER), **_attention(cfg))
+    return build
+
+
+LRA_SMOKE = dict(seq_len=64, dim=16, depth=1, heads=2)
+
+
+def _lra_text(cfg):
+    return LRATextDataModule(**_data(cfg), max_len=cfg["seq_len"])
+
+
+register_task(Task(
+    "lra-text", "LRA Text: byte-level IMDB sentiment, 4K bytes (accuracy)", TextClassificationModule, _lra_text,
+    _lra_net(LRAClassifier), module_inputs=_classes, settings=LRA_SETTINGS, default_recipe="small",
+    recipes=_lra_recipes(
+        small=dict(seq_len=4096, batch_size=32, warmup=8000, max_steps=20000),
+        paper=dict(seq_len=1000, dim=256, depth=4, heads=4, mlp_ratio=4.0, dropout=0.1, pool="cls", lr=0.05,
+                   lr_schedule="rsqrt", warmup=8000, weight_decay=0.1, batch_size=32, max_steps=20000)),
+    smoke=LRA_SMOKE, sequence_length=_lra_tokens,
+))
+
+
+def _lra_image(cfg):
+    return LRAImageDataModule(**_data(cfg))
+
+
+register_task(Task(
+    "lra-image", "LRA Image: CIFAR-10 as 1,024 greyscale pixel tokens (accuracy)", TextClassificationModule,
+    _lra_image, _lra_net(LRAClassifier), module_inputs=_classes, settings=LRA_SETTINGS, default_recipe="small",
+    recipes=_lra_recipes(
+        small=dict(batch_size=256, warmup=175, max_steps=35000),
+        paper=dict(dim=128, depth=1, heads=8, mlp_ratio=1.0, dropout=0.3, pool="cls", lr=5e-4, lr_schedule="cosine",
+                   warmup=175, weight_decay=0.0, batch_size=256, max_steps=35000)),
+    smoke=dict(dim=16, depth=1, heads=2), sequence_length=lambda cfg: 1024 + (cfg["pool"] == "cls"),
+))
+
+
+def _lra_retrieval(cfg):
+    return RetrievalDataModule(**_data(cfg), max_len=cfg["seq_len"])
+
+
+register_task(Task(
+    "lra-retrieval", "LRA Retrieval: do two AAN papers cite each other, 2 x 4K bytes (accuracy)",
+    TextClassificationModule, _lra_retrieval, _lra_net(LRAPairClassifier), module_inputs=_classes,
+    settings=LRA_SETTINGS, default_recipe="small",
+    recipes=_lra_recipes(
+        small=dict(seq_len=4000, batch_size=32, warmup=800, max_steps=30000),
+        paper=dict(seq_len=4000, dim=128, depth=4, heads=4, mlp_ratio=4.0, dropout=0.1, pool="cls", lr=0.05,
+                   lr_schedule="rsqrt", warmup=8000, weight_decay=0.1, batch_size=32, max_steps=5000)),
+    smoke=LRA_SMOKE, sequence_length=_lra_tokens,
 ))
