@@ -81,7 +81,7 @@ def plot_run(run_dir: Path, results: dict, out: Path) -> Path:
 
 
 def recipe_changes(config: dict) -> Dict[str, object]:
-    recipe = {**get_task(config["model"]).recipe(), **TRAINER_DEFAULTS}
+    recipe = {**get_task(config["model"]).recipe(config.get("recipe")), **TRAINER_DEFAULTS}
     ignore = {"data_dir", "cache_dir", "source_used", "mean", "std", "num_classes", "progress_bar", "profiler"}
     return {k: v for k, v in config.items() if k in recipe and k not in ignore and recipe[k] != v
             and not (isinstance(v, list) and tuple(v) == recipe[k])}
