@@ -6,9 +6,10 @@ value), up to 2,000 tokens.
 
 Sources: "local" reads the release's basic_{train,val,test}.tsv (listops_format.py); "generated" draws the
 same task with our own generator (listops_generator.py: the release's settings, 96,000 / 2,000 / 2,000
-expressions of 501..1,999 tokens, from `data_seed`), about 15 s once, then cached; "auto" takes a local copy
-under `data_dir`, else generates. "synthetic" is a small generated set of short expressions (21..99 tokens)
-for tests and smoke runs, drawn in memory.
+expressions of 501..1,999 tokens, from `data_seed`), about 11 s on one core once, then cached
+(benchmarks/results/listops_generation.md); "auto" takes a local copy under `data_dir`, else generates.
+"synthetic" is a small generated set of short expressions (21..99 tokens) for tests and smoke runs, drawn in
+memory.
 
 Tokens: a fixed vocabulary of 16 (listops_format.py: 0 padding, the four operators, ']', the digits);
 parentheses in the release's text are dropped, as LRA's input pipeline drops them. An expression is never cut
@@ -18,7 +19,7 @@ tokens, so the split sizes stay as asked. The generated data depend on `data_see
 (which orders the training batches), so runs with different seeds train on the same data, as on the
 release's files.
 
-Caches: <cache_dir>/lra-listops/<key>/{train,val,test}.pt (tokens uint8, offsets, labels), read back
+Caches: <cache_dir>/lra-listops/<source>-<key>/{train,val,test}.pt (tokens uint8, offsets, labels), read back
 memory-mapped; key = settings_key(reader or generator VERSION, the files' path/size/mtime or the generator's
 seed, sizes and tree settings).
 """
@@ -114,8 +115,7 @@ class ListOpsDataModule(SourcedDataModule):
         if self.source_used == "local":
             return {split: read_tsv(self.local_root / FILES[split]) for split in SPLITS}
         sizes = self.generated_sizes
-        log.info("generating LRA ListOps (%s expressions, data_seed %d) into %s; this takes about 15 s on one core, "
-                 "once", "/".join(map(str, sizes)), self.data_seed, self.cache_path)
+        log.info("generating LRA ListOps (%s expressions, data_seed %d) into %s; about 11 s on one core, once", "/".join(map(str, sizes)), self.data_seed, self.cache_path)
         made = generator.generate_splits(self.data_seed, sizes, self.tree_settings())
         return {split: {key: made[split][key] for key in ("tokens", "offsets", "labels")} for split in SPLITS}
 

@@ -3,12 +3,14 @@ against an independent evaluator, its length / depth / argument distributions ag
 sampler of the release's description, determinism from the seed, disjoint splits (by a hash of their own),
 and the DataModule's sources, caches, seq_len rule, errors and resumable training loader."""
 import hashlib
+import json
 import random
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import load_script
 
 from datamodules.common import DataUnavailableError
 from datamodules.listops_format import FILES, OPERATORS, TOKENS, VOCAB_SIZE, encode, read_tsv, render, write_tsv
@@ -403,3 +405,19 @@ def test_full_generated_set_every_label_and_disjoint(tmp_path):
             h = own_hash(ids)
             assert h not in seen
             seen.add(h)
+
+
+def test_generation_benchmark_runs_small(tmp_path):
+    bench = load_script(Path(__file__).resolve().parents[1] / "benchmarks" / "bench_listops_generation.py")
+    threads = torch.get_num_threads()
+    try:
+        rc = bench.main(["--repeats", "1", "--reference", "50", "--sizes", "300", "40", "40",
+                         "--out", str(tmp_path / "gen")])
+    finally:
+        torch.set_num_threads(threads)  # main() sets the thread count process-wide
+    assert rc == 0
+    data = json.loads((tmp_path / "gen.json").read_text())
+    assert data["labels_checked"] == {"checked": 80, "wrong": 0}
+    assert set(data["overlaps"].values()) == {0} and data["datamodule"]["same_as_generate_splits"]
+    assert data["splits"]["train"]["n"] == 300 and data["machine"]["cpu_model"]
+    assert "## Against the paper" in (tmp_path / "gen.md").read_text()
