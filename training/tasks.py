@@ -15,6 +15,7 @@ from torch import nn
 
 from datamodules import CIFAR10DataModule, IMDBDataModule, InpaintingDataModule, WikiTextDataModule
 from datamodules.lra_image import LRAImageDataModule
+from datamodules.lra_listops import ListOpsDataModule
 from datamodules.lra_retrieval import RetrievalDataModule
 from datamodules.lra_text import LRATextDataModule
 from models.inpainting import TransformerInpainter, UNetInpainter
@@ -291,5 +292,21 @@ register_task(Task(
         small=dict(seq_len=4000, batch_size=32, warmup=800, max_steps=30000),
         paper=dict(seq_len=4000, dim=128, depth=4, heads=4, mlp_ratio=4.0, dropout=0.1, pool="cls", lr=0.05,
                    lr_schedule="rsqrt", warmup=8000, weight_decay=0.1, batch_size=32, max_steps=5000)),
+    smoke=LRA_SMOKE, sequence_length=_lra_tokens,
+))
+
+
+def _lra_listops(cfg):
+    return ListOpsDataModule(**_data(cfg), seq_len=cfg["seq_len"])
+
+
+register_task(Task(
+    "lra-listops", "LRA ListOps: the value of nested MAX/MIN/MED/SUM_MOD expressions, up to 2K tokens (accuracy)",
+    TextClassificationModule, _lra_listops, _lra_net(LRAClassifier), module_inputs=_classes, settings=LRA_SETTINGS,
+    default_recipe="small",
+    recipes=_lra_recipes(
+        small=dict(seq_len=2000, batch_size=32, warmup=1000, max_steps=5000),
+        paper=dict(seq_len=2000, dim=512, depth=4, heads=8, mlp_ratio=2.0, dropout=0.1, pool="cls", lr=0.05,
+                   lr_schedule="rsqrt", warmup=1000, weight_decay=0.1, batch_size=32, max_steps=5000)),
     smoke=LRA_SMOKE, sequence_length=_lra_tokens,
 ))
