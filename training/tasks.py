@@ -296,14 +296,18 @@ register_task(Task(
 ))
 
 
+DATA_SEED = S("data_seed", "int", "LRA generated data: the generator's seed (the data stay the same whatever --seed)",
+              lo=0, hi=2**32 - 1)
+
+
 def _lra_listops(cfg):
-    return ListOpsDataModule(**_data(cfg), seq_len=cfg["seq_len"])
+    return ListOpsDataModule(**_data(cfg), seq_len=cfg["seq_len"], data_seed=cfg["data_seed"])
 
 
 register_task(Task(
     "lra-listops", "LRA ListOps: the value of nested MAX/MIN/MED/SUM_MOD expressions, up to 2K tokens (accuracy)",
-    TextClassificationModule, _lra_listops, _lra_net(LRAClassifier), module_inputs=_classes, settings=LRA_SETTINGS,
-    default_recipe="small",
+    TextClassificationModule, _lra_listops, _lra_net(LRAClassifier), module_inputs=_classes,
+    settings=LRA_SETTINGS + (DATA_SEED,), defaults=dict(data_seed=0), default_recipe="small",
     recipes=_lra_recipes(
         small=dict(seq_len=2000, batch_size=32, warmup=1000, max_steps=5000),
         paper=dict(seq_len=2000, dim=512, depth=4, heads=8, mlp_ratio=2.0, dropout=0.1, pool="cls", lr=0.05,
