@@ -10,7 +10,9 @@ distractor paths fill the room left. Sizes per resolution follow LRA's generatio
 
 The label must not show in simple statistics, so every attempt grows both scenes of one disc pair (u, v):
     positive   path A from u to v, and a free path B;
-    negative   path C grown from u and path D from v (A is not drawn);
+    negative   path C from u and path D from v, which take A's first and last `shared` dashes and then go on
+               on courses of their own (A is not drawn), so that next to its discs a negative looks as a
+               positive does: the direction a path leaves a disc in does not tell where the other disc is;
 then the distractors in each scene, each kept only where it fits in both. An attempt counts when all four
 long paths could be completed, so which attempts count, where the discs are and how many dashes are drawn do
 not depend on the label, which only picks the scene drawn.
@@ -30,10 +32,11 @@ from typing import Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 
-VERSION = 1  # bump whenever the image made for a (data_seed, split, index) changes
+VERSION = 2  # bump whenever the image made for a (data_seed, split, index) changes
 SPLITS = ("train", "val", "test")
 START_CANDIDATES = 24  # (place, direction) pairs tried for the first dash of a free path
-RESTARTS = 8  # a stuck path starts again this many times before its attempt is given up
+RESTARTS = 8  # a stuck long path starts again this many times before its attempt is given up
+DISTRACTOR_RESTARTS = 3  # and a stuck distractor this many times before it is left out
 TAG = 64  # `last` holds tag * TAG + step + 1; a path has fewer than TAG dashes
 SUBPIXEL = 4  # keep-away zones are tabulated for dash centres on a 1/4-pixel grid
 ROUNDING = 0.5  # zones reach this much farther, as a point is checked on the cell it rounds to
@@ -62,6 +65,7 @@ class Geometry:
     padding: float = 1.0
     contour_length: int = 14
     distractor_length: int = 4
+    shared: int = 2  # dashes next to each disc that a negative's two paths take from the positive's path
 
     @property
     def disc_clearance(self) -> float:
@@ -77,7 +81,7 @@ class Geometry:
 
 # 128 px: LRA draws the margin from {2, 3} per image; one gap of 5 (their mean) keeps every step alike
 GEOMETRY: Dict[int, Geometry] = {
-    32: Geometry(32, dash=2.0, gap=2.0, width=1.0, clearance=2.0, disc_radius=1.5, continuity=1.0, distractors=5,
+    32: Geometry(32, dash=2.0, gap=2.0, width=1.0, clearance=2.5, disc_radius=1.5, continuity=1.0, distractors=5,
                  angles=32),
     64: Geometry(64, dash=5.0, gap=2.0, width=1.0, clearance=3.0, disc_radius=2.5, continuity=1.8, distractors=5,
                  angles=64),
@@ -305,6 +309,12 @@ class Scenes:
         # a zone list repeats its first cell as padding: the repeated write stores the same value
         self.state[at] = ((self.state[at] + 1) & (COUNT | ZONE)) | (value << LAST)
 
+    def mark(self, rows: np.ndarray, centre: np.ndarray, angle: np.ndarray, value: int) -> None:
+        """Set `last` on a dash's cells without counting it again: a path going on from a kept dash after the
+        dashes beyond it were erased."""
+        at = self._dash_cells(rows, centre, angle)
+        self.state[at] = (self.state[at] & (COUNT | ZONE)) | (value << LAST)
+
     def erase(self, rows: np.ndarray, slots: range) -> None:
         """Undo the stamps of the dashes in `slots` of `rows` (a path that starts again). The cells' `last`
         becomes 0, which no path may go on from: at worst a path later avoids a cell it could have used."""
@@ -331,18 +341,24 @@ class Paths:
     where it is and is grown again by `again` with a fresh stream."""
 
     def __init__(self, scenes: Scenes, rows: np.ndarray, tag: int, slot0: int, start: Optional[np.ndarray] = None,
-                 restart: int = 0):
+                 restart: int = 0, first: int = 0, centre: Optional[np.ndarray] = None,
+                 angle: Optional[np.ndarray] = None):
         self.sc, self.rows, self.items, self.tag, self.slot0 = scenes, rows, rows % scenes.n, tag, slot0
         self.start = start  # (W, 2) where the first dash must begin (a disc), or None for a free place
         self.restart = restart
         self.keys = fold(scenes.keys[self.items], rows >= scenes.n, tag, restart)  # each path its own stream
         self.failed = np.zeros(len(rows), bool)
-        self.centre = self.angle = None
+        # a path whose dashes 0 .. first - 1 are already stamped goes on from the last of them
+        self.first, self.centre0, self.angle0 = first, centre, angle
+        self.centre, self.angle = centre, angle
 
     def again(self, which: np.ndarray) -> "Paths":
-        """Rows `which` from their first dash, with the next stream."""
-        start = None if self.start is None else self.start[which]
-        return Paths(self.sc, self.rows[which], self.tag, self.slot0, start, self.restart + 1)
+        """Rows `which` from their first dash to grow, with the next stream."""
+        def pick(a):
+            return None if a is None else a[which]
+
+        return Paths(self.sc, self.rows[which], self.tag, self.slot0, pick(self.start), self.restart + 1,
+                     self.first, pick(self.centre0), pick(self.angle0))
 
     def step(self, k: int) -> None:
         sc, t = self.sc, self.sc.t
@@ -397,20 +413,23 @@ class Paths:
         return self.centre + self.sc.t.half[self.angle]
 
 
-def grow(paths: List[Paths], length: int) -> np.ndarray:
+def grow(paths: List[Paths], length: int, restarts: int = RESTARTS) -> np.ndarray:
     """Grow `paths` (a dash of each in turn) to `length` dashes; the rows where one got stuck are erased and
-    grown again, up to RESTARTS times, the other paths staying as they are. Returns the rows that never
+    grown again, up to `restarts` times, the other paths staying as they are. Returns the rows that never
     completed (erased)."""
-    for _ in range(RESTARTS + 1):
-        for k in range(length):
+    for _ in range(restarts + 1):
+        for k in range(paths[0].first, length):
             for p in paths:
                 p.step(k)
         again = []
         for p in paths:
             stuck = np.nonzero(p.failed)[0]
             if len(stuck):
-                p.sc.erase(p.rows[stuck], range(p.slot0, p.slot0 + length))
-                again.append(p.again(stuck))
+                p.sc.erase(p.rows[stuck], range(p.slot0 + p.first, p.slot0 + length))
+                p = p.again(stuck)
+                if p.first:  # the kept dash the path goes on from is its own previous one again
+                    p.sc.mark(p.rows, p.centre0, p.angle0, p.tag * TAG + p.first)
+                again.append(p)
         paths = again
         if not paths:
             return np.zeros(0, np.int64)
@@ -448,19 +467,31 @@ def grow_scenes(g: Geometry, keys: np.ndarray) -> Tuple[np.ndarray, Scenes, np.n
     else:
         sc.ok[rows] = False
     sc.disc(pos, v, owner=ZONE >> 8)
-    sc.disc(neg, u, owner=1)
-    sc.disc(neg, v, owner=2)
-    # B, then C and D a dash each in turn; later work only on the attempts that still count
+    # B free in the positive scene; later work only on the attempts that still count
     live = np.nonzero(sc.ok)[0]
     sc.ok[grow([Paths(sc, live, 2, L)], L)] = False
     live = np.nonzero(sc.ok)[0]
-    sc.ok[grow([Paths(sc, live + n, 1, 0, start=u[live]), Paths(sc, live + n, 2, L, start=v[live])], L) - n] = False
+    # negative: C takes A's first `shared` dashes from u, D A's last ones from v (turned round), so that near
+    # each disc a negative looks as a positive does; then both go on, a dash each in turn, on new courses
+    m, half_turn = g.shared, g.angles // 2
+    neg = live + n
+    sc.disc(neg, u[live], owner=1)
+    sc.disc(neg, v[live], owner=2)
+    for k in range(m):
+        for tag, slot, turn in ((1, k, 0), (2, L - 1 - k, half_turn)):
+            centre, angle = sc.centre[live, slot], (sc.angle[live, slot] + turn) % g.angles
+            sc.stamp(neg, centre, angle, tag * TAG + k + 1)
+            sc.centre[neg, (tag - 1) * L + k], sc.angle[neg, (tag - 1) * L + k] = centre, angle
+    c = Paths(sc, neg, 1, 0, start=u[live], first=m, centre=sc.centre[neg, m - 1], angle=sc.angle[neg, m - 1])
+    d = Paths(sc, neg, 2, L, start=v[live], first=m, centre=sc.centre[neg, L + m - 1],
+              angle=sc.angle[neg, L + m - 1])
+    sc.ok[grow([c, d], L) - n] = False
     live = np.nonzero(sc.ok)[0]
     # distractors where there is room; one left out of either scene is left out of both
     both, dl = np.concatenate([live, live + n]), g.distractor_length
     for j in range(g.distractors):
         slots = range(2 * L + j * dl, 2 * L + (j + 1) * dl)
-        stuck = grow([Paths(sc, both, 3 + j, slots.start)], dl)
+        stuck = grow([Paths(sc, both, 3 + j, slots.start)], dl, DISTRACTOR_RESTARTS)
         items = np.unique(stuck % n)
         sc.erase(np.setdiff1d(np.concatenate([items, items + n]), stuck), slots)
         sc.drawn[np.concatenate([items, items + n])[:, None], np.asarray(slots)[None]] = False
