@@ -16,6 +16,7 @@ from torch import nn
 from datamodules import CIFAR10DataModule, IMDBDataModule, InpaintingDataModule, WikiTextDataModule
 from datamodules.lra_image import LRAImageDataModule
 from datamodules.lra_listops import ListOpsDataModule
+from datamodules.lra_pathfinder import PathfinderDataModule
 from datamodules.lra_retrieval import RetrievalDataModule
 from datamodules.lra_text import LRATextDataModule
 from models.inpainting import TransformerInpainter, UNetInpainter
@@ -313,4 +314,41 @@ register_task(Task(
         paper=dict(seq_len=2000, dim=512, depth=4, heads=8, mlp_ratio=2.0, dropout=0.1, pool="cls", lr=0.05,
                    lr_schedule="rsqrt", warmup=1000, weight_decay=0.1, batch_size=32, max_steps=5000)),
     smoke=LRA_SMOKE, sequence_length=_lra_tokens,
+))
+
+
+RESOLUTION = S("resolution", "int", "LRA Pathfinder: image side in pixels; LRA released 32, 64, 128 (Path-X) and 256",
+               choices=(32, 64, 128, 256))
+
+
+def _pathfinder(cfg):
+    return PathfinderDataModule(**_data(cfg), resolution=cfg["resolution"], data_seed=cfg["data_seed"])
+
+
+def _pixels(cfg) -> int:
+    return cfg["resolution"] ** 2 + (cfg["pool"] == "cls")
+
+
+register_task(Task(
+    "lra-pathfinder", "LRA Pathfinder: are two discs joined by a dashed path, 32 x 32 = 1,024 pixels (accuracy)",
+    TextClassificationModule, _pathfinder, _lra_net(LRAClassifier), module_inputs=_classes,
+    settings=LRA_SETTINGS + (DATA_SEED, RESOLUTION), defaults=dict(data_seed=0, resolution=32), default_recipe="small",
+    recipes=_lra_recipes(
+        small=dict(batch_size=256, warmup=312, max_steps=62400),
+        paper=dict(dim=32, depth=4, heads=4, mlp_ratio=1.0, dropout=0.2, pool="mean", lr=1e-3, lr_schedule="cosine",
+                   warmup=312, weight_decay=0.0, batch_size=512, max_steps=62400)),
+    smoke=dict(dim=16, depth=1, heads=2), sequence_length=_pixels,
+))
+register_task(Task(
+    "lra-pathx", "LRA Path-X: Pathfinder at 128 x 128 = 16,384 pixels (accuracy; every model in the paper fails)",
+    TextClassificationModule, _pathfinder, _lra_net(LRAClassifier), module_inputs=_classes,
+    settings=LRA_SETTINGS + (DATA_SEED, RESOLUTION), defaults=dict(data_seed=0, resolution=128), default_recipe="small",
+    recipes=_lra_recipes(
+        # the reproductions did not run Path-X; their Pathfinder settings with a batch that fits 16K tokens
+        small=dict(batch_size=32, warmup=312, max_steps=62400),
+        paper=dict(dim=32, depth=1, heads=2, mlp_ratio=1.0, dropout=0.1, pool="mean", lr=1e-3, lr_schedule="cosine",
+                   warmup=2500, weight_decay=0.0, gradient_clip_val=1.0, batch_size=64, max_steps=500000)),
+    # the tests' every-mechanism matrix at 32 px: 16K tokens through the quadratic reference need ~17 GB (the
+    # 128 px path is tested on its own, with a linear-time mechanism)
+    smoke=dict(dim=16, depth=1, heads=2, resolution=32), sequence_length=_pixels,
 ))
