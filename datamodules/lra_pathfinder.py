@@ -101,7 +101,7 @@ class PathfinderDataModule(SourcedDataModule):
     def __init__(self, data_source: str = "auto", data_dir: Optional[str] = None, cache_dir: Optional[str] = None,
                  batch_size: int = 256, num_workers: int = 0, seed: int = 0, resolution: int = 32, data_seed: int = 0,
                  generated_sizes: Sequence[int] = (160_000, 20_000, 20_000),
-                 synthetic_sizes: Sequence[int] = (512, 128, 128), antialias: bool = True):
+                 synthetic_sizes: Sequence[int] = (256, 64, 64), antialias: bool = True):
         super().__init__(data_source=data_source, data_dir=data_dir, cache_dir=cache_dir, batch_size=batch_size,
                          num_workers=num_workers, seed=seed)
         self.resolution = check_choice("resolution", resolution, RESOLUTIONS)

@@ -41,7 +41,8 @@ TAG = 64  # `last` holds tag * TAG + step + 1; a path has fewer than TAG dashes
 SUBPIXEL = 4  # keep-away zones are tabulated for dash centres on a 1/4-pixel grid
 ROUNDING = 0.5  # zones reach this much farther, as a point is checked on the cell it rounds to
 MAX_ATTEMPTS = 256  # far beyond need: most attempts count
-CELLS_PER_ROUND = 2**23  # grid cells of the scenes grown at once (int32 each: 32 MiB)
+TAIL_ATTEMPTS = 8  # attempts of each image made at once when few images are left
+CELLS_PER_ROUND = 2**24  # grid cells of the scenes grown at once (int32 each: 64 MiB)
 
 
 @dataclass(frozen=True)
@@ -543,17 +544,23 @@ def generate(indices: Iterable[int], split: str, data_seed: int = 0, resolution:
     pending = np.arange(len(idx))
     per_round = max(1, CELLS_PER_ROUND // (2 * tables(g).cells))
     while len(pending):
-        todo = pending[:per_round]
-        if attempts[todo].max() >= MAX_ATTEMPTS:
+        # a few images left: several attempts of each at once, so the last ones cost one round, not several
+        tries = max(1, min(TAIL_ATTEMPTS, per_round // 4 // len(pending)))
+        todo = pending[: per_round // tries]
+        if attempts[todo].max() + tries > MAX_ATTEMPTS:
             raise RuntimeError(f"no Pathfinder image could be completed in {MAX_ATTEMPTS} attempts for index "
                                f"{int(idx[todo[np.argmax(attempts[todo])]])}: the geometry leaves too little room")
-        made, sc, u, v = grow_scenes(g, fold(VERSION, data_seed, sid, 0, idx[todo], attempts[todo]))
-        i = todo[made]
+        who = np.repeat(todo, tries)
+        tried = attempts[who] + np.tile(np.arange(tries), len(todo))
+        made, sc, u, v = grow_scenes(g, fold(VERSION, data_seed, sid, 0, idx[who], tried))
+        first = np.unique(who[made], return_index=True)[1]  # made is sorted: each image's first attempt made
+        made, u, v = made[first], u[first], v[first]
+        i = who[made]
         row = made + np.where(labels[i] == 1, 0, sc.n)  # the label picks the scene
         centre[i], angle[i], drawn[i] = sc.centre[row], sc.angle[row], sc.drawn[row]
-        discs[i, 0], discs[i, 1] = u, v
+        discs[i, 0], discs[i, 1], attempts[i] = u, v, tried[made]
         failed = np.setdiff1d(todo, i)
-        attempts[failed] += 1
+        attempts[failed] += tries
         pending = np.concatenate([failed, pending[len(todo):]])
     images = render(g, centre, angle, drawn, discs, antialias)
     return Generated(images=images, labels=labels, discs=discs, dashes=drawn.sum(1), attempts=attempts)

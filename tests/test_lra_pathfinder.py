@@ -2,17 +2,21 @@
 balanced in pairs; the construction's geometry; trivial statistics blind to the label; every resolution), the
 release's layout read as LRA reads it (fixture files written here), the caches, the one-sentence errors, the
 batches and the resumable training loader."""
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import load_script
 from PIL import Image
 
 from datamodules import pathfinder_generator as gen
 from datamodules.common import DataUnavailableError
 from datamodules.lra_pathfinder import PathfinderDataModule
 from datamodules.resumable import EpochBatches
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def make(tmp_path, **kw):
@@ -338,3 +342,48 @@ def test_bad_arguments():
                      (dict(data_source="hub"), "data_source")):
         with pytest.raises(ValueError, match=name):
             PathfinderDataModule(**kw)
+
+
+# ------------------------------------------------------------------------------------------ benchmarks, learning
+def test_generation_benchmark_runs_and_writes_its_tables(tmp_path):
+    bench = load_script(BENCHMARKS / "bench_pathfinder_generation.py")
+    threads = torch.get_num_threads()
+    try:
+        rc = bench.main(["--images", "256", "--images-128", "16", "--batch", "64", "--repeats", "1",
+                         "--stats-images", "400", "--out", str(tmp_path / "gen")])
+    finally:
+        torch.set_num_threads(threads)  # main() sets the thread count process-wide
+    assert rc == 0
+    data = json.loads((tmp_path / "gen.json").read_text())
+    assert [s["resolution"] for s in data["speed"]] == [32, 64, 128, 256]
+    assert all(s["one_process_per_s"] > 0 and s["processes_per_s"] > 0 for s in data["speed"])
+    assert data["stats"][0]["positives"] == 200 and 0 < data["stats"][0]["logistic_regression_cv_accuracy"] < 1
+    assert "## Label statistics" in (tmp_path / "gen.md").read_text()
+
+
+def test_learnability_benchmark_runs_and_writes_its_tables(tmp_path):
+    bench = load_script(BENCHMARKS / "bench_pathfinder_learnability.py")
+    threads = torch.get_num_threads()
+    try:
+        rc = bench.main(["--train", "128", "--test", "64", "--epochs", "1", "--threads", "1",
+                         "--out", str(tmp_path / "learn")])
+    finally:
+        torch.set_num_threads(threads)
+    assert rc == 0
+    data = json.loads((tmp_path / "learn.json").read_text())
+    assert len(data["result"]["curve"]) == 1 and 0 <= data["result"]["final_test_accuracy"] <= 1
+    assert "Test accuracy after the last epoch" in (tmp_path / "learn.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_small_cnn_learns_it_on_cpu():
+    """The learnability benchmark on fewer images: above what chance gives on 2,000 test images (0.5 +/- 2.2
+    points, 95 %). A few CPU-minutes."""
+    bench = load_script(BENCHMARKS / "bench_pathfinder_learnability.py")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        result = bench.train(train_n=12000, test_n=2000, epochs=8, seed=0, log=lambda s: None)
+    finally:
+        torch.set_num_threads(threads)
+    assert result["above_chance"], result["curve"]
