@@ -421,3 +421,23 @@ def test_generation_benchmark_runs_small(tmp_path):
     assert set(data["overlaps"].values()) == {0} and data["datamodule"]["same_as_generate_splits"]
     assert data["splits"]["train"]["n"] == 300 and data["machine"]["cpu_model"]
     assert "## Against the paper" in (tmp_path / "gen.md").read_text()
+
+
+def test_baselines_benchmark_runs_small(tmp_path):
+    """The baselines script on a small generated set: its majority-class accuracy equals one computed here from
+    the labels alone, and the outermost-operator rule sends MIN to 0 and MAX to 9 (what those operators of many
+    digits mostly give)."""
+    bench = load_script(Path(__file__).resolve().parents[1] / "benchmarks" / "bench_listops_baselines.py")
+    rc = bench.main(["--sizes", "300,60,60", "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "base")])
+    assert rc == 0
+    data = json.loads((tmp_path / "base.json").read_text())
+    dm = ListOpsDataModule(data_source="generated", cache_dir=str(tmp_path / "cache"), generated_sizes=(300, 60, 60))
+    dm.prepare_data()
+    dm.setup("fit")
+    train = np.array([int(dm.train_set[i]["label"]) for i in range(len(dm.train_set))])
+    val = np.array([int(dm.val_set[i]["label"]) for i in range(len(dm.val_set))])
+    majority = np.bincount(train, minlength=10).argmax()
+    assert data["result"]["majority_label"] == majority
+    assert data["result"]["val"]["majority class"]["accuracy"] == pytest.approx(np.mean(val == majority))
+    assert data["result"]["rule"]["[MIN"] == 0 and data["result"]["rule"]["[MAX"] == 9
+    assert "outermost-operator rule" in (tmp_path / "base.md").read_text()
