@@ -19,7 +19,7 @@ from .registry import (
     register_attention,
 )
 
-_SHARED = {"base", "registry", "functional"}
+_SHARED = {"base", "registry", "functional", "blocked"}
 for _mod in sorted(m.name for m in pkgutil.iter_modules(__path__)):
     if _mod not in _SHARED and not _mod.startswith("_"):
         importlib.import_module(f"{__name__}.{_mod}")

@@ -1,11 +1,12 @@
 """Shared pieces of the attention block, so that a mechanism's file holds only its own maths: head
 split/merge, mask helpers, masked softmax, the exact-attention FLOP count (softmax, naive, torch_mha),
-kernelised (feature-map) attention (linear, performer, hybrid) and sliding-window attention (local,
-hybrid). Argument checks are utils.checks (standard library only), so this package needs torch alone.
+and kernelised (feature-map) attention (linear, performer, hybrid). Blocked sparse attention (sliding
+windows for local and hybrid; longformer, bigbird, sparse) lives in blocked.py. Argument checks are
+utils.checks (standard library only), so this package needs torch alone.
 
 Axis letters used in shape comments:
     B batch, n sequence length, d model dim, h heads, e head dim (d / h),
-    m features / landmarks / projected length, c chunks, C chunk length, W window block length.
+    m features / landmarks / projected length, c chunks, C chunk length.
 """
 from __future__ import annotations
 
@@ -178,102 +179,3 @@ def kernel_weights(qf: Tensor, kf: Tensor, causal: bool, eps: float = 1e-6) -> T
         n = a.shape[-1]
         a = a.masked_fill(~torch.ones(n, n, dtype=torch.bool, device=a.device).tril_(), 0.0)
     return a / a.sum(dim=-1, keepdim=True).clamp_min(eps)
-
-
-# --------------------------------------------------------------------------- sliding windows
-
-
-def _windows(t: Tensor, nb: int, causal: bool) -> Tensor:
-    """(B, H, nb, W, *) blocks -> (B, H, nb, look*W, *): previous, own (and next) block per block."""
-    pad = [0, 0] * (t.dim() - 3) + [1, 0 if causal else 1]
-    tp = F.pad(t, pad)  # zero block before (and after)
-    look = 2 if causal else 3
-    return torch.cat([tp[:, :, i : i + nb] for i in range(look)], dim=3)
-
-
-def _window_core(q: Tensor, k: Tensor, v: Tensor, window: int, kmask: Optional[Tensor], causal: bool, scale: float) -> Tensor:
-    """q, k, v: (B, H, n, e); kmask: (B, 1|H, n) bool or None. Undilated window attention."""
-    B, H, n, e = q.shape
-    W = max(1, min(window, n))
-    pad = (-n) % W
-    if pad:
-        q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
-        if kmask is None:
-            kmask = torch.ones(B, 1, n, dtype=torch.bool, device=q.device)
-        kmask = F.pad(kmask, (0, pad), value=False)
-    nb = (n + pad) // W
-    qb = q.view(B, H, nb, W, e)
-    kw = _windows(k.view(B, H, nb, W, e), nb, causal)  # (B, H, nb, look*W, e)
-    vw = _windows(v.view(B, H, nb, W, e), nb, causal)
-    scores = (qb @ kw.transpose(-2, -1)) * scale  # (B, H, nb, W, look*W)
-
-    look = 2 if causal else 3
-    r = torch.arange(W, device=q.device)[:, None]
-    c = torch.arange(look * W, device=q.device)[None, :]
-    rel = c - W - r  # key position - query position
-    allowed = (rel >= -window) & (rel <= (0 if causal else window))  # (W, look*W)
-    # keys outside the sequence: the zero block before the first (and after the last) block
-    blk = torch.arange(nb, device=q.device)[:, None]
-    kpos = (blk - 1) * W + c  # (nb, look*W)
-    inside = (kpos >= 0) & (kpos < nb * W)
-    allowed = allowed & inside[:, None, :]  # (nb, W, look*W)
-    if kmask is not None:
-        kvalid = _windows(kmask.view(B, kmask.shape[1], nb, W), nb, causal)  # (B, 1|H, nb, look*W)
-        allowed = allowed & kvalid[:, :, :, None, :]  # (B, 1|H, nb, W, look*W)
-    attn = masked_softmax(scores, allowed)
-    y = attn @ vw  # (B, H, nb, W, e)
-    return y.view(B, H, nb * W, e)[:, :, :n]
-
-
-def sliding_window_attention(
-    q: Tensor, k: Tensor, v: Tensor, window: int, mask: Optional[Tensor] = None, causal: bool = False, dilation: int = 1, scale: Optional[float] = None
-) -> Tensor:
-    """q, k, v: (B, h, n, e); mask: (B, n) bool padding mask. Returns (B, h, n, e)."""
-    B, h, n, e = q.shape
-    scale = e**-0.5 if scale is None else scale
-    if dilation == 1:
-        return _window_core(q, k, v, window, None if mask is None else mask[:, None, :], causal, scale)
-    pad = (-n) % dilation
-    if pad:
-        q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
-        mask = torch.ones(B, n, dtype=torch.bool, device=q.device) if mask is None else mask
-        mask = F.pad(mask, (0, pad), value=False)
-    L = (n + pad) // dilation
-
-    def group(t: Tensor) -> Tensor:  # (B, h, L*delta, e) -> (B, h*delta, L, e), same residue together
-        return t.view(B, h, L, dilation, e).transpose(2, 3).reshape(B, h * dilation, L, e)
-
-    kmask = None
-    if mask is not None:
-        kmask = mask.view(B, 1, L, dilation).transpose(2, 3).expand(B, h, dilation, L).reshape(B, h * dilation, L)
-    y = _window_core(group(q), group(k), group(v), window, kmask, causal, scale)  # (B, h*delta, L, e)
-    y = y.view(B, h, dilation, L, e).transpose(2, 3).reshape(B, h, L * dilation, e)
-    return y[:, :, :n]
-
-
-def window_band(n: int, window: int, causal: bool, dilation: int, device) -> Tensor:
-    """(n, n) bool: the keys each query may see under the (dilated) window."""
-    i = torch.arange(n, device=device)[:, None]
-    j = torch.arange(n, device=device)[None, :]
-    rel = j - i
-    band = (rel % dilation == 0) & (rel >= -window * dilation) & (rel <= (0 if causal else window * dilation))
-    return band
-
-
-def dense_window_weights(q: Tensor, k: Tensor, window: int, mask: Optional[Tensor], causal: bool, dilation: int, scale: float) -> Tensor:
-    """The (B, h, n, n) matrix `sliding_window_attention` applies, written densely (O(n^2))."""
-    n = q.shape[2]
-    allowed = window_band(n, window, causal, dilation, q.device)
-    if mask is not None:
-        allowed = allowed & mask[:, None, None, :]
-    return masked_softmax((q @ k.transpose(-2, -1)) * scale, allowed)
-
-
-def window_flops(batch: int, heads: int, n: int, e: int, window: int, causal: bool, dilation: int = 1) -> int:
-    """Matmul FLOPs of the blocked implementation (computed band included, so up to 1.5x the
-    2w+1 keys a query needs; causal: 2W keys for w+1)."""
-    L = -(-n // dilation)
-    W = max(1, min(window, L))
-    padded = -(-L // W) * W
-    look = 2 if causal else 3
-    return 2 * 2 * batch * heads * dilation * padded * look * W * e

@@ -21,16 +21,8 @@ from torch import Tensor
 from utils.checks import check_int, check_int_list
 
 from .base import Attention
-from .functional import (
-    dense_window_weights,
-    elu_features,
-    kernel_attention,
-    kernel_attention_flops,
-    kernel_weights,
-    merge_heads,
-    sliding_window_attention,
-    window_flops,
-)
+from .blocked import dense_window_weights, sliding_window_attention, window_flops
+from .functional import elu_features, kernel_attention, kernel_attention_flops, kernel_weights, merge_heads
 from .registry import register_attention
 
 

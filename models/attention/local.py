@@ -6,7 +6,7 @@ blocks of W = window positions; each query block attends to its own block and it
 (previous and next; causal: previous only), i.e. 3W (2W) keys, and a band mask trims that to the
 exact window. Dilation regroups positions by residue mod delta, each group an ordinary window.
 The (B, h, n, n) weights returned on request are the same band-masked softmax written densely
-(O(n^2), for inspection). The kernel is functional.sliding_window_attention, shared with `hybrid`.
+(O(n^2), for inspection). The kernel is blocked.py's, shared with `hybrid`, `longformer`, `bigbird` and `sparse`.
 """
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ from torch import Tensor
 from utils.checks import check_int
 
 from .base import Attention
-from .functional import dense_window_weights, merge_heads, sliding_window_attention, window_flops
+from .blocked import dense_window_weights, sliding_window_attention, window_flops
+from .functional import merge_heads
 from .registry import register_attention
 
 
