@@ -1,0 +1,94 @@
+"""`sparse` (Child et al. 2019, "Generating long sequences with sparse transformers"): the two factorised
+patterns, merged in every head (the paper's "merged" variant: each head attends to the union A(1) u A(2)).
+With stride l and `summary` = c:
+
+    pattern="fixed"    A(1) = {j : j // l = i // l} (the query's own block of l positions),
+                       A(2) = {j : j mod l >= l - c} (the last c positions of every block, its summary)
+    pattern="strided"  A(1) = {j : |i - j| < l} (causal: i - l < j <= i, the previous l positions),
+                       A(2) = {j : (i - j) mod l = 0} (every l-th position)
+
+Causal (the paper's setting) adds j <= i; without it the patterns read both ways. Positions are ranks
+among the real tokens: with a padding mask each batch element's real tokens are attended alone, so padding
+anywhere changes nothing.
+
+Blocked (blocked.py), block by block, never an n x n matrix: blocks of l positions; fixed: the own block
+plus the summary positions read once by every query, O(n (l + c n / l) e) per head; strided: the
+neighbouring blocks plus, for row r of each block, the keys t l + r of every block (one (l, n/l, n/l)
+product in residue order), O(n (3l + n / l) e). With l ~ sqrt(n) both are O(n sqrt(n) e).
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from utils.checks import check_choice, check_int
+
+from .base import Attention
+from .blocked import BlockPattern, band_reach, blocked_attention, by_rank, dense_weights
+from .functional import merge_heads
+from .registry import register_attention
+
+PATTERNS = ("fixed", "strided")
+
+
+@lru_cache(maxsize=16)
+def sparse_pattern(n: int, pattern: str, stride: int, summary: int, causal: bool) -> BlockPattern:
+    l = stride  # noqa: E741 (the paper's name)
+    W = min(l, n)
+    if pattern == "fixed":
+        c = summary
+
+        def rule(i: Tensor, j: Tensor) -> Tensor:
+            return (j // l == i // l) | (j % l >= l - c)
+
+        pos = torch.arange(n)
+        shared = pos[pos % l >= l - c]
+        return BlockPattern(n, W, 0, 0, rule, shared=shared if len(shared) else None)
+
+    def rule(i: Tensor, j: Tensor) -> Tensor:
+        return ((i - j).abs() < l) | ((i - j) % l == 0)
+
+    before, after = band_reach(-(-n // W), causal)
+    return BlockPattern(n, W, before, after, rule, strided=W == l and n > l)
+
+
+@register_attention("sparse")
+class SparseAttention(Attention):
+    supports_mask = True
+    supports_causal = True
+    padding_anywhere = True  # positions are ranks among the real tokens
+    has_weights = True
+    example_options = {"stride": 4, "summary": 1}
+    bad_options = ({"pattern": "axial"}, {"stride": 0}, {"summary": 0}, {"summary": 65})
+
+    def __init__(self, dim: int, heads: int = 8, *, pattern: str = "fixed", stride: int = 64, summary: int = 8,
+                 causal: bool = False, dropout: float = 0.0, bias: bool = True):
+        super().__init__(dim, heads, causal=causal, dropout=dropout, bias=bias)
+        self.pattern_name = check_choice("pattern", pattern, PATTERNS)
+        self.stride = check_int("stride", stride)
+        self.summary = check_int("summary", summary)
+        if self.pattern_name == "fixed" and self.summary > self.stride:
+            raise ValueError(f"summary must be at most stride = {self.stride} (the last positions of each block) for "
+                             f"the fixed pattern, got {summary!r}")
+
+    def pattern(self, n: int, causal: bool) -> BlockPattern:
+        return sparse_pattern(n, self.pattern_name, self.stride, self.summary, causal)
+
+    def _attend(self, x: Tensor, mask: Optional[Tensor], causal: bool, need_weights: bool) -> Tuple[Tensor, Optional[Tensor]]:
+        q, k, v = self.project_qkv(x)  # (B, h, n, e)
+        y = by_rank(lambda q, k, v: blocked_attention(q, k, v, self.pattern(q.shape[2], causal), None, causal, self.scale),
+                    q, k, v, mask)
+        w = None
+        if need_weights:
+            w = by_rank(lambda q, k, v: dense_weights(q, k, self.pattern(q.shape[2], causal), None, causal, self.scale),
+                        q, k, v, mask, square=True)
+        return self.out(merge_heads(y)), w
+
+    def attention_flops(self, seq_len: int, batch: int, causal: bool) -> int:
+        return self.pattern(seq_len, causal).flops(batch, self.heads, self.head_dim)
+
+    def extra_repr(self) -> str:
+        return (super().extra_repr() + f", pattern={self.pattern_name!r}, stride={self.stride}, summary={self.summary}")
