@@ -1,0 +1,286 @@
+"""`reformer`: Kitaev et al. 2020, LSH attention with shared query/key.
+
+One projection gives the queries q; the keys are the unit-normalised queries, k_j = q_j / |q_j|, as in
+the paper. Each of `hash_rounds` rounds hashes q with its own random rotation R (e x buckets/2),
+h(x) = argmax([xR; -xR]), sorts the positions by (bucket, position) and cuts that order into chunks of
+`bucket_size`; a query attends to the keys of its own bucket in its chunk and the previous one, so a
+round costs O(n * bucket_size) time and memory (never an n x n matrix). A token attends to itself only
+when no other key is available (its score is lowered by 1e5, the paper's m_ii). The rounds are combined
+by the paper's log-sum-exp weighting, o_i = sum_r exp(z_r(i) - z(i)) o_r(i), where a pair seen in N_ij
+rounds is charged log N_ij in each (`dedup=True`, the paper's formula: the result is then one softmax
+over the union of the rounds' key sets); `dedup=False` counts such a pair N_ij times, as lucidrains'
+reformer-pytorch does by default.
+
+Choices, where the paper leaves room:
+- Rotations are a buffer drawn at construction from torch's global generator (reproducible under
+  torch.manual_seed, saved in checkpoints). `redraw=True` draws new ones at every training-mode forward,
+  as the paper does; eval mode always uses the stored ones, so it is deterministic.
+- `buckets` is a fixed count (the paper takes about n / bucket_size; 64 buckets of 64 at n = 4096): the
+  hash then does not depend on the length, and padding tokens get a bucket of their own that sorts
+  last, so padding anywhere leaves the real tokens' outputs unchanged.
+- Causal: chunk boundaries in the sorted order move with the buckets of later tokens, so the paper's
+  chunk rule would let the future change which past keys a query sees. Causal mode gives each query
+  instead the keys of its bucket at most `bucket_size` places back in the sorted order (itself
+  included): the same blocked computation with a band mask, and that distance between two tokens of one
+  bucket counts only tokens of that bucket between them, none after the query.
+
+Rounds run one after another and are merged online, so forward memory is that of one round.
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from utils.checks import check_bool, check_int
+
+from .base import Attention
+from .functional import merge_heads, split_heads
+from .registry import register_attention
+
+SELF_PENALTY = 1e5  # the paper's m_ii: a token's own key, used only when it has no other
+
+
+def _with_previous(t: Tensor, fill, axis: int) -> Tensor:
+    """Chunks (..., c, C, ...) with C at `axis` (negative) -> (..., c, 2C, ...): each chunk's predecessor
+    (`fill` before the first), then the chunk itself."""
+    first = torch.full_like(t.narrow(axis - 1, 0, 1), fill)
+    prev = torch.cat([first, t.narrow(axis - 1, 0, t.shape[axis - 1] - 1)], dim=axis - 1)
+    return torch.cat([prev, t], dim=axis)
+
+
+def lsh_attention(
+    qk: Tensor,
+    v: Tensor,
+    codes: Tensor,
+    pad_code: int,
+    chunk: int,
+    causal: bool,
+    dedup: bool,
+    scale: float,
+    need_weights: bool = False,
+) -> Tuple[Tensor, Optional[Tensor]]:
+    """Shared-QK LSH attention over given hash codes.
+
+    qk, v: (B, h, n, e); codes: (B, h, R, n) bucket of each token in each round, `pad_code` for padding
+    tokens (never attended). Returns (B, h, n, e) and, with `need_weights`, the (B, h, n, n) matrix applied.
+    """
+    B, h, n, e = qk.shape
+    R = codes.shape[2]
+    C = min(chunk, n)
+    nc = -(-n // C)
+    Np, pad = nc * C, nc * C - n
+    look = nc > 1  # with one chunk there is no previous one
+    W = 2 * C if look else C
+    dev = qk.device
+    codes_sorted, perm = torch.sort(codes, dim=-1, stable=True)  # by (bucket, position), padding last
+    inv = torch.empty_like(perm).scatter_(-1, perm, torch.arange(n, device=dev).expand_as(perm))  # sorted place
+    if dedup and R > 1:
+        # round r' sees pair (i, j) iff 0 <= loc(i) - loc(j) <= reach: same bucket and, non-causal, key chunk
+        # = query chunk or the one before; causal, at most C places back in the sorted order
+        loc = codes * (Np + C + 2) + inv if causal else codes * (nc + 2) + inv // C  # (B, h, R, n)
+        loc = loc.int() if (pad_code + 1) * (Np + C + 2) < 2**31 else loc
+        reach = C if causal else 1
+    off = C if look else 0  # where a chunk's own keys start in its window
+    t = torch.arange(C, device=dev)[:, None]
+    u = torch.arange(W, device=dev)[None, :]
+    itself = u - off == t  # (C, W): the own chunk's diagonal is the query token itself
+    # causal: sorted distance 0..C, i.e. the previous chunk from the query's offset on, its own chunk up to it
+    band = (u >= t) & (u < off) | (u >= off) & (u - off <= t) if causal else None
+    # rows of every (batch, head) one after another, so that a round's gathers are row copies (index_select)
+    base = torch.arange(B * h, device=dev).view(B, h, 1)
+    q_rows = (qk * scale).reshape(B * h * n, e)
+    k_rows = F.normalize(qk, dim=-1).reshape(B * h * n, e)  # keys: the unit-length queries
+    v_rows = v.reshape(B * h * n, e)
+    out = lse_all = alone_all = None
+    rounds = []
+    for r in range(R):
+        idx = F.pad(perm[:, :, r], (0, pad))  # (B, h, Np), padded slots read token 0 and are masked
+        flat = (idx + base * n).view(B, h, nc, C)
+        qs = q_rows.index_select(0, flat.view(-1)).view(B, h, nc, C, e)
+        qcode = F.pad(codes_sorted[:, :, r], (0, pad), value=-2).view(B, h, nc, C)
+        kcode = qcode.masked_fill(qcode == pad_code, -1)  # padding tokens are never keys
+        if look:
+            flat, kcode = _with_previous(flat, 0, -1), _with_previous(kcode, -1, -1)
+        ks = k_rows.index_select(0, flat.view(-1)).view(B, h, nc, W, e)
+        vs = v_rows.index_select(0, flat.view(-1)).view(B, h, nc, W, e)
+        s = (qs @ ks.transpose(-2, -1)).float()  # (B, h, nc, C, W)
+        allowed = (qcode[..., :, None] == kcode[..., None, :]) & ~itself  # same bucket, a real key, not itself
+        if band is not None:
+            allowed &= band
+        # a token attends to itself only when it has no other key (the paper's m_ii = 1e5, taken to its limit)
+        alone = ~allowed.any(dim=-1)  # (B, h, nc, C)
+        allowed |= itself & alone[..., None]
+        if dedup and R > 1:
+            lr = loc.gather(-1, idx[:, :, None, :].expand(B, h, R, Np)).view(B, h, R, nc, C)
+            count = torch.ones(s.shape, dtype=torch.uint8, device=dev)  # N_ij <= R rounds
+            for r2 in range(R):
+                if r2 != r:
+                    lq = lr[:, :, r2, :, :, None]
+                    lk = _with_previous(lr[:, :, r2], -1, -1) if look else lr[:, :, r2]
+                    seen = lq >= lk[..., None, :]
+                    seen &= lq <= (lk + reach)[..., None, :]
+                    count += seen
+            s = s - count.float().log_()
+        s = s.masked_fill_(allowed.logical_not_(), torch.finfo(s.dtype).min)
+        p = s.softmax(dim=-1)  # (a fused softmax is several times faster on CPU than exp on its own)
+        lse = s.amax(dim=-1) - p.amax(dim=-1).log()  # log-sum-exp: the largest p is exp(max - lse)
+        o = p.to(vs.dtype) @ vs  # (B, h, nc, C, e)
+        # back to position order
+        back = inv[:, :, r]
+        o = o.view(B * h * Np, e).index_select(0, (back + base * Np).view(-1)).view(B, h, n, e).float()
+        lse = lse.view(B, h, Np).gather(-1, back)  # (B, h, n)
+        alone = alone.view(B, h, Np).gather(-1, back)
+        if need_weights:
+            rounds.append((p, idx, lse, alone))
+        if out is None:
+            out, lse_all, alone_all = o, lse, alone
+            continue
+        # o = sum_r exp(z_r - z) o_r merged one round at a time; a round where the token had only itself
+        # (z_r lowered by 1e5) weighs nothing beside one where it had other keys
+        new = torch.logaddexp(lse_all, lse)
+        keep_old, take_new = ~alone_all & alone, alone_all & ~alone
+        w_old = torch.where(keep_old, 1.0, torch.where(take_new, 0.0, (lse_all - new).exp()))
+        w_new = torch.where(keep_old, 0.0, torch.where(take_new, 1.0, (lse - new).exp()))
+        out = out * w_old[..., None] + o * w_new[..., None]
+        lse_all = torch.where(keep_old, lse_all, torch.where(take_new, lse, new))
+        alone_all = alone_all & alone
+    weights = None
+    if need_weights:
+        weights = qk.new_zeros(B, h, n * n, dtype=torch.float32)
+        slot_real = (torch.arange(Np, device=dev) < n).view(nc, C)
+        for p, idx, lse, alone in rounds:
+            share = torch.where(alone == alone_all, (lse - lse_all).exp(), 0.0)  # (B, h, n) the round's weight
+            share = share.gather(-1, idx)  # per sorted slot
+            qpos = idx.view(B, h, nc, C)
+            kpos = _with_previous(qpos, 0, -1) if look else qpos
+            flat = (qpos[..., :, None] * n + kpos[..., None, :]).reshape(B, h, -1)
+            contrib = p * (share.view(B, h, nc, C) * slot_real)[..., None]
+            weights.scatter_add_(-1, flat, contrib.reshape(B, h, -1))
+        weights = weights.view(B, h, n, n)
+    return out.to(v.dtype), weights
+
+
+def lsh_attention_flops(batch: int, heads: int, n: int, e: int, rounds: int, chunk: int) -> int:
+    """Matmul FLOPs of `lsh_attention` (scores and weighted values; hashing not included)."""
+    C = min(chunk, n)
+    nc = -(-n // C)
+    W = 2 * C if nc > 1 else C
+    return 2 * 2 * batch * heads * rounds * nc * C * W * e
+
+
+@register_attention("reformer")
+class ReformerAttention(Attention):
+    supports_mask = True
+    supports_causal = True
+    has_weights = True
+    example_options = {"hash_rounds": 2, "buckets": 4, "bucket_size": 4}
+    bad_options = ({"hash_rounds": 0}, {"buckets": 0}, {"buckets": 3}, {"bucket_size": 0})
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int = 8,
+        *,
+        hash_rounds: int = 8,
+        buckets: int = 64,
+        bucket_size: int = 64,
+        dedup: bool = True,
+        redraw: bool = False,
+        causal: bool = False,
+        dropout: float = 0.0,
+        bias: bool = True,
+    ):
+        super().__init__(dim, heads, causal=causal, dropout=dropout, bias=bias)
+        self.hash_rounds = check_int("hash_rounds", hash_rounds)
+        self.buckets = check_int("buckets", buckets)
+        if self.buckets > 1 and self.buckets % 2:
+            raise ValueError(f"buckets must be 1 or an even number (the hash is the argmax over [xR; -xR]), got {buckets!r}")
+        self.bucket_size = check_int("bucket_size", bucket_size)
+        self.dedup, self.redraw = check_bool("dedup", dedup), check_bool("redraw", redraw)
+        self.register_buffer("rotations", self._draw())  # (h, e, rounds * buckets/2)
+
+    def _build_projections(self, bias: bool) -> None:
+        self.to_qk_v = nn.Linear(self.dim, 2 * self.dim, bias=bias)  # shared query/key, then values
+        self.out = nn.Linear(self.dim, self.dim, bias=bias)
+
+    def _draw(self, device=None) -> Tensor:
+        return torch.randn(self.heads, self.head_dim, self.hash_rounds * (self.buckets // 2), device=device)
+
+    @torch.no_grad()
+    def redraw_rotations(self) -> None:
+        self.rotations.copy_(self._draw(self.rotations.device))
+
+    def get_projection_weights(self) -> Dict[str, Optional[Tensor]]:
+        """Q and K are one matrix here (k_w is q_w; the keys are then normalised)."""
+        d = self.dim
+        w, b = self.to_qk_v.weight, self.to_qk_v.bias
+        out = {"q_w": w[:d], "k_w": w[:d], "v_w": w[d:], "o_w": self.out.weight, "o_b": self.out.bias}
+        out.update(q_b=None, k_b=None, v_b=None) if b is None else out.update(q_b=b[:d], k_b=b[:d], v_b=b[d:])
+        return {k: (t.detach().clone() if t is not None else None) for k, t in out.items()}
+
+    @torch.no_grad()
+    def load_projection_weights(self, w: Dict[str, Optional[Tensor]]) -> None:
+        if not torch.equal(w["q_w"], w["k_w"]) or (w["q_b"] is not None and not torch.equal(w["q_b"], w["k_b"])):
+            raise ValueError("attention 'reformer' shares one query/key projection, got different q and k weights")
+        self.to_qk_v.weight.copy_(torch.cat([w["q_w"], w["v_w"]]))
+        if self.to_qk_v.bias is not None:
+            self.to_qk_v.bias.copy_(torch.cat([w["q_b"], w["v_b"]]))
+        self.out.weight.copy_(w["o_w"])
+        if self.out.bias is not None:
+            self.out.bias.copy_(w["o_b"])
+
+    def project_qk_v(self, x: Tensor) -> Tuple[Tensor, Tensor]:
+        """(B, n, d) -> shared query/key and values, each (B, h, n, e)"""
+        qk, v = self.to_qk_v(x).chunk(2, dim=-1)
+        return split_heads(qk, self.heads), split_heads(v, self.heads)
+
+    def hash_codes_of(self, qk: Tensor, mask: Optional[Tensor]) -> Tensor:
+        """(B, h, n, e) queries -> (B, h, rounds, n) buckets; padding tokens get bucket `buckets` (sorts last)."""
+        B, h, n, _ = qk.shape
+        with torch.no_grad():
+            if self.buckets == 1:
+                codes = torch.zeros(B, h, self.hash_rounds, n, dtype=torch.long, device=qk.device)
+            else:
+                proj = (qk.detach() @ self.rotations.to(qk.dtype)).view(B, h, n, self.hash_rounds, self.buckets // 2)
+                # argmax over [xR; -xR] (first index on ties), without building the concatenation
+                top, arg_top = proj.max(dim=-1)
+                bottom, arg_bottom = proj.min(dim=-1)
+                codes = torch.where(top >= -bottom, arg_top, arg_bottom + self.buckets // 2).transpose(-2, -1)
+            if mask is not None:
+                codes = codes.masked_fill(~mask[:, None, None, :], self.buckets)
+        return codes
+
+    @torch.no_grad()
+    def hash_codes(self, x: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+        """The (B, h, rounds, n) buckets a forward call on x would use (for inspection and tests)."""
+        self.check_input(x, mask)
+        return self.hash_codes_of(self.project_qk_v(x)[0], mask)
+
+    def _attend(self, x: Tensor, mask: Optional[Tensor], causal: bool, need_weights: bool) -> Tuple[Tensor, Optional[Tensor]]:
+        if self.training and self.redraw:
+            self.redraw_rotations()
+        qk, v = self.project_qk_v(x)  # (B, h, n, e)
+        codes = self.hash_codes_of(qk, mask)
+        y, w = lsh_attention(qk, v, codes, self.buckets, self.bucket_size, causal, self.dedup, self.scale, need_weights)
+        return self.out(merge_heads(y)), w
+
+    def projection_flops(self, seq_len: int, batch: int = 1) -> int:
+        return 2 * batch * seq_len * self.dim * self.dim * 3  # shared QK, V and output
+
+    def _hash_flops(self, seq_len: int, batch: int) -> int:
+        return 2 * batch * self.heads * seq_len * self.head_dim * self.hash_rounds * (self.buckets // 2)
+
+    def attention_flops(self, seq_len: int, batch: int, causal: bool) -> int:
+        h, e = self.heads, self.head_dim
+        return self._hash_flops(seq_len, batch) + lsh_attention_flops(batch, h, seq_len, e, self.hash_rounds, self.bucket_size)
+
+    def backward_flops(self, seq_len: int, batch: int, causal: bool) -> int:
+        # the hash (an argmax) passes no gradient: its matmul has no backward
+        return super().backward_flops(seq_len, batch, causal) - 2 * self._hash_flops(seq_len, batch)
+
+    def extra_repr(self) -> str:
+        return (super().extra_repr() + f", hash_rounds={self.hash_rounds}, buckets={self.buckets}, "
+                f"bucket_size={self.bucket_size}, dedup={self.dedup}, redraw={self.redraw}")
