@@ -7,8 +7,9 @@ query's features are shifted by their own maximum (the |q|^2 term cancels entire
 one shared maximum over real keys (the |k|^2 term does not cancel and is kept). Features and the
 kernel are computed in fp32, so bf16/fp16 autocast stays finite.
 
-Non-causal: O(n m e) per head. Causal: chunked prefix sums (functional.kernel_attention), no custom
-extension. `redraw_interval`: in training mode, draw new features every that many forward calls
+Non-causal: O(n m e) per head, in row tiles (favor_attention): each tile's features are made, shifted,
+exponentiated and used while in cache, so no (n, m) feature matrix is written to memory. Causal: chunked
+prefix sums (functional.kernel_attention), no custom extension. `redraw_interval`: in training mode, draw new features every that many forward calls
 (None = keep the first draw); `redraw_projection()` draws on demand.
 
 Note (causal): the shared key shift is taken over the whole sequence. It cancels exactly in the
@@ -50,18 +51,77 @@ def favor_features(q: Tensor, k: Tensor, w: Tensor, mask: Optional[Tensor]) -> T
     Returns phi(q), phi(k): (B, h, n, m), up to per-row / global constants that cancel."""
     q, k = q.float(), k.float()
     wt = w.float().t()  # (e, m)
-    qw = q @ wt  # (B, h, n, m)
-    # the shifts cancel exactly between numerator and denominator: constants, no gradient
-    qf = qw.sub_(qw.detach().amax(dim=-1, keepdim=True)).exp_()
-    kw = k @ wt  # (B, h, n, m)
-    e = k.shape[-1]
-    kw = kw - k.pow(2).sum(dim=-1, keepdim=True) * (0.5 / math.sqrt(e))  # - |x|^2 / 2, x = k / e^(1/4)
-    if mask is not None:  # padding keys -> -inf -> feature exactly 0 (and no inf * 0 in backward)
-        kw = kw.masked_fill(~mask[:, None, :, None], float("-inf"))
+    qf = _query_features(q @ wt)  # (B, h, n, m)
+    kw = _key_logits(k @ wt, _key_norms(k), mask)  # (B, h, n, m)
     shift = kw.detach().amax(dim=(-2, -1), keepdim=True)
-    shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))  # element with no real key
-    kf = kw.sub_(shift).exp_()
+    kf = kw.sub_(_finite_or_zero(shift)).exp_()
     return qf, kf
+
+
+def _query_features(qw: Tensor) -> Tensor:
+    """exp(w.x - max_r w_r.x), in place: each query's own shift cancels exactly between numerator and
+    denominator, and so does its |x|^2 / 2 term (constants: no gradient)."""
+    return qw.sub_(qw.detach().amax(dim=-1, keepdim=True)).exp_()
+
+
+def _key_norms(k: Tensor) -> Tensor:
+    """|x|^2 / 2 with x = k / e^(1/4): (B, h, n, 1)."""
+    return k.pow(2).sum(dim=-1, keepdim=True) * (0.5 / math.sqrt(k.shape[-1]))
+
+
+def _key_logits(kw: Tensor, norms: Tensor, mask: Optional[Tensor]) -> Tensor:
+    """w.x - |x|^2 / 2, in place on kw = k @ w^T; padding keys -> -inf, so their features are exactly 0 (and
+    no inf * 0 in backward). kw: (B, h, r, m), norms: (B, h, r, 1), mask: (B, r) or None."""
+    kw.sub_(norms)
+    if mask is not None:
+        kw.masked_fill_(~mask[:, None, :, None], float("-inf"))
+    return kw
+
+
+def _finite_or_zero(shift: Tensor) -> Tensor:
+    """A key shift of -inf (an element with no real key) becomes 0, so its all-zero features stay 0, not NaN."""
+    return torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
+
+
+# rows of a feature tile in favor_attention: B * h * rows * m fp32 values near 2 MiB (a core's L2 on the Xeon
+# this was tuned on), so each tile's shift and exp work in cache and the (n, m) features never reach memory
+TILE_VALUES = 1 << 19
+
+
+def favor_attention(q: Tensor, k: Tensor, v: Tensor, w: Tensor, mask: Optional[Tensor] = None, rows: Optional[int] = None) -> Tensor:
+    """Non-causal FAVOR+ in row tiles, fused: the same matmuls as favor_features + kernel_attention (so
+    the same FLOPs and, up to float rounding, the same result) without an (n, m) feature matrix in memory.
+    q, k, v: (B, h, n, e), any strides; w: (m, e) scaled by e^-1/4; mask: (B, n) padding mask. Returns the
+    heads merged, (B, n, h * e), in fp32.
+
+    Keys first: each tile's features kf = exp(logits - s) go straight into sum_j kf_j^T [v_j, 1]. The shift s
+    is the running maximum over the keys seen so far, and the sum is rescaled by exp(s_old - s_new) when it
+    grows, so the result equals one shift by the maximum over all real keys (favor_features) up to rounding.
+    Then queries: each tile's features (shifted by their own row maximum) times that (m, e+1) sum. Whole-
+    sequence work (key norms, the ones column) is done once, outside the tiles: fewer, larger operations."""
+    B, h, n, e = q.shape
+    m = w.shape[0]
+    rows = rows or max(1, TILE_VALUES // (B * h * m))
+    q, k, v = q.float(), k.float(), v.float()
+    wt = w.float().t()  # (e, m)
+    norms = _key_norms(k)  # (B, h, n, 1)
+    v1 = torch.cat([v, v.new_ones(B, h, n, 1)], dim=-1)  # (B, h, n, e+1): the normaliser rides along
+    kv: Optional[Tensor] = None  # (B, h, m, e+1): sum_j kf_j^T [v_j, 1]
+    top = shift = None  # (B, h, 1, 1): the running maximum, and it made finite
+    for a in range(0, n, rows):
+        b = min(a + rows, n)
+        kw = _key_logits(k[:, :, a:b] @ wt, norms[:, :, a:b], None if mask is None else mask[:, a:b])  # (B, h, r, m)
+        tile_top = kw.detach().amax(dim=(-2, -1), keepdim=True)
+        top = tile_top if top is None else torch.maximum(top, tile_top)
+        new = _finite_or_zero(top)
+        part = kw.sub_(new).exp_().transpose(-2, -1) @ v1[:, :, a:b]  # (B, h, m, e+1)
+        kv = part if kv is None else torch.addcmul(part, kv, (shift - new).exp_())  # the shift never falls: factor <= 1
+        shift = new
+    out = []
+    for a in range(0, n, rows):
+        o = _query_features(q[:, :, a : a + rows] @ wt) @ kv  # (B, h, r, e+1)
+        out.append((o[..., :e] / o[..., e:].clamp_min(1e-30)).transpose(1, 2))  # (B, r, h, e)
+    return torch.cat(out, dim=1).reshape(B, n, h * e)
 
 
 @register_attention("performer")
@@ -107,11 +167,17 @@ class PerformerAttention(Attention):
                 self.redraw_projection()
             self._calls += 1
         q, k, v = self.project_qkv(x)  # (B, h, n, e)
+        w = None
         with torch.autocast(x.device.type, enabled=False):
-            qf, kf = favor_features(q, k, self.projection, mask)  # (B, h, n, m)
-            y = kernel_attention(qf, kf, v.float(), causal=causal, chunk=self.chunk, eps=1e-30)
-            w = kernel_weights(qf, kf, causal, eps=1e-30) if need_weights else None
-        return self.out(merge_heads(y.to(v.dtype))), w
+            if causal or need_weights:
+                qf, kf = favor_features(q, k, self.projection, mask)  # (B, h, n, m)
+                if need_weights:
+                    w = kernel_weights(qf, kf, causal, eps=1e-30)
+            if causal:
+                y = merge_heads(kernel_attention(qf, kf, v.float(), causal=True, chunk=self.chunk, eps=1e-30))
+            else:
+                y = favor_attention(q, k, v, self.projection, mask)  # (B, n, d), no (n, m) features in memory
+        return self.out(y.to(v.dtype)), w
 
     def _feature_map_flops(self, seq_len: int, batch: int) -> int:
         return 2 * 2 * batch * self.heads * seq_len * self.head_dim * self.features  # q and k onto the m directions
