@@ -7,6 +7,8 @@ net: it has no fixed number of blocks, unlike the paper's feed-forward P(X) with
 exp((R + Gumbel noise) / temperature) into a soft permutation S, doubly stochastic in the limit. Block i
 of keys and values is replaced by the mixture sum_j S_ij K_j (the sorted block), and each query block
 attends over its own block and its sorted block in one softmax: O(n b + (n/b)^2 (b e)) per head.
+Heads are computed one after another, each from its own rows of the QKV projection, so that forward
+memory is one head's (the projection's FLOPs are the same).
 
 Choices, where the paper leaves room:
 - Gumbel noise (`gumbel=True`) is drawn in training mode only; eval is deterministic.
@@ -15,7 +17,8 @@ Choices, where the paper leaves room:
   real tokens only and blocks without any take no part in the balancing. Each slot of a sorted block
   mixes only the real keys at that slot, renormalised: K'_it = sum_j S_ij m_jt K_jt / sum_j S_ij m_jt.
   Without padding (n a multiple of block_size) that is S K with S's rows rescaled to sum to one, which
-  keeps the applied matrix a distribution over tokens.
+  keeps the applied matrix a distribution over tokens. The normaliser is one small product,
+  S (nb x nb) times the real-token indicator (nb x b), made with or without padding.
 - Causal (the paper's causal Sinkhorn balancing): block i may only sort to blocks j < i, all of whose
   tokens precede all of block i's; its summary is the mean of the queries up to and including its first
   token (known to every query of the block); and the column normalisation is a cumulative
@@ -34,7 +37,6 @@ from torch import Tensor
 from utils.checks import check_bool, check_int, check_number
 
 from .base import Attention
-from .functional import merge_heads
 from .registry import register_attention
 
 NEG = -1e4  # log-space "zero" for blocks that may not be paired: exp underflows to 0, gradients stay finite
@@ -79,129 +81,168 @@ class SinkhornAttention(Attention):
         self.temperature = check_number("temperature", temperature, low=0, low_open=True)
         self.gumbel = check_bool("gumbel", gumbel)
 
-    # ------------------------------------------------------------------ pieces
+    # ------------------------------------------------------------------ pieces (one head: B, n, e)
 
     def _layout(self, n: int) -> Tuple[int, int]:
         b = min(self.block_size, n)
         return b, -(-n // b)
 
-    def _blocks(self, q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor]):
-        """Real tokens first (by rank), padded to whole blocks: q, k, v (B, h, nb, b, e), valid (B, nb, b),
-        and the order used (None without a mask)."""
-        B, h, n, e = q.shape
-        order = None
-        if mask is not None:
-            order = torch.sort((~mask).to(torch.uint8), dim=-1, stable=True).indices  # real tokens first, in order
-            idx = order[:, None, :, None].expand(B, h, n, e)
-            q, k, v = q.gather(2, idx), k.gather(2, idx), v.gather(2, idx)
-            valid = torch.arange(n, device=q.device) < mask.sum(-1, keepdim=True)  # (B, n)
-        else:
-            valid = torch.ones(B, n, dtype=torch.bool, device=q.device)
+    def _plan(self, mask: Optional[Tensor], n: int, device):
+        """The order that puts real tokens first (None without a mask) and the (B, nb, b) real-token
+        indicator of the blocks (None when every slot is real)."""
         b, nb = self._layout(n)
-        pad = nb * b - n
-        if pad:
-            q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
-            valid = F.pad(valid, (0, pad), value=False)
-        shape = (B, h, nb, b, e)
-        return q.reshape(shape), k.reshape(shape), v.reshape(shape), valid.view(B, nb, b), order
+        if mask is None:
+            if nb * b == n:
+                return None, None
+            valid = torch.arange(nb * b, device=device) < n
+            return None, valid.view(1, nb, b).expand(1, nb, b)
+        order = torch.sort((~mask).to(torch.uint8), dim=-1, stable=True).indices  # real tokens first, in order
+        valid = torch.arange(nb * b, device=device) < mask.sum(-1, keepdim=True)  # (B, nb*b)
+        return order, valid.view(-1, nb, b)
 
-    def _sorting_logits(self, qb: Tensor, kb: Tensor, valid: Tensor, causal: bool) -> Tuple[Tensor, Tensor]:
-        """Block-pair scores R (B, h, nb, nb) in fp32 and where pairing is allowed (B, 1, nb, nb)."""
-        m = valid[:, None, :, :, None].to(torch.float32)  # (B, 1, nb, b, 1)
-        qf, kf = qb.float() * m, kb.float() * m
-        count = m.sum(-2)  # (B, 1, nb, 1)
-        sk = kf.sum(-2) / count.clamp_min(1)  # (B, h, nb, e): mean of a block's real keys
-        if causal:  # mean of the queries up to each block's first token
-            cq = qf.flatten(2, 3).cumsum(2)[:, :, :: qb.shape[3]]  # (B, h, nb, e)
-            cn = m.flatten(2, 3).cumsum(2)[:, :, :: qb.shape[3]]
-            sq = cq / cn.clamp_min(1)
-        else:
-            sq = qf.sum(-2) / count.clamp_min(1)
-        logits = (sq @ sk.transpose(-2, -1)) * self.scale  # (B, h, nb, nb)
-        used = valid.any(-1)  # (B, nb) blocks with a real token
-        support = used[:, None, :, None] & used[:, None, None, :]
-        if causal:
-            nb = used.shape[1]
-            support = support & torch.ones(nb, nb, dtype=torch.bool, device=used.device).tril_(-1)
-        return logits, support
+    def _blocks(self, t: Tensor, order: Optional[Tensor]) -> Tensor:
+        """(B, n, e) -> (B, nb, b, e), real tokens first, zero slots after the last token."""
+        Bx, n, e = t.shape
+        b, nb = self._layout(n)
+        if order is not None:
+            t = t.gather(1, order[..., None].expand(Bx, n, e))
+        if nb * b > n:
+            t = F.pad(t, (0, 0, 0, nb * b - n))
+        return t.reshape(Bx, nb, b, e)
 
-    def sorting_matrix(self, x: Tensor, mask: Optional[Tensor] = None, causal: Optional[bool] = None) -> Tensor:
-        """The (B, h, nb, nb) soft permutation S a forward call on x uses (blocks of the real tokens by rank)."""
-        causal = self.resolve_causal(causal)
-        self.check_input(x, mask)
-        q, k, v = self.project_qkv(x)
-        qb, kb, _, valid, _ = self._blocks(q, k, v, mask)
-        return self._sort(qb, kb, valid, causal)
-
-    def _sort(self, qb: Tensor, kb: Tensor, valid: Tensor, causal: bool) -> Tensor:
+    def _sort(self, qb: Tensor, kb: Tensor, valid: Optional[Tensor], causal: bool) -> Tensor:
+        """S (B, nb, nb) in fp32 for one head's blocks, exactly 0 where pairing is not allowed."""
+        Bx, nb, b, _ = qb.shape
         with torch.autocast(qb.device.type, enabled=False):
-            logits, support = self._sorting_logits(qb, kb, valid, causal)
+            qf, kf = qb.float(), kb.float()
+            if valid is None:
+                m, count, used = None, qf.new_full((1, nb, 1), float(b)), torch.ones(1, nb, dtype=torch.bool, device=qb.device)
+            else:
+                m = valid[..., None].float()  # (B, nb, b, 1)
+                qf, kf, count, used = qf * m, kf * m, m.sum(-2), valid.any(-1)
+            qsum = qf.sum(-2)  # (B, nb, e)
+            sk = kf.sum(-2) / count.clamp_min(1)  # mean of a block's real keys
+            if causal:  # mean of the queries up to and including each block's first token
+                first_q = qf[:, :, 0]
+                first_n = count.new_ones(()).expand_as(count) if m is None else m[:, :, 0]
+                sq = (qsum.cumsum(1) - qsum + first_q) / (count.cumsum(1) - count + first_n).clamp_min(1)
+            else:
+                sq = qsum / count.clamp_min(1)
+            logits = (sq @ sk.transpose(-2, -1)) * self.scale  # (B, nb, nb)
+            support = used[:, :, None] & used[:, None, :]
+            if causal:
+                support = support & torch.ones(nb, nb, dtype=torch.bool, device=qb.device).tril_(-1)
             if self.gumbel and self.training:
                 u = torch.rand_like(logits).clamp_(1e-6, 1 - 1e-6)
                 logits = logits - (-u.log()).log()
             return sinkhorn_balance(logits / self.temperature, support, self.sinkhorn_iters, causal)
 
+    def _head(self, q: Tensor, k: Tensor, v: Tensor, order, valid, causal: bool, need_weights: bool):
+        """One head: q, k, v (B, n, e) -> (B, n, e) in the blocked order, S, and the blocked weights."""
+        Bx, n, e = q.shape
+        qb, kb, vb = (self._blocks(t, order) for t in (q, k, v))
+        nb, b = qb.shape[1], qb.shape[2]
+        S = self._sort(qb, kb, valid, causal)  # (B, nb, nb)
+        # each sorted slot mixes the real keys / values at that slot, renormalised by den = S @ real
+        real = qb.new_ones(1, nb, b) if valid is None else valid.to(qb.dtype)
+        den = S.to(qb.dtype) @ real  # (B, nb, b)
+        slot_ok = den > 0
+        if valid is None:  # every slot real: den is S's row sum, folded into S
+            Sn = S.to(qb.dtype) / torch.where(slot_ok, den, 1.0)[..., :1]
+            ks = (Sn @ kb.flatten(2)).view(Bx, nb, b, e)
+            vs = (Sn @ vb.flatten(2)).view(Bx, nb, b, e)
+        else:
+            dd = torch.where(slot_ok, den, 1.0)[..., None]
+            Sx = S.to(qb.dtype)
+            ks = (Sx @ (kb * real[..., None]).flatten(2)).view(Bx, nb, b, e) / dd
+            vs = (Sx @ (vb * real[..., None]).flatten(2)).view(Bx, nb, b, e) / dd
+        keys = torch.cat([kb, ks], dim=2)  # (B, nb, 2b, e): own block, then sorted block
+        vals = torch.cat([vb, vs], dim=2)
+        s = ((qb * self.scale) @ keys.transpose(-2, -1)).float()  # (B, nb, b, 2b)
+        allowed = None
+        if valid is not None or causal:
+            own = torch.ones(1, nb, b, b, dtype=torch.bool, device=q.device) if valid is None else valid[:, :, None, :].expand(-1, nb, b, b)
+            if causal:
+                own = own & torch.ones(b, b, dtype=torch.bool, device=q.device).tril_()
+            allowed = torch.cat([own.expand(Bx, nb, b, b), slot_ok[:, :, None, :].expand(Bx, nb, b, b)], dim=-1)
+            if valid is not None:  # a padding query attends to itself only (finite, causal wherever it sits)
+                itself = torch.eye(b, 2 * b, dtype=torch.bool, device=q.device)
+                real_q = valid[..., None]
+                allowed = allowed & real_q | itself & ~real_q
+            s = s.masked_fill_(~allowed, torch.finfo(s.dtype).min)
+        p = s.softmax(dim=-1)
+        y = (p.to(vals.dtype) @ vals).view(Bx, nb * b, e)[:, :n]
+        w = self._dense_weights(p, S, real, den, slot_ok, n) if need_weights else None
+        return y, S, w
+
+    @staticmethod
+    def _dense_weights(p: Tensor, S: Tensor, real: Tensor, den: Tensor, slot_ok: Tensor, n: int) -> Tensor:
+        """One head's (B, n, n) matrix in the blocked (real-first) order: own-block weights on the block
+        diagonal, a sorted slot's weight spread over the keys it mixes (O(n^2), for inspection)."""
+        Bx, nb, b, _ = p.shape
+        p = p.float()
+        own, srt = p[..., :b], p[..., b:]  # (B, nb, b_q, b_t)
+        share = S.float()[..., None] * real.float()[:, None, :, :]  # (B, nb_i, nb_j, b_t): S_ij m_jt
+        share = share / torch.where(slot_ok, den, 1.0).float()[:, :, None, :]
+        w = torch.einsum("biqt,bijt->bijqt", srt, share)  # (B, nb_i, nb_j, b_q, b_t)
+        w.diagonal(dim1=1, dim2=2).add_(own.permute(0, 2, 3, 1))  # block i's own keys
+        return w.permute(0, 1, 3, 2, 4).reshape(Bx, nb * b, nb * b)[:, :n, :n]
+
+    def _project_head(self, x: Tensor, i: int) -> Tuple[Tensor, Tensor, Tensor]:
+        """Head i's q, k, v, each (B, n, e) and contiguous, from its rows of the merged QKV projection."""
+        h, e = self.heads, self.head_dim
+        w = self.qkv.weight.view(3, h, e, self.dim)[:, i]  # (3, e, d)
+        b = self.qkv.bias.view(3, h, e)[:, i] if self.qkv.bias is not None else (None, None, None)
+        return F.linear(x, w[0], b[0]), F.linear(x, w[1], b[1]), F.linear(x, w[2], b[2])
+
+    def sorting_matrix(self, x: Tensor, mask: Optional[Tensor] = None, causal: Optional[bool] = None) -> Tensor:
+        """The (B, h, nb, nb) soft permutations a forward call on x uses (blocks of the real tokens by rank)."""
+        causal = self.resolve_causal(causal)
+        self.check_input(x, mask)
+        order, valid = self._plan(mask, x.shape[1], x.device)
+        out = []
+        for i in range(self.heads):
+            q, k, _ = self._project_head(x, i)
+            out.append(self._sort(self._blocks(q, order), self._blocks(k, order), valid, causal))
+        return torch.stack(out, dim=1)
+
     # ------------------------------------------------------------------ forward
 
     def _attend(self, x: Tensor, mask: Optional[Tensor], causal: bool, need_weights: bool) -> Tuple[Tensor, Optional[Tensor]]:
-        q, k, v = self.project_qkv(x)  # (B, h, n, e)
-        B, h, n, e = q.shape
-        qb, kb, vb, valid, order = self._blocks(q, k, v, mask)
-        nb, b = qb.shape[2], qb.shape[3]
-        S = self._sort(qb, kb, valid, causal)  # (B, h, nb, nb)
-        # sorted blocks: every slot mixes the real keys / values at that slot, renormalised (the last
-        # column, the real-token indicator, gives the normaliser from the same matmul)
-        m = valid[:, None, :, :, None].to(kb.dtype).expand(B, h, nb, b, 1)
-        kvm = torch.cat([kb * m, vb * m, m], dim=-1)  # (B, h, nb, b, 2e+1)
-        mixed = (S.to(kvm.dtype) @ kvm.flatten(3)).view(B, h, nb, b, 2 * e + 1)
-        den = mixed[..., 2 * e :]  # (B, h, nb, b, 1)
-        slot_ok = den > 0
-        mixed = mixed[..., : 2 * e] / torch.where(slot_ok, den, torch.ones_like(den))
-        keys = torch.cat([kb, mixed[..., :e]], dim=3)  # (B, h, nb, 2b, e): own block, then sorted block
-        vals = torch.cat([vb, mixed[..., e:]], dim=3)
-        s = (qb @ keys.transpose(-2, -1)).float() * self.scale  # (B, h, nb, b, 2b)
-        own = valid[:, None, :, None, :].expand(B, 1, nb, b, b)
-        if causal:
-            own = own & torch.ones(b, b, dtype=torch.bool, device=x.device).tril_()
-        allowed = torch.cat([own.expand(B, h, nb, b, b), slot_ok[..., 0][..., None, :].expand(B, h, nb, b, b)], dim=-1)
-        # a padding query attends to itself only (finite, and causal wherever it sits)
-        itself = torch.eye(b, 2 * b, dtype=torch.bool, device=x.device)
-        real_q = valid[:, None, :, :, None]  # (B, 1, nb, b, 1)
-        allowed = allowed & real_q | itself & ~real_q
-        p = s.masked_fill_(~allowed, torch.finfo(s.dtype).min).softmax(dim=-1)
-        y = (p.to(vals.dtype) @ vals).view(B, h, nb * b, e)[:, :, :n]
-        w = None
-        if need_weights:
-            w = self._dense_weights(p, S, valid, den, slot_ok, n)
-        if order is not None:  # back to the original positions
-            inv = torch.argsort(order, dim=-1)
-            y = y.gather(2, inv[:, None, :, None].expand(B, h, n, e))
-            if w is not None:
-                w = w.gather(2, inv[:, None, :, None].expand(B, h, n, n)).gather(3, inv[:, None, None, :].expand(B, h, n, n))
-        return self.out(merge_heads(y)), w
-
-    @staticmethod
-    def _dense_weights(p: Tensor, S: Tensor, valid: Tensor, den: Tensor, slot_ok: Tensor, n: int) -> Tensor:
-        """The (B, h, n, n) matrix applied, in the blocked (real-first) order: own-block weights on the
-        block diagonal, a sorted slot's weight spread over the keys it mixes (O(n^2), for inspection)."""
-        B, h, nb, b, _ = p.shape
-        p = p.float()
-        own, srt = p[..., :b], p[..., b:]  # (B, h, nb, b, b)
-        share = S.float()[..., None] * valid[:, None, None, :, :]  # (B, h, nb_i, nb_j, b_t): S_ij m_jt
-        share = share / torch.where(slot_ok, den, torch.ones_like(den)).float()[..., 0][:, :, :, None, :]
-        w = torch.einsum("bhiqt,bhijt->bhijqt", srt, share)  # (B, h, nb_i, nb_j, b_q, b_t)
-        w.diagonal(dim1=2, dim2=3).add_(own.permute(0, 1, 3, 4, 2))  # block i's own keys
-        return w.permute(0, 1, 2, 4, 3, 5).reshape(B, h, nb * b, nb * b)[:, :, :n, :n]
+        B, n, _ = x.shape
+        h, e = self.heads, self.head_dim
+        order, valid = self._plan(mask, n, x.device)
+        inv = torch.argsort(order, dim=-1) if order is not None else None
+        ys, ws = [], []
+        for i in range(h):  # one head at a time, from its own projection: one head's tensors alive at once
+            q, k, v = self._project_head(x, i)  # (B, n, e)
+            y, _, w = self._head(q, k, v, order, valid, causal, need_weights)
+            if inv is not None:  # back to the original positions
+                y = y.gather(1, inv[..., None].expand(B, n, e))
+                if w is not None:
+                    w = w.gather(1, inv[..., None].expand(B, n, n)).gather(2, inv[:, None, :].expand(B, n, n))
+            ys.append(y)
+            ws.append(w)
+        y = torch.stack(ys, dim=2).view(B, n, h * e)  # heads side by side, as merge_heads lays them out
+        return self.out(y), (torch.stack(ws, dim=1) if need_weights else None)
 
     # ------------------------------------------------------------------ cost model
+
+    def _normaliser_flops(self, seq_len: int, batch: int) -> int:
+        b, nb = self._layout(seq_len)
+        return 2 * batch * self.heads * nb * nb * b  # S @ real-token indicator
 
     def attention_flops(self, seq_len: int, batch: int, causal: bool) -> int:
         b, nb = self._layout(seq_len)
         h, e = self.heads, self.head_dim
         sort_net = 2 * batch * h * nb * nb * e  # block-pair scores
-        mix = 2 * batch * h * nb * nb * b * (2 * e + 1)  # S @ [K | V | real]
+        mix = 2 * 2 * batch * h * nb * nb * b * e  # S @ K and S @ V
         attend = 2 * 2 * batch * h * nb * b * (2 * b) * e  # each query over its block and the sorted block
-        return sort_net + mix + attend
+        return sort_net + mix + self._normaliser_flops(seq_len, batch) + attend
+
+    def backward_flops(self, seq_len: int, batch: int, causal: bool) -> int:
+        # the real-token indicator is a constant: the normaliser's product backpropagates to S only
+        return super().backward_flops(seq_len, batch, causal) - self._normaliser_flops(seq_len, batch)
 
     def extra_repr(self) -> str:
         return (super().extra_repr() + f", block_size={self.block_size}, sinkhorn_iters={self.sinkhorn_iters}, "
