@@ -6,9 +6,9 @@ for global queries, all masked once and normalised by one softmax per query. Nev
 A mechanism describes its pattern as a `BlockPattern`: the geometry the kernel computes (block length W,
 band reach, the extra key sets) and `rule(i, j)`, the paper's definition of which key j query i may see
 (original positions, broadcasting). The kernel computes every pair the geometry covers, keeps those the
-rule allows (each pair once: a part drops pairs an earlier part covers) and masks the rest; the dense
-(B, h, n, n) matrix on request is the same rule written densely. Tests compare the two with an allowed
-matrix written independently from each paper.
+rule allows, each pair once (shared keys only in their own part; gathered and strided parts drop what the
+band or the shared keys give), and masks the rest; the dense (B, h, n, n) matrix on request is the same
+rule written densely. Tests compare the two with an allowed matrix written independently from each paper.
 
 Layout per (batch element, head): positions are regrouped by residue mod `dilation` (G = dilation groups,
 each an ordinary sequence of L = ceil(n / G) positions), cut into nb blocks of W. The band of query block
@@ -27,7 +27,6 @@ from functools import lru_cache
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .functional import masked_softmax
@@ -151,36 +150,41 @@ class BlockPattern:
 
     def structure(self, causal: bool, device) -> Tuple[Tensor, Tensor]:
         """Key positions (G, nb, W, K) and the structural mask (G, nb, W, K): the rule, causality, sequence
-        ends, and each pair once (a part drops what an earlier one covers)."""
+        ends, and each pair once."""
         i, j, ok = self.key_grid(device)
         ic, jc = i.clamp(max=self.n - 1), j.clamp(0, self.n - 1)
         allowed = ok & self.rule(ic, jc)
         if causal:
             allowed &= jc <= ic
-        # dedup: the band comes first; shared keys are not read again by gathered / strided parts
-        first = self.span
-        band_cover = self._covers_band(ic, jc[..., first:])
-        drop = band_cover
+        # each pair once: shared keys belong to the shared part (so the band's mask stays the same from block to
+        # block), gathered and strided parts drop what the band or the shared keys give
+        in_shared = torch.zeros(self.n, dtype=torch.bool, device=device)
         if self.shared is not None:
-            in_shared = torch.zeros(self.n, dtype=torch.bool, device=device)
             in_shared[self.shared.to(device)] = True
-            S = len(self.shared)
-            drop = torch.cat([band_cover[..., :S], band_cover[..., S:] | in_shared[jc[..., first + S:]]], -1)
-        allowed[..., first:] &= ~drop
+        first, S = self.span, 0 if self.shared is None else len(self.shared)
+        allowed[..., :first] &= ~in_shared[jc[..., :first]]
+        rest = jc[..., first + S :]
+        allowed[..., first + S :] &= ~(self._covers_band(ic, rest) | in_shared[rest])
         return j, allowed
 
-    def bias(self, causal: bool, mask: Optional[Tensor], dtype: torch.dtype, device) -> Tensor:
-        """Additive bias (B | 1, G, nb, W, K): 0 where allowed, masked_value elsewhere; padding keys (mask
-        False) are merged in here, once for all heads. Without a mask it is cached per (causal, dtype, device)."""
+    def masks(self, causal: bool, mask: Optional[Tensor], dtype: torch.dtype, device) -> "Masks":
+        """The structural mask merged with padding (mask False), once for all heads. Without padding, where
+        most blocks share one mask (a band), it is kept as runs of blocks with the (W, K) mask they share plus
+        the few blocks that differ (cached per (causal, device)); otherwise as an additive bias
+        (B | 1, G, nb, W, K): 0 where allowed, masked_value elsewhere."""
         key = (causal, dtype, str(device))
         if mask is None and key in self._bias:
             return self._bias[key]
         j, allowed = self.structure(causal, device)
         if mask is None:
+            runs = _runs_of_shared_masks(allowed)
+            if runs is not None:
+                self._bias[key] = Masks(None, runs)
+                return self._bias[key]
             allowed = allowed[None]
         else:
             allowed = allowed[None] & mask[:, j.clamp(0, self.n - 1)]  # (B, G, nb, W, K)
-        out = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(~allowed, masked_value(dtype))
+        out = Masks(torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(~allowed, masked_value(dtype)), None)
         if mask is None:
             self._bias[key] = out
         return out
@@ -196,7 +200,61 @@ class BlockPattern:
         return torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(~allowed, masked_value(dtype))
 
 
+@dataclass(frozen=True)
+class Masks:
+    """What `blocked_attention` masks with: an additive bias, or per residue group a list of (first block,
+    last block + 1, disallowed (W, K) bool) filled in place after the scores are computed."""
+
+    bias: Optional[Tensor]
+    runs: Optional[List[List[Tuple[int, int, Tensor]]]]
+
+
+def _runs_of_shared_masks(allowed: Tensor) -> Optional[List[List[Tuple[int, int, Tensor]]]]:
+    """allowed (G, nb, W, K) -> per group, runs of consecutive blocks with one mask, or None when more than
+    a quarter of the blocks (at least 2) differ from the middle block's mask (then a bias is cheaper)."""
+    G, nb = allowed.shape[:2]
+    out = []
+    for g in range(G):
+        typical = allowed[g, nb // 2]
+        same = (allowed[g] == typical).flatten(1).all(-1).tolist()  # (nb,)
+        if same.count(False) > max(2, nb // 4):
+            return None
+        runs, start = [], 0
+        for blk in range(nb + 1):
+            if blk == nb or not same[blk]:
+                if blk > start:
+                    runs.append((start, blk, ~typical))
+                if blk < nb:
+                    runs.append((blk, blk + 1, ~allowed[g, blk]))
+                start = blk + 1
+        out.append(runs)
+    return out
+
+
 # --------------------------------------------------------------------------- the kernel
+
+
+def padded_qkv(qkv: torch.nn.Linear, x: Tensor, heads: int, p: BlockPattern) -> Optional[Tuple[Tensor, Tensor, Tensor]]:
+    """The merged QKV projection written straight into a zero-padded buffer in the kernel's layout (before
+    zero blocks, the n positions, zeros up to the end of the after blocks): q, k, v as (B, h, Ltot, e) views,
+    so `blocked_attention(..., padded=True)` copies nothing. Only without autograd or autocast and without
+    dilation (None otherwise: use the module's own projection). The same addmm as nn.Linear: the same FLOPs."""
+    if torch.is_grad_enabled() or p.dilation != 1 or torch.is_autocast_enabled(x.device.type) or x.dtype != qkv.weight.dtype:
+        return None
+    B, n, d3 = x.shape[0], x.shape[1], qkv.out_features
+    front = p.before * p.block
+    total = (p.before + p.blocks + p.after) * p.block
+    buf = x.new_empty(B, total, d3)
+    buf[:, :front].zero_()
+    buf[:, front + n :].zero_()
+    for b in range(B):
+        if qkv.bias is None:
+            torch.mm(x[b], qkv.weight.T, out=buf[b, front : front + n])
+        else:
+            torch.addmm(qkv.bias, x[b], qkv.weight.T, out=buf[b, front : front + n])
+    e = d3 // 3 // heads
+    q, k, v = buf.view(B, total, 3, heads, e).permute(2, 0, 3, 1, 4)  # each (B, h, Ltot, e), views
+    return q, k, v
 
 
 def _to_layout(t: Tensor, p: BlockPattern, front: int, back: int) -> Tensor:
@@ -204,11 +262,12 @@ def _to_layout(t: Tensor, p: BlockPattern, front: int, back: int) -> Tensor:
     residue group's positions in order. One copy (two with dilation)."""
     B, h, n, e = t.shape
     d, W = p.dilation, p.block
-    total = (front + p.blocks + back) * W * d
-    t = F.pad(t, (0, 0, front * W * d, total - front * W * d - n))  # (B, h, total, e)
+    head, tail = front * W * d, (front + p.blocks + back) * W * d - front * W * d - n
+    parts = ([t.new_zeros(B, h, head, e)] if head else []) + [t] + ([t.new_zeros(B, h, tail, e)] if tail else [])
+    t = torch.cat(parts, 2) if len(parts) > 1 else t.contiguous()  # (B, h, total, e)
     if d == 1:
-        return t.view(B, h, 1, total, e)
-    return t.view(B, h, total // d, d, e).transpose(2, 3).contiguous()
+        return t.view(B, h, 1, t.shape[2], e)
+    return t.view(B, h, t.shape[2] // d, d, e).transpose(2, 3).contiguous()
 
 
 def _from_layout(y: Tensor, p: BlockPattern) -> Tensor:
@@ -219,72 +278,113 @@ def _from_layout(y: Tensor, p: BlockPattern) -> Tensor:
     return y.reshape(B, h, Lp * d, e)[:, :, : p.n]
 
 
+def _scores(out: Optional[Tensor], bias: Optional[Tensor], a: Tensor, b: Tensor, scale: float) -> Tensor:
+    """scale * a @ b (+ bias): addmm for matrices, baddbmm for batches; into `out` when given (no autograd)."""
+    op = torch.addmm if a.dim() == 2 else torch.baddbmm
+    beta = 1
+    if bias is None:
+        bias, beta = a.new_zeros(()).expand(*a.shape[:-1], b.shape[-1]), 0
+    return op(bias, a, b, beta=beta, alpha=scale, out=out)
+
+
+def _opt(t: Optional[Tensor], *shape: int) -> Optional[Tensor]:
+    """None stays None; otherwise t.reshape(shape) (a view here), or t with its first two axes swapped."""
+    if t is None:
+        return None
+    return t.reshape(shape) if shape else t.transpose(0, 1)
+
+
+def _accumulate(y: Tensor, a: Tensor, v: Tensor, inference: bool) -> Tensor:
+    """y + a @ v, in place when `inference`."""
+    op = torch.addmm if a.dim() == 2 else torch.baddbmm
+    return op(y, a, v, out=y if inference else None)
+
+
 def blocked_attention(q: Tensor, k: Tensor, v: Tensor, p: BlockPattern, mask: Optional[Tensor], causal: bool,
-                      scale: float) -> Tensor:
-    """q, k, v: (B, h, n, e); mask: (B, n) bool padding mask (True = real) or None. Returns (B, h, n, e).
-    Softmax over the allowed keys of each query, computed block by block (see the module docstring)."""
+                      scale: float, padded: bool = False) -> Tensor:
+    """q, k, v: (B, h, n, e), or with `padded` the (B, h, Ltot, e) views `padded_qkv` returns; mask: (B, n)
+    bool padding mask (True = real) or None. Returns (B, h, n, e).
+    Softmax over the allowed keys of each query, computed block by block (see the module docstring).
+    Without autograd (no_grad, or no input needing a gradient) the scores, the softmax and the output go
+    into buffers reused across heads (out= forms of the same matmuls: the same FLOPs), and the output is
+    laid out as (B, n, h, e), so merging the heads copies nothing."""
     B, h, n, e = q.shape
-    if n != p.n:
-        raise ValueError(f"the pattern was built for {p.n} positions, got a sequence of {n}")
     W, nb, G, span = p.block, p.blocks, p.dilation, p.span
     Lp = nb * W
-    bias = p.bias(causal, mask, q.dtype, q.device)  # (B | 1, G, nb, W, K)
-    ql = _to_layout(q, p, 0, 0)  # (B, h, G, Lp, e)
-    kl = _to_layout(k, p, p.before, p.after)  # (B, h, G, (before + nb + after) W, e)
-    vl = _to_layout(v, p, p.before, p.after)
+    front = p.before * W
+    if padded:
+        n = p.n
+        if q.shape[2] != (p.before + nb + p.after) * W or G != 1:
+            raise ValueError(f"padded q, k, v must hold {(p.before + nb + p.after) * W} positions without dilation, "
+                             f"got {q.shape[2]} with dilation {G}")
+        ql, kl, vl = q[:, :, None, front : front + Lp], k[:, :, None], v[:, :, None]
+        q, k, v = q[:, :, front : front + n], k[:, :, front : front + n], v[:, :, front : front + n]
+    elif n != p.n:
+        raise ValueError(f"the pattern was built for {p.n} positions, got a sequence of {n}")
+    inference = not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad))
+    masks = p.masks(causal, mask, q.dtype, q.device)
+    mv = masked_value(q.dtype)
+    sizes = p.part_sizes()
+    offsets = [sum(size for _, size in sizes[:i]) for i in range(len(sizes) + 1)]
+    if not padded:
+        ql = _to_layout(q, p, 0, 0)  # (B, h, G, Lp, e)
+        kl = _to_layout(k, p, p.before, p.after)  # (B, h, G, (before + nb + after) W, e)
+        vl = _to_layout(v, p, p.before, p.after)
+    own = slice(front, front + Lp)  # a group's own positions in kl / vl
     if p.shared is not None:
         S = p.shared.to(q.device)
         ks, vs = k[:, :, S], v[:, :, S]  # (B, h, S, e)
     if p.gathered is not None:
         R = p.gathered.to(q.device).clamp(min=0)  # empty slots read block 0 and are masked
-        r = R.shape[1]
-
-        def gather(t: Tensor) -> Tensor:  # (B, h, 1, ..., e) -> (B, h, nb, r W, e)
-            own = t[:, :, 0, p.before * W : p.before * W + Lp].view(B, h, nb, W, e)
-            return own[:, :, R].reshape(B, h, nb, r * W, e)
-
-        kg, vg = gather(kl), gather(vl)
+        kg = kl[:, :, 0, own].reshape(B, h, nb, W, e)[:, :, R].reshape(B, h, nb, -1, e)  # (B, h, nb, r W, e)
+        vg = vl[:, :, 0, own].reshape(B, h, nb, W, e)[:, :, R].reshape(B, h, nb, -1, e)
+    if inference:
+        scores_buf = q.new_empty(nb, W, offsets[-1])  # (nb, W, K), reused by every head
+        Y = q.new_empty(B, G, Lp, h, e)  # heads last: merging them is a view
     ys = []
     for b in range(B):
-        bb = bias[b if bias.shape[0] > 1 else 0]
+        bias = None if masks.bias is None else masks.bias[b if masks.bias.shape[0] > 1 else 0]  # (G, nb, W, K)
         for hh in range(h):
             for g in range(G):
-                bg = bb[g]  # (nb, W, K)
                 qb = ql[b, hh, g].view(nb, W, e)
                 kw = kl[b, hh, g].unfold(0, span, W)  # (nb, e, span): overlapping windows, a view
                 vw = vl[b, hh, g].unfold(0, span, W).transpose(1, 2)  # (nb, span, e)
-                parts = [torch.baddbmm(bg[..., :span], qb, kw, alpha=scale)]  # (nb, W, span)
-                off = span
-                if p.shared is not None:
-                    size = ks.shape[2]
-                    s = torch.addmm(bg[..., off : off + size].reshape(Lp, size), ql[b, hh, g], ks[b, hh].T, alpha=scale)
-                    parts.append(s.view(nb, W, size))
-                    off += size
-                if p.gathered is not None:
-                    size = r * W
-                    parts.append(torch.baddbmm(bg[..., off : off + size], qb, kg[b, hh].transpose(-2, -1), alpha=scale))
-                    off += size
-                if p.strided:  # row r of every block against keys t W + r: (W, nb, nb) in residue order
-                    qr = qb.transpose(0, 1)  # (W, nb, e)
-                    kr = kl[b, hh, 0, p.before * W : p.before * W + Lp].view(nb, W, e).transpose(0, 1)
-                    s = torch.baddbmm(bg[..., off : off + nb].transpose(0, 1), qr, kr.transpose(1, 2), alpha=scale)
-                    parts.append(s.transpose(0, 1))  # (nb, W, nb)
-                scores = torch.cat(parts, -1) if len(parts) > 1 else parts[0]
-                a = scores.softmax(-1)  # (nb, W, K)
-                y = torch.bmm(a[..., :span], vw)  # (nb, W, e)
-                off = span
-                if p.shared is not None:
-                    size = vs.shape[2]
-                    y = torch.addmm(y.view(Lp, e), a[..., off : off + size].reshape(Lp, size), vs[b, hh]).view(nb, W, e)
-                    off += size
-                if p.gathered is not None:
-                    y = torch.baddbmm(y, a[..., off : off + r * W], vg[b, hh])
-                    off += r * W
-                if p.strided:
-                    vr = vl[b, hh, 0, p.before * W : p.before * W + Lp].view(nb, W, e).transpose(0, 1)  # (W, nb, e)
-                    y = y + torch.bmm(a[..., off : off + nb].transpose(0, 1), vr).transpose(0, 1)
-                ys.append(y.view(Lp, e))
-    y = _from_layout(torch.stack(ys).view(B, h, G, Lp, e), p)  # (B, h, n, e)
+                parts = []
+                for (part, _), lo, hi in zip(sizes, offsets, offsets[1:]):
+                    out = scores_buf[..., lo:hi] if inference else None
+                    bp = None if bias is None else bias[g, ..., lo:hi]
+                    if part == "band":
+                        s = _scores(out, bp, qb, kw, scale)  # (nb, W, span)
+                    elif part == "shared":  # all rows against the same keys: one (Lp, S) product
+                        s = _scores(_opt(out, Lp, -1), _opt(bp, Lp, -1), ql[b, hh, g], ks[b, hh].T, scale).view(nb, W, hi - lo)
+                    elif part == "gathered":
+                        s = _scores(out, bp, qb, kg[b, hh].transpose(-2, -1), scale)
+                    else:  # strided: row r of every block against keys t W + r, in residue order (W, nb, nb)
+                        kr = kl[b, hh, 0, own].view(nb, W, e).transpose(0, 1)
+                        s = _scores(_opt(out), _opt(bp), qb.transpose(0, 1), kr.transpose(1, 2), scale).transpose(0, 1)
+                    parts.append(s)
+                scores = scores_buf if inference else torch.cat(parts, -1) if len(parts) > 1 else parts[0]
+                if masks.runs is not None:
+                    for start, stop, blocked in masks.runs[g]:
+                        scores[start:stop].masked_fill_(blocked, mv)
+                if inference:
+                    a = torch.ops.aten._softmax.out(scores, -1, False, out=scores)  # in place
+                    y = torch.bmm(a[..., :span], vw, out=Y[b, g, :, hh].view(nb, W, e))
+                else:
+                    a = scores.softmax(-1)
+                    y = torch.bmm(a[..., :span], vw)  # (nb, W, e)
+                for (part, _), lo, hi in zip(sizes[1:], offsets[1:], offsets[2:]):
+                    ap = a[..., lo:hi]
+                    if part == "shared":
+                        y = _accumulate(y.view(Lp, e), ap.reshape(Lp, hi - lo), vs[b, hh], inference).view(nb, W, e)
+                    elif part == "gathered":
+                        y = _accumulate(y, ap, vg[b, hh], inference)
+                    else:
+                        vr = vl[b, hh, 0, own].view(nb, W, e).transpose(0, 1)  # (W, nb, e)
+                        y = _accumulate(y.transpose(0, 1), ap.transpose(0, 1), vr, inference).transpose(0, 1)
+                if not inference:
+                    ys.append(y.reshape(Lp, e))
+    y = _from_layout(Y.permute(0, 3, 1, 2, 4) if inference else torch.stack(ys).view(B, h, G, Lp, e), p)  # (B, h, n, e)
     if p.global_rows is not None and len(p.global_rows):
         rows = p.global_rows.to(q.device)
         rb = p.row_bias(causal, mask, q.dtype, q.device)  # (B | 1, R, n)
@@ -328,6 +428,35 @@ def by_rank(fn: Callable[[Tensor, Tensor, Tensor], Tensor], q: Tensor, k: Tensor
                 full = full.index_copy(1, idx, yb)
         out.append(full)
     return torch.stack(out)
+
+
+# --------------------------------------------------------------------------- a mechanism's whole step
+
+
+def attend(attn, x: Tensor, pattern: Callable[[int], BlockPattern], mask: Optional[Tensor], causal: bool,
+           need_weights: bool, ranks: bool) -> Tuple[Tensor, Optional[Tensor]]:
+    """The attention step of a blocked mechanism `attn` (an Attention with the merged `qkv` projection):
+    (B, h, n, e) outputs, and the (B, h, n, n) weights on request. `pattern(n)` gives the pattern for n
+    positions; `ranks`: positions are ranks among the real tokens (`by_rank`), otherwise padding keys are
+    masked in place. Without autograd the projection writes the kernel's layout directly (`padded_qkv`)."""
+    n = x.shape[1]
+    if ranks and mask is not None and bool(mask.all()):
+        mask = None
+    if not need_weights and (mask is None or not ranks):
+        qkv = padded_qkv(attn.qkv, x, attn.heads, pattern(n))
+        if qkv is not None:
+            return blocked_attention(*qkv, pattern(n), mask, causal, attn.scale, padded=True), None
+    q, k, v = attn.project_qkv(x)  # (B, h, n, e)
+    if not ranks:
+        p = pattern(n)
+        y = blocked_attention(q, k, v, p, mask, causal, attn.scale)
+        return y, dense_weights(q, k, p, mask, causal, attn.scale) if need_weights else None
+    y = by_rank(lambda q, k, v: blocked_attention(q, k, v, pattern(q.shape[2]), None, causal, attn.scale), q, k, v, mask)
+    w = None
+    if need_weights:
+        w = by_rank(lambda q, k, v: dense_weights(q, k, pattern(q.shape[2]), None, causal, attn.scale), q, k, v, mask,
+                    square=True)
+    return y, w
 
 
 # --------------------------------------------------------------------------- sliding windows (local, hybrid)

@@ -17,7 +17,7 @@ from torch import Tensor
 from utils.checks import check_int
 
 from .base import Attention
-from .blocked import dense_window_weights, sliding_window_attention, window_flops
+from .blocked import attend, window_flops, window_pattern
 from .functional import merge_heads
 from .registry import register_attention
 
@@ -36,9 +36,8 @@ class LocalAttention(Attention):
         self.window, self.dilation = check_int("window", window), check_int("dilation", dilation)
 
     def _attend(self, x: Tensor, mask: Optional[Tensor], causal: bool, need_weights: bool) -> Tuple[Tensor, Optional[Tensor]]:
-        q, k, v = self.project_qkv(x)  # (B, h, n, e)
-        y = sliding_window_attention(q, k, v, self.window, mask, causal, self.dilation, self.scale)
-        w = dense_window_weights(q, k, self.window, mask, causal, self.dilation, self.scale) if need_weights else None
+        pattern = lambda n: window_pattern(n, self.window, self.dilation, causal)  # noqa: E731
+        y, w = attend(self, x, pattern, mask, causal, need_weights, ranks=False)  # (B, h, n, e)
         return self.out(merge_heads(y)), w
 
     def attention_flops(self, seq_len: int, batch: int, causal: bool) -> int:

@@ -27,7 +27,7 @@ from torch import Tensor
 from utils.checks import check_choice, check_int
 
 from .base import Attention
-from .blocked import BlockPattern, band_reach, blocked_attention, by_rank, dense_weights
+from .blocked import BlockPattern, attend, band_reach
 from .functional import merge_heads
 from .registry import register_attention
 
@@ -78,13 +78,8 @@ class SparseAttention(Attention):
         return sparse_pattern(n, self.pattern_name, self.stride, self.summary, causal)
 
     def _attend(self, x: Tensor, mask: Optional[Tensor], causal: bool, need_weights: bool) -> Tuple[Tensor, Optional[Tensor]]:
-        q, k, v = self.project_qkv(x)  # (B, h, n, e)
-        y = by_rank(lambda q, k, v: blocked_attention(q, k, v, self.pattern(q.shape[2], causal), None, causal, self.scale),
-                    q, k, v, mask)
-        w = None
-        if need_weights:
-            w = by_rank(lambda q, k, v: dense_weights(q, k, self.pattern(q.shape[2], causal), None, causal, self.scale),
-                        q, k, v, mask, square=True)
+        pattern = lambda n: self.pattern(n, causal)  # noqa: E731
+        y, w = attend(self, x, pattern, mask, causal, need_weights, ranks=True)  # (B, h, n, e)
         return self.out(merge_heads(y)), w
 
     def attention_flops(self, seq_len: int, batch: int, causal: bool) -> int:
