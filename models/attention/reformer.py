@@ -86,7 +86,6 @@ def lsh_attention(
     off = C if look else 0  # where a chunk's own keys start in its window
     t = torch.arange(C, device=dev)[:, None]
     u = torch.arange(W, device=dev)[None, :]
-    itself = u - off == t  # (C, W): the own chunk's diagonal is the query token itself
     # causal: sorted distance 0..C, i.e. the previous chunk from the query's offset on, its own chunk up to it
     band = (u >= t) & (u < off) | (u >= off) & (u - off <= t) if causal else None
     # rows of every (batch, head) one after another, so that a round's gathers are row copies (index_select)
@@ -107,12 +106,9 @@ def lsh_attention(
         ks = k_rows.index_select(0, flat.view(-1)).view(B, h, nc, W, e)
         vs = v_rows.index_select(0, flat.view(-1)).view(B, h, nc, W, e)
         s = (qs @ ks.transpose(-2, -1)).float()  # (B, h, nc, C, W)
-        allowed = (qcode[..., :, None] == kcode[..., None, :]) & ~itself  # same bucket, a real key, not itself
+        barred = qcode[..., :, None] != kcode[..., None, :]  # another bucket or no real key (itself not barred)
         if band is not None:
-            allowed &= band
-        # a token attends to itself only when it has no other key (the paper's m_ii = 1e5, taken to its limit)
-        alone = ~allowed.any(dim=-1)  # (B, h, nc, C)
-        allowed |= itself & alone[..., None]
+            barred |= ~band
         if dedup and R > 1:
             lr = loc.gather(-1, idx[:, :, None, :].expand(B, h, R, Np)).view(B, h, R, nc, C)
             count = torch.ones(s.shape, dtype=torch.uint8, device=dev)  # N_ij <= R rounds
@@ -124,7 +120,14 @@ def lsh_attention(
                     seen &= lq <= (lk + reach)[..., None, :]
                     count += seen
             s = s - count.float().log_()
-        s = s.masked_fill_(allowed.logical_not_(), torch.finfo(s.dtype).min)
+        # a token attends to itself only when it has no other key (the paper's m_ii = 1e5, taken to its limit);
+        # a padding token, which has none, attends to itself (finite, and causal)
+        alone = barred.sum(dim=-1) >= W - 1  # (B, h, nc, C): nothing but (perhaps) itself unbarred
+        low = torch.finfo(s.dtype).min
+        itself = s.diagonal(offset=off, dim1=-2, dim2=-1)
+        itself_s = torch.where(alone, itself, low)
+        s = s.masked_fill_(barred, low)
+        s.diagonal(offset=off, dim1=-2, dim2=-1).copy_(itself_s)
         p = s.softmax(dim=-1)  # (a fused softmax is several times faster on CPU than exp on its own)
         lse = s.amax(dim=-1) - p.amax(dim=-1).log()  # log-sum-exp: the largest p is exp(max - lse)
         o = p.to(vs.dtype) @ vs  # (B, h, nc, C, e)
