@@ -177,14 +177,14 @@ class BlockPattern:
             return self._bias[key]
         j, allowed = self.structure(causal, device)
         if mask is None:
-            runs = _runs_of_shared_masks(allowed)
+            runs = _runs_of_shared_masks(allowed, dtype)
             if runs is not None:
                 self._bias[key] = Masks(None, runs)
                 return self._bias[key]
             allowed = allowed[None]
         else:
             allowed = allowed[None] & mask[:, j.clamp(0, self.n - 1)]  # (B, G, nb, W, K)
-        out = Masks(torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(~allowed, masked_value(dtype)), None)
+        out = Masks(_additive(allowed, dtype), None)
         if mask is None:
             self._bias[key] = out
         return out
@@ -200,16 +200,21 @@ class BlockPattern:
         return torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(~allowed, masked_value(dtype))
 
 
+def _additive(allowed: Tensor, dtype: torch.dtype) -> Tensor:
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, masked_value(dtype))
+
+
 @dataclass(frozen=True)
 class Masks:
     """What `blocked_attention` masks with: an additive bias, or per residue group a list of (first block,
-    last block + 1, disallowed (W, K) bool) filled in place after the scores are computed."""
+    last block + 1, additive (W, K) bias) added in place after the scores are computed (a broadcast add is
+    far cheaper than masked_fill_ here)."""
 
     bias: Optional[Tensor]
     runs: Optional[List[List[Tuple[int, int, Tensor]]]]
 
 
-def _runs_of_shared_masks(allowed: Tensor) -> Optional[List[List[Tuple[int, int, Tensor]]]]:
+def _runs_of_shared_masks(allowed: Tensor, dtype: torch.dtype) -> Optional[List[List[Tuple[int, int, Tensor]]]]:
     """allowed (G, nb, W, K) -> per group, runs of consecutive blocks with one mask, or None when more than
     a quarter of the blocks (at least 2) differ from the middle block's mask (then a bias is cheaper)."""
     G, nb = allowed.shape[:2]
@@ -223,9 +228,9 @@ def _runs_of_shared_masks(allowed: Tensor) -> Optional[List[List[Tuple[int, int,
         for blk in range(nb + 1):
             if blk == nb or not same[blk]:
                 if blk > start:
-                    runs.append((start, blk, ~typical))
+                    runs.append((start, blk, _additive(typical, dtype)))
                 if blk < nb:
-                    runs.append((blk, blk + 1, ~allowed[g, blk]))
+                    runs.append((blk, blk + 1, _additive(allowed[g, blk], dtype)))
                 start = blk + 1
         out.append(runs)
     return out
@@ -234,32 +239,10 @@ def _runs_of_shared_masks(allowed: Tensor) -> Optional[List[List[Tuple[int, int,
 # --------------------------------------------------------------------------- the kernel
 
 
-def padded_qkv(qkv: torch.nn.Linear, x: Tensor, heads: int, p: BlockPattern) -> Optional[Tuple[Tensor, Tensor, Tensor]]:
-    """The merged QKV projection written straight into a zero-padded buffer in the kernel's layout (before
-    zero blocks, the n positions, zeros up to the end of the after blocks): q, k, v as (B, h, Ltot, e) views,
-    so `blocked_attention(..., padded=True)` copies nothing. Only without autograd or autocast and without
-    dilation (None otherwise: use the module's own projection). The same addmm as nn.Linear: the same FLOPs."""
-    if torch.is_grad_enabled() or p.dilation != 1 or torch.is_autocast_enabled(x.device.type) or x.dtype != qkv.weight.dtype:
-        return None
-    B, n, d3 = x.shape[0], x.shape[1], qkv.out_features
-    front = p.before * p.block
-    total = (p.before + p.blocks + p.after) * p.block
-    buf = x.new_empty(B, total, d3)
-    buf[:, :front].zero_()
-    buf[:, front + n :].zero_()
-    for b in range(B):
-        if qkv.bias is None:
-            torch.mm(x[b], qkv.weight.T, out=buf[b, front : front + n])
-        else:
-            torch.addmm(qkv.bias, x[b], qkv.weight.T, out=buf[b, front : front + n])
-    e = d3 // 3 // heads
-    q, k, v = buf.view(B, total, 3, heads, e).permute(2, 0, 3, 1, 4)  # each (B, h, Ltot, e), views
-    return q, k, v
-
-
 def _to_layout(t: Tensor, p: BlockPattern, front: int, back: int) -> Tensor:
     """(B, h, n, e) -> (B, h, G, (front + nb + back) * W, e), contiguous: zero blocks before and after, each
-    residue group's positions in order. One copy (two with dilation)."""
+    residue group's positions in order. One copy (two with dilation). Contiguous heads keep every batched
+    matmul below on BLAS's batched path (strided matrices fall back to one call per block)."""
     B, h, n, e = t.shape
     d, W = p.dilation, p.block
     head, tail = front * W * d, (front + p.blocks + back) * W * d - front * W * d - n
@@ -287,111 +270,153 @@ def _scores(out: Optional[Tensor], bias: Optional[Tensor], a: Tensor, b: Tensor,
     return op(bias, a, b, beta=beta, alpha=scale, out=out)
 
 
-def _opt(t: Optional[Tensor], *shape: int) -> Optional[Tensor]:
-    """None stays None; otherwise t.reshape(shape) (a view here), or t with its first two axes swapped."""
-    if t is None:
-        return None
-    return t.reshape(shape) if shape else t.transpose(0, 1)
+class _Head:
+    """One (batch element, head, residue group): its queries in blocks and the keys / values of every part,
+    as contiguous (or transposed-contiguous) matrices."""
+
+    def __init__(self, p: BlockPattern, ql: Tensor, kl: Tensor, vl: Tensor, shared, gathered, b: int, hh: int, g: int):
+        W, nb, span = p.block, p.blocks, p.span
+        e = ql.shape[-1]
+        self.q = ql[b, hh, g].view(nb, W, e)  # (nb, W, e)
+        self.k = {"band": kl[b, hh, g].unfold(0, span, W)}  # (nb, e, span): overlapping windows, a view
+        self.v = {"band": vl[b, hh, g].unfold(0, span, W).transpose(1, 2)}  # (nb, span, e)
+        if shared is not None:
+            self.k["shared"], self.v["shared"] = shared[0][b, hh].T, shared[1][b, hh]  # (e, S), (S, e)
+        if gathered is not None:  # the r key blocks of each query block, one index_select per head: (nb, r W, e)
+            own = slice(p.before * W, p.before * W + nb * W)
+            pick = lambda t: t[b, hh, 0, own].view(nb, W * e).index_select(0, gathered).view(nb, -1, e)  # noqa: E731
+            self.k["gathered"], self.v["gathered"] = pick(kl).transpose(-2, -1), pick(vl)
+        if p.strided:  # residue order: row r of every block, keys t W + r
+            own = slice(p.before * W, p.before * W + nb * W)
+            self.qr = self.q.transpose(0, 1).contiguous()  # (W, nb, e)
+            self.k["strided"] = kl[b, hh, 0, own].view(nb, W, e).transpose(0, 1).contiguous().transpose(1, 2)  # (W, e, nb)
+            self.v["strided"] = vl[b, hh, 0, own].view(nb, W, e).transpose(0, 1).contiguous()  # (W, nb, e)
+
+    def scores(self, part: str, out: Optional[Tensor], bias: Optional[Tensor], scale: float) -> Tensor:
+        """(nb, W, size) scores of one part ((W, nb, nb), residue order, for the strided part)."""
+        nb, W, e = self.q.shape
+        if part == "shared":  # every row against the same keys: one (nb W, S) product
+            flat = lambda t: None if t is None else t.reshape(nb * W, -1)  # noqa: E731
+            return _scores(flat(out), flat(bias), self.q.view(nb * W, e), self.k[part], scale).view(nb, W, -1)
+        if part == "strided":
+            return _scores(out, None if bias is None else bias.transpose(0, 1), self.qr, self.k[part], scale)
+        return _scores(out, bias, self.q, self.k[part], scale)
+
+    def apply(self, part: str, a: Tensor, out: Optional[Tensor] = None) -> Tensor:
+        """a @ values of one part, (nb, W, e); `a` in the part's own order."""
+        nb, W, e = self.q.shape
+        if part == "shared":
+            return torch.mm(a.reshape(nb * W, -1), self.v[part], out=None if out is None else out.view(nb * W, e)).view(nb, W, e)
+        y = torch.bmm(a, self.v[part], out=out)
+        return y.transpose(0, 1) if part == "strided" else y
 
 
-def _accumulate(y: Tensor, a: Tensor, v: Tensor, inference: bool) -> Tensor:
-    """y + a @ v, in place when `inference`."""
-    op = torch.addmm if a.dim() == 2 else torch.baddbmm
-    return op(y, a, v, out=y if inference else None)
+def _masks_of(masks: Masks, b: int, g: int, offsets: List[int]):
+    """Per part, its slice of the bias (or None), and the runs of group g (or None)."""
+    bias = None if masks.bias is None else masks.bias[b if masks.bias.shape[0] > 1 else 0, g]  # (nb, W, K)
+    biases = [None if bias is None else bias[..., lo:hi] for lo, hi in zip(offsets, offsets[1:])]
+    return biases, None if masks.runs is None else masks.runs[g]
+
+
+def _add_bias(scores: Tensor, runs, lo: int, hi: int, strided: bool = False) -> None:
+    """The runs' bias for one part (keys lo:hi of the merged layout) added in place; all-zero slices skipped."""
+    target = scores.transpose(0, 1) if strided else scores  # block-major view
+    for start, stop, bias in runs:
+        part = bias[..., lo:hi]
+        if bool(part.any()):
+            target[start:stop].add_(part)
 
 
 def blocked_attention(q: Tensor, k: Tensor, v: Tensor, p: BlockPattern, mask: Optional[Tensor], causal: bool,
-                      scale: float, padded: bool = False) -> Tensor:
-    """q, k, v: (B, h, n, e), or with `padded` the (B, h, Ltot, e) views `padded_qkv` returns; mask: (B, n)
-    bool padding mask (True = real) or None. Returns (B, h, n, e).
+                      scale: float) -> Tensor:
+    """q, k, v: (B, h, n, e); mask: (B, n) bool padding mask (True = real) or None. Returns (B, h, n, e).
     Softmax over the allowed keys of each query, computed block by block (see the module docstring).
-    Without autograd (no_grad, or no input needing a gradient) the scores, the softmax and the output go
-    into buffers reused across heads (out= forms of the same matmuls: the same FLOPs), and the output is
-    laid out as (B, n, h, e), so merging the heads copies nothing."""
+    With autograd: the parts' scores are concatenated and normalised by one softmax. Without (no_grad, or no
+    input needing a gradient): each part's scores go into a buffer reused by every head, each part takes its
+    own softmax in place, and the parts' outputs are weighted by their share of the row's total: the same
+    matmuls, so the same FLOPs, and no copy of the scores."""
     B, h, n, e = q.shape
-    W, nb, G, span = p.block, p.blocks, p.dilation, p.span
-    Lp = nb * W
-    front = p.before * W
-    if padded:
-        n = p.n
-        if q.shape[2] != (p.before + nb + p.after) * W or G != 1:
-            raise ValueError(f"padded q, k, v must hold {(p.before + nb + p.after) * W} positions without dilation, "
-                             f"got {q.shape[2]} with dilation {G}")
-        ql, kl, vl = q[:, :, None, front : front + Lp], k[:, :, None], v[:, :, None]
-        q, k, v = q[:, :, front : front + n], k[:, :, front : front + n], v[:, :, front : front + n]
-    elif n != p.n:
+    if n != p.n:
         raise ValueError(f"the pattern was built for {p.n} positions, got a sequence of {n}")
+    W, nb, G = p.block, p.blocks, p.dilation
+    Lp = nb * W
     inference = not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad))
     masks = p.masks(causal, mask, q.dtype, q.device)
-    mv = masked_value(q.dtype)
     sizes = p.part_sizes()
     offsets = [sum(size for _, size in sizes[:i]) for i in range(len(sizes) + 1)]
-    if not padded:
-        ql = _to_layout(q, p, 0, 0)  # (B, h, G, Lp, e)
-        kl = _to_layout(k, p, p.before, p.after)  # (B, h, G, (before + nb + after) W, e)
-        vl = _to_layout(v, p, p.before, p.after)
-    own = slice(front, front + Lp)  # a group's own positions in kl / vl
+    ql = _to_layout(q, p, 0, 0)  # (B, h, G, Lp, e)
+    kl = _to_layout(k, p, p.before, p.after)  # (B, h, G, (before + nb + after) W, e)
+    vl = _to_layout(v, p, p.before, p.after)
+    shared = gathered = None
     if p.shared is not None:
         S = p.shared.to(q.device)
-        ks, vs = k[:, :, S], v[:, :, S]  # (B, h, S, e)
+        shared = k[:, :, S], v[:, :, S]  # (B, h, S, e)
     if p.gathered is not None:
         R = p.gathered.to(q.device).clamp(min=0)  # empty slots read block 0 and are masked
-        kg = kl[:, :, 0, own].reshape(B, h, nb, W, e)[:, :, R].reshape(B, h, nb, -1, e)  # (B, h, nb, r W, e)
-        vg = vl[:, :, 0, own].reshape(B, h, nb, W, e)[:, :, R].reshape(B, h, nb, -1, e)
+        gathered = R.reshape(-1)  # (nb r,) key blocks, query block by query block
+    Y = q.new_empty(B, h, G, Lp, e)
     if inference:
-        scores_buf = q.new_empty(nb, W, offsets[-1])  # (nb, W, K), reused by every head
-        Y = q.new_empty(B, G, Lp, h, e)  # heads last: merging them is a view
+        bufs = {part: q.new_empty((W, nb, nb) if part == "strided" else (nb, W, size)) for part, size in sizes}
+        if len(sizes) > 1:
+            tmp = q.new_empty(nb, W, e)
     ys = []
     for b in range(B):
-        bias = None if masks.bias is None else masks.bias[b if masks.bias.shape[0] > 1 else 0]  # (G, nb, W, K)
         for hh in range(h):
             for g in range(G):
-                qb = ql[b, hh, g].view(nb, W, e)
-                kw = kl[b, hh, g].unfold(0, span, W)  # (nb, e, span): overlapping windows, a view
-                vw = vl[b, hh, g].unfold(0, span, W).transpose(1, 2)  # (nb, span, e)
-                parts = []
-                for (part, _), lo, hi in zip(sizes, offsets, offsets[1:]):
-                    out = scores_buf[..., lo:hi] if inference else None
-                    bp = None if bias is None else bias[g, ..., lo:hi]
-                    if part == "band":
-                        s = _scores(out, bp, qb, kw, scale)  # (nb, W, span)
-                    elif part == "shared":  # all rows against the same keys: one (Lp, S) product
-                        s = _scores(_opt(out, Lp, -1), _opt(bp, Lp, -1), ql[b, hh, g], ks[b, hh].T, scale).view(nb, W, hi - lo)
-                    elif part == "gathered":
-                        s = _scores(out, bp, qb, kg[b, hh].transpose(-2, -1), scale)
-                    else:  # strided: row r of every block against keys t W + r, in residue order (W, nb, nb)
-                        kr = kl[b, hh, 0, own].view(nb, W, e).transpose(0, 1)
-                        s = _scores(_opt(out), _opt(bp), qb.transpose(0, 1), kr.transpose(1, 2), scale).transpose(0, 1)
-                    parts.append(s)
-                scores = scores_buf if inference else torch.cat(parts, -1) if len(parts) > 1 else parts[0]
-                if masks.runs is not None:
-                    for start, stop, blocked in masks.runs[g]:
-                        scores[start:stop].masked_fill_(blocked, mv)
-                if inference:
-                    a = torch.ops.aten._softmax.out(scores, -1, False, out=scores)  # in place
-                    y = torch.bmm(a[..., :span], vw, out=Y[b, g, :, hh].view(nb, W, e))
-                else:
-                    a = scores.softmax(-1)
-                    y = torch.bmm(a[..., :span], vw)  # (nb, W, e)
-                for (part, _), lo, hi in zip(sizes[1:], offsets[1:], offsets[2:]):
-                    ap = a[..., lo:hi]
-                    if part == "shared":
-                        y = _accumulate(y.view(Lp, e), ap.reshape(Lp, hi - lo), vs[b, hh], inference).view(nb, W, e)
-                    elif part == "gathered":
-                        y = _accumulate(y, ap, vg[b, hh], inference)
-                    else:
-                        vr = vl[b, hh, 0, own].view(nb, W, e).transpose(0, 1)  # (W, nb, e)
-                        y = _accumulate(y.transpose(0, 1), ap.transpose(0, 1), vr, inference).transpose(0, 1)
+                head = _Head(p, ql, kl, vl, shared, gathered, b, hh, g)
+                biases, runs = _masks_of(masks, b, g, offsets)
                 if not inference:
-                    ys.append(y.reshape(Lp, e))
-    y = _from_layout(Y.permute(0, 3, 1, 2, 4) if inference else torch.stack(ys).view(B, h, G, Lp, e), p)  # (B, h, n, e)
+                    parts = [head.scores(part, None, bp, scale) for (part, _), bp in zip(sizes, biases)]
+                    parts = [t.transpose(0, 1) if part == "strided" else t for (part, _), t in zip(sizes, parts)]
+                    scores = torch.cat(parts, -1) if len(parts) > 1 else parts[0]  # (nb, W, K)
+                    if runs is not None:
+                        _add_bias(scores, runs, 0, offsets[-1])
+                    a = scores.softmax(-1)
+                    y = None
+                    for (part, _), lo, hi in zip(sizes, offsets, offsets[1:]):
+                        ap = a[..., lo:hi].transpose(0, 1) if part == "strided" else a[..., lo:hi]
+                        y = head.apply(part, ap) if y is None else y + head.apply(part, ap)
+                    ys.append(y)
+                    continue
+                for (part, _), bp, lo, hi in zip(sizes, biases, offsets, offsets[1:]):
+                    s = head.scores(part, bufs[part], bp, scale)
+                    if runs is not None:
+                        _add_bias(s, runs, lo, hi, strided=part == "strided")
+                out = Y[b, hh, g].view(nb, W, e)
+                if len(sizes) == 1:
+                    a = torch.ops.aten._softmax.out(bufs["band"], -1, False, out=bufs["band"])  # in place
+                    head.apply("band", a, out=out)
+                    continue
+                # softmax across the parts: each part's own softmax in place (fast, even over masked scores),
+                # then the parts weighted by exp(max_p - max) * sum_p, where sum_p = 1 / (the part's largest
+                # probability), and the output divided by the total once
+                blockwise = {part: t.transpose(0, 1) if part == "strided" else t for part, t in bufs.items()}
+                maxima = {part: t.amax(-1, keepdim=True) for part, t in blockwise.items()}  # (nb, W, 1) each
+                top = torch.stack(list(maxima.values())).amax(0)
+                total = None
+                for part, _ in sizes:
+                    torch.ops.aten._softmax.out(bufs[part], -1, False, out=bufs[part])
+                    weight = (maxima[part] - top).exp_().div_(blockwise[part].amax(-1, keepdim=True))
+                    total = weight if total is None else total.add_(weight)
+                    if part == "band":
+                        head.apply(part, bufs[part], out=out).mul_(weight)
+                    elif part == "strided":
+                        out.addcmul_(torch.bmm(bufs[part], head.v[part], out=tmp.view(W, nb, e)).transpose(0, 1), weight)
+                    else:
+                        out.addcmul_(head.apply(part, bufs[part], out=tmp), weight)
+                out.div_(total)
+    y = _from_layout(Y if inference else torch.stack(ys).view(B, h, G, Lp, e), p)  # (B, h, n, e)
     if p.global_rows is not None and len(p.global_rows):
         rows = p.global_rows.to(q.device)
         rb = p.row_bias(causal, mask, q.dtype, q.device)  # (B | 1, R, n)
-        s = torch.baddbmm(rb[:, None].expand(B, h, -1, -1).reshape(B * h, len(rows), n),
-                          q[:, :, rows].reshape(B * h, len(rows), e), k.reshape(B * h, n, e).transpose(1, 2), alpha=scale)
-        yr = torch.bmm(s.softmax(-1), v.reshape(B * h, n, e)).view(B, h, len(rows), e)
-        y = y.index_copy(2, rows, yr)
+        qr = q[:, :, rows]  # (B, h, R, e)
+        front = p.before * W
+        yr = []
+        for b in range(B):  # keys and values from the contiguous layout where it holds them in order
+            kb, vb = (kl[b, :, 0, front : front + n], vl[b, :, 0, front : front + n]) if G == 1 else (k[b], v[b])
+            s = torch.baddbmm(rb[b if rb.shape[0] > 1 else 0].expand(h, -1, -1), qr[b], kb.transpose(1, 2), alpha=scale)
+            yr.append(torch.bmm(s.softmax(-1), vb))  # (h, R, e)
+        y = y.index_copy(2, rows, torch.stack(yr))
     return y
 
 
@@ -438,14 +463,10 @@ def attend(attn, x: Tensor, pattern: Callable[[int], BlockPattern], mask: Option
     """The attention step of a blocked mechanism `attn` (an Attention with the merged `qkv` projection):
     (B, h, n, e) outputs, and the (B, h, n, n) weights on request. `pattern(n)` gives the pattern for n
     positions; `ranks`: positions are ranks among the real tokens (`by_rank`), otherwise padding keys are
-    masked in place. Without autograd the projection writes the kernel's layout directly (`padded_qkv`)."""
+    masked in place."""
     n = x.shape[1]
     if ranks and mask is not None and bool(mask.all()):
         mask = None
-    if not need_weights and (mask is None or not ranks):
-        qkv = padded_qkv(attn.qkv, x, attn.heads, pattern(n))
-        if qkv is not None:
-            return blocked_attention(*qkv, pattern(n), mask, causal, attn.scale, padded=True), None
     q, k, v = attn.project_qkv(x)  # (B, h, n, e)
     if not ranks:
         p = pattern(n)
