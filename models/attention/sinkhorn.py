@@ -39,19 +39,23 @@ from utils.checks import check_bool, check_int, check_number
 from .base import Attention
 from .registry import register_attention
 
+SCORES_PER_GROUP = 2**21  # heads are computed in groups whose scores stay within this many elements (8 MiB fp32)
 NEG = -1e4  # log-space "zero" for blocks that may not be paired: exp underflows to 0, gradients stay finite
 
 
-def sinkhorn_balance(logits: Tensor, support: Tensor, iters: int, causal: bool) -> Tensor:
+def sinkhorn_balance(logits: Tensor, support: Optional[Tensor], iters: int, causal: bool) -> Tensor:
     """Sinkhorn normalisation in log space. logits: (..., N, N) fp32; support: bool, broadcastable, where
-    pairing is allowed. Each round normalises the rows, then the columns (causal: each row against the
-    rows up to it, a cumulative log-sum-exp). Returns S = exp(log S), exactly 0 off the support."""
-    log_s = logits.masked_fill(~support, NEG)
+    pairing is allowed (None: everywhere). Each round normalises the rows, then the columns (causal: each row
+    against the rows up to it, a cumulative log-sum-exp). Returns S = exp(log S), exactly 0 off the support."""
+    def keep(t: Tensor) -> Tensor:
+        return t if support is None else t.masked_fill(~support, NEG)
+
+    log_s = keep(logits)
     for _ in range(iters):
-        log_s = (log_s - log_s.logsumexp(dim=-1, keepdim=True)).masked_fill(~support, NEG)
+        log_s = keep(log_s - log_s.logsumexp(dim=-1, keepdim=True))
         col = log_s.logcumsumexp(dim=-2) if causal else log_s.logsumexp(dim=-2, keepdim=True)
-        log_s = (log_s - col).masked_fill(~support, NEG)
-    return log_s.exp() * support
+        log_s = keep(log_s - col)
+    return log_s.exp() if support is None else log_s.exp() * support
 
 
 @register_attention("sinkhorn")
@@ -81,11 +85,18 @@ class SinkhornAttention(Attention):
         self.temperature = check_number("temperature", temperature, low=0, low_open=True)
         self.gumbel = check_bool("gumbel", gumbel)
 
-    # ------------------------------------------------------------------ pieces (one head: B, n, e)
+    # ------------------------------------------------------------------ pieces (a group of G heads: B, G, n, e)
 
     def _layout(self, n: int) -> Tuple[int, int]:
         b = min(self.block_size, n)
         return b, -(-n // b)
+
+    def _group(self, batch: int, n: int) -> int:
+        """Heads per group: as many as keep a group's (B, G, n, 2b) scores within SCORES_PER_GROUP elements.
+        Fewer, larger operations than one head at a time (a shared CPU's threads wait at every parallel
+        operation); less memory than all heads at once."""
+        b, nb = self._layout(n)
+        return max(1, min(self.heads, SCORES_PER_GROUP // max(1, batch * nb * b * 2 * b)))
 
     def _plan(self, mask: Optional[Tensor], n: int, device):
         """The order that puts real tokens first (None without a mask) and the (B, nb, b) real-token
@@ -95,116 +106,124 @@ class SinkhornAttention(Attention):
             if nb * b == n:
                 return None, None
             valid = torch.arange(nb * b, device=device) < n
-            return None, valid.view(1, nb, b).expand(1, nb, b)
+            return None, valid.view(1, nb, b)
         order = torch.sort((~mask).to(torch.uint8), dim=-1, stable=True).indices  # real tokens first, in order
         valid = torch.arange(nb * b, device=device) < mask.sum(-1, keepdim=True)  # (B, nb*b)
         return order, valid.view(-1, nb, b)
 
+    def _project(self, x: Tensor, i0: int, i1: int) -> Tuple[Tensor, Tensor, Tensor]:
+        """Heads i0..i1-1: q, k, v each (B, G, n, e), contiguous, from their rows of the merged QKV projection."""
+        B, n, d = x.shape
+        h, e, G = self.heads, self.head_dim, i1 - i0
+        w = self.qkv.weight.view(3, h, e, d)[:, i0:i1].reshape(3 * G * e, d)
+        bias = self.qkv.bias.view(3, h, e)[:, i0:i1].reshape(3 * G * e) if self.qkv.bias is not None else None
+        qkv = F.linear(x, w, bias).view(B, n, 3, G, e).permute(2, 0, 3, 1, 4).contiguous()
+        return qkv[0], qkv[1], qkv[2]
+
     def _blocks(self, t: Tensor, order: Optional[Tensor]) -> Tensor:
-        """(B, n, e) -> (B, nb, b, e), real tokens first, zero slots after the last token."""
-        Bx, n, e = t.shape
+        """(B, G, n, e) -> (B, G, nb, b, e), real tokens first, zero slots after the last token."""
+        Bx, G, n, e = t.shape
         b, nb = self._layout(n)
         if order is not None:
-            t = t.gather(1, order[..., None].expand(Bx, n, e))
+            t = t.gather(2, order[:, None, :, None].expand(Bx, G, n, e))
         if nb * b > n:
             t = F.pad(t, (0, 0, 0, nb * b - n))
-        return t.reshape(Bx, nb, b, e)
+        return t.view(Bx, G, nb, b, e)
 
     def _sort(self, qb: Tensor, kb: Tensor, valid: Optional[Tensor], causal: bool) -> Tensor:
-        """S (B, nb, nb) in fp32 for one head's blocks, exactly 0 where pairing is not allowed."""
-        Bx, nb, b, _ = qb.shape
+        """S (B, G, nb, nb) in fp32, exactly 0 where pairing is not allowed."""
+        nb, b = qb.shape[2], qb.shape[3]
         with torch.autocast(qb.device.type, enabled=False):
             qf, kf = qb.float(), kb.float()
             if valid is None:
-                m, count, used = None, qf.new_full((1, nb, 1), float(b)), torch.ones(1, nb, dtype=torch.bool, device=qb.device)
+                m, count, used = None, qf.new_full((1, 1, nb, 1), float(b)), None
             else:
-                m = valid[..., None].float()  # (B, nb, b, 1)
+                m = valid[:, None, :, :, None].float()  # (B, 1, nb, b, 1)
                 qf, kf, count, used = qf * m, kf * m, m.sum(-2), valid.any(-1)
-            qsum = qf.sum(-2)  # (B, nb, e)
+            qsum = qf.sum(-2)  # (B, G, nb, e)
             sk = kf.sum(-2) / count.clamp_min(1)  # mean of a block's real keys
             if causal:  # mean of the queries up to and including each block's first token
-                first_q = qf[:, :, 0]
-                first_n = count.new_ones(()).expand_as(count) if m is None else m[:, :, 0]
-                sq = (qsum.cumsum(1) - qsum + first_q) / (count.cumsum(1) - count + first_n).clamp_min(1)
+                first_q = qf[:, :, :, 0]
+                first_n = count.new_ones(()).expand_as(count) if m is None else m[:, :, :, 0]
+                sq = (qsum.cumsum(2) - qsum + first_q) / (count.cumsum(2) - count + first_n).clamp_min(1)
             else:
                 sq = qsum / count.clamp_min(1)
-            logits = (sq @ sk.transpose(-2, -1)) * self.scale  # (B, nb, nb)
-            support = used[:, :, None] & used[:, None, :]
+            logits = (sq @ sk.transpose(-2, -1)) * self.scale  # (B, G, nb, nb)
+            support = None
+            if used is not None:
+                support = (used[:, :, None] & used[:, None, :])[:, None]  # (B, 1, nb, nb)
             if causal:
-                support = support & torch.ones(nb, nb, dtype=torch.bool, device=qb.device).tril_(-1)
+                past = torch.ones(nb, nb, dtype=torch.bool, device=qb.device).tril_(-1)
+                support = past if support is None else support & past
             if self.gumbel and self.training:
                 u = torch.rand_like(logits).clamp_(1e-6, 1 - 1e-6)
                 logits = logits - (-u.log()).log()
             return sinkhorn_balance(logits / self.temperature, support, self.sinkhorn_iters, causal)
 
-    def _head(self, q: Tensor, k: Tensor, v: Tensor, order, valid, causal: bool, need_weights: bool):
-        """One head: q, k, v (B, n, e) -> (B, n, e) in the blocked order, S, and the blocked weights."""
-        Bx, n, e = q.shape
+    def _heads(self, q: Tensor, k: Tensor, v: Tensor, order, valid, causal: bool, need_weights: bool):
+        """A group of heads: q, k, v (B, G, n, e) -> (B, G, n, e) in the blocked order, and the blocked weights."""
+        Bx, G, n, e = q.shape
         qb, kb, vb = (self._blocks(t, order) for t in (q, k, v))
-        nb, b = qb.shape[1], qb.shape[2]
-        S = self._sort(qb, kb, valid, causal)  # (B, nb, nb)
+        nb, b = qb.shape[2], qb.shape[3]
+        S = self._sort(qb, kb, valid, causal).to(qb.dtype)  # (B, G, nb, nb)
         # each sorted slot mixes the real keys / values at that slot, renormalised by den = S @ real
-        real = qb.new_ones(1, nb, b) if valid is None else valid.to(qb.dtype)
-        den = S.to(qb.dtype) @ real  # (B, nb, b)
+        real = qb.new_ones(1, 1, nb, b) if valid is None else valid[:, None].to(qb.dtype)
+        den = S @ real  # (B, G, nb, b)
         slot_ok = den > 0
         if valid is None:  # every slot real: den is S's row sum, folded into S
-            Sn = S.to(qb.dtype) / torch.where(slot_ok, den, 1.0)[..., :1]
-            ks = (Sn @ kb.flatten(2)).view(Bx, nb, b, e)
-            vs = (Sn @ vb.flatten(2)).view(Bx, nb, b, e)
+            S_mix = S / torch.where(slot_ok, den, 1.0)[..., :1]
+            kb_mix, vb_mix = kb, vb
         else:
+            S_mix = S
+            kb_mix, vb_mix = kb * real[..., None], vb * real[..., None]
+        # [I; S] with the rows interleaved: one product gives each block's own keys followed by its sorted
+        # ones, (B, G, nb, 2b, e), with no concatenation of the large tensors
+        eye = torch.eye(nb, dtype=S.dtype, device=S.device).expand_as(S_mix)
+        own_then_sorted = torch.stack([eye, S_mix], dim=3).view(Bx, G, 2 * nb, nb)
+        keys = (own_then_sorted @ kb_mix.flatten(3)).view(Bx, G, nb, 2 * b, e)
+        vals = (own_then_sorted @ vb_mix.flatten(3)).view(Bx, G, nb, 2 * b, e)
+        if valid is not None:  # own keys as they are; sorted slots renormalised over their real keys
             dd = torch.where(slot_ok, den, 1.0)[..., None]
-            Sx = S.to(qb.dtype)
-            ks = (Sx @ (kb * real[..., None]).flatten(2)).view(Bx, nb, b, e) / dd
-            vs = (Sx @ (vb * real[..., None]).flatten(2)).view(Bx, nb, b, e) / dd
-        keys = torch.cat([kb, ks], dim=2)  # (B, nb, 2b, e): own block, then sorted block
-        vals = torch.cat([vb, vs], dim=2)
-        s = ((qb * self.scale) @ keys.transpose(-2, -1)).float()  # (B, nb, b, 2b)
-        allowed = None
+            keys = torch.cat([kb, keys[:, :, :, b:] / dd], dim=3)
+            vals = torch.cat([vb, vals[:, :, :, b:] / dd], dim=3)
+        s = ((qb * self.scale) @ keys.transpose(-2, -1)).float()  # (B, G, nb, b, 2b)
+        del keys
         if valid is not None or causal:
-            own = torch.ones(1, nb, b, b, dtype=torch.bool, device=q.device) if valid is None else valid[:, :, None, :].expand(-1, nb, b, b)
+            own = torch.ones(1, 1, nb, b, b, dtype=torch.bool, device=q.device) if valid is None else valid[:, None, :, None, :].expand(-1, 1, nb, b, b)
             if causal:
                 own = own & torch.ones(b, b, dtype=torch.bool, device=q.device).tril_()
-            allowed = torch.cat([own.expand(Bx, nb, b, b), slot_ok[:, :, None, :].expand(Bx, nb, b, b)], dim=-1)
+            allowed = torch.cat([own.expand(Bx, G, nb, b, b), slot_ok[:, :, :, None, :].expand(Bx, G, nb, b, b)], dim=-1)
             if valid is not None:  # a padding query attends to itself only (finite, causal wherever it sits)
                 itself = torch.eye(b, 2 * b, dtype=torch.bool, device=q.device)
-                real_q = valid[..., None]
+                real_q = valid[:, None, :, :, None]
                 allowed = allowed & real_q | itself & ~real_q
             s = s.masked_fill_(~allowed, torch.finfo(s.dtype).min)
         p = s.softmax(dim=-1)
-        y = (p.to(vals.dtype) @ vals).view(Bx, nb * b, e)[:, :n]
+        del s
+        y = (p.to(vals.dtype) @ vals).view(Bx, G, nb * b, e)[:, :, :n]
         w = self._dense_weights(p, S, real, den, slot_ok, n) if need_weights else None
-        return y, S, w
+        return y, w
 
     @staticmethod
     def _dense_weights(p: Tensor, S: Tensor, real: Tensor, den: Tensor, slot_ok: Tensor, n: int) -> Tensor:
-        """One head's (B, n, n) matrix in the blocked (real-first) order: own-block weights on the block
-        diagonal, a sorted slot's weight spread over the keys it mixes (O(n^2), for inspection)."""
-        Bx, nb, b, _ = p.shape
+        """(B, G, n, n) matrices in the blocked (real-first) order: own-block weights on the block diagonal,
+        a sorted slot's weight spread over the keys it mixes (O(n^2), for inspection)."""
+        Bx, G, nb, b, _ = p.shape
         p = p.float()
-        own, srt = p[..., :b], p[..., b:]  # (B, nb, b_q, b_t)
-        share = S.float()[..., None] * real.float()[:, None, :, :]  # (B, nb_i, nb_j, b_t): S_ij m_jt
-        share = share / torch.where(slot_ok, den, 1.0).float()[:, :, None, :]
-        w = torch.einsum("biqt,bijt->bijqt", srt, share)  # (B, nb_i, nb_j, b_q, b_t)
-        w.diagonal(dim1=1, dim2=2).add_(own.permute(0, 2, 3, 1))  # block i's own keys
-        return w.permute(0, 1, 3, 2, 4).reshape(Bx, nb * b, nb * b)[:, :n, :n]
-
-    def _project_head(self, x: Tensor, i: int) -> Tuple[Tensor, Tensor, Tensor]:
-        """Head i's q, k, v, each (B, n, e) and contiguous, from its rows of the merged QKV projection."""
-        h, e = self.heads, self.head_dim
-        w = self.qkv.weight.view(3, h, e, self.dim)[:, i]  # (3, e, d)
-        b = self.qkv.bias.view(3, h, e)[:, i] if self.qkv.bias is not None else (None, None, None)
-        return F.linear(x, w[0], b[0]), F.linear(x, w[1], b[1]), F.linear(x, w[2], b[2])
+        own, srt = p[..., :b], p[..., b:]  # (B, G, nb, b_q, b_t)
+        share = S.float()[..., None] * real.float()[:, :, None, :, :]  # (B, G, nb_i, nb_j, b_t): S_ij m_jt
+        share = share / torch.where(slot_ok, den, 1.0).float()[:, :, :, None, :]
+        w = torch.einsum("bgiqt,bgijt->bgijqt", srt, share)  # (B, G, nb_i, nb_j, b_q, b_t)
+        w.diagonal(dim1=2, dim2=3).add_(own.permute(0, 1, 3, 4, 2))  # block i's own keys
+        return w.permute(0, 1, 2, 4, 3, 5).reshape(Bx, G, nb * b, nb * b)[:, :, :n, :n]
 
     def sorting_matrix(self, x: Tensor, mask: Optional[Tensor] = None, causal: Optional[bool] = None) -> Tensor:
         """The (B, h, nb, nb) soft permutations a forward call on x uses (blocks of the real tokens by rank)."""
         causal = self.resolve_causal(causal)
         self.check_input(x, mask)
         order, valid = self._plan(mask, x.shape[1], x.device)
-        out = []
-        for i in range(self.heads):
-            q, k, _ = self._project_head(x, i)
-            out.append(self._sort(self._blocks(q, order), self._blocks(k, order), valid, causal))
-        return torch.stack(out, dim=1)
+        q, k, _ = self._project(x, 0, self.heads)
+        return self._sort(self._blocks(q, order), self._blocks(k, order), valid, causal)
 
     # ------------------------------------------------------------------ forward
 
@@ -213,18 +232,23 @@ class SinkhornAttention(Attention):
         h, e = self.heads, self.head_dim
         order, valid = self._plan(mask, n, x.device)
         inv = torch.argsort(order, dim=-1) if order is not None else None
-        ys, ws = [], []
-        for i in range(h):  # one head at a time, from its own projection: one head's tensors alive at once
-            q, k, v = self._project_head(x, i)  # (B, n, e)
-            y, _, w = self._head(q, k, v, order, valid, causal, need_weights)
+        G = self._group(B, n)
+        y = ws = None
+        for i0 in range(0, h, G):  # a group of heads at a time, each from its own rows of the projection
+            i1 = min(h, i0 + G)
+            yg, wg = self._heads(*self._project(x, i0, i1), order, valid, causal, need_weights)  # (B, G, n, e)
             if inv is not None:  # back to the original positions
-                y = y.gather(1, inv[..., None].expand(B, n, e))
-                if w is not None:
-                    w = w.gather(1, inv[..., None].expand(B, n, n)).gather(2, inv[:, None, :].expand(B, n, n))
-            ys.append(y)
-            ws.append(w)
-        y = torch.stack(ys, dim=2).view(B, n, h * e)  # heads side by side, as merge_heads lays them out
-        return self.out(y), (torch.stack(ws, dim=1) if need_weights else None)
+                yg = yg.gather(2, inv[:, None, :, None].expand(B, i1 - i0, n, e))
+                if wg is not None:
+                    wg = wg.gather(2, inv[:, None, :, None].expand(B, i1 - i0, n, n))
+                    wg = wg.gather(3, inv[:, None, None, :].expand(B, i1 - i0, n, n))
+            if y is None:
+                y = yg.new_empty(B, n, h, e)  # heads side by side, as merge_heads lays them out
+                ws = [] if need_weights else None
+            y[:, :, i0:i1] = yg.transpose(1, 2)
+            if need_weights:
+                ws.append(wg)
+        return self.out(y.view(B, n, h * e)), (torch.cat(ws, dim=1) if need_weights else None)
 
     # ------------------------------------------------------------------ cost model
 
@@ -236,7 +260,7 @@ class SinkhornAttention(Attention):
         b, nb = self._layout(seq_len)
         h, e = self.heads, self.head_dim
         sort_net = 2 * batch * h * nb * nb * e  # block-pair scores
-        mix = 2 * 2 * batch * h * nb * nb * b * e  # S @ K and S @ V
+        mix = 2 * 2 * batch * h * (2 * nb) * nb * b * e  # [I; S] @ K and [I; S] @ V
         attend = 2 * 2 * batch * h * nb * b * (2 * b) * e  # each query over its block and the sorted block
         return sort_net + mix + self._normaliser_flops(seq_len, batch) + attend
 
