@@ -84,10 +84,12 @@ def render_markdown(report: Dict) -> str:
              f"matmul is torch.matmul of ({c['batch'] * c['seq_len']:,}, {c['dim']}) by ({c['dim']}, {3 * c['dim']}). "
              "Fraction = the mechanism's FLOP/s over the matmul's in the same round; median over rounds, range, "
              "95 % bootstrap interval. CPU busy = process CPU seconds / (wall seconds x threads): well below 1 means "
-             "other processes took the cores.", "",
+             "other processes took the cores. By CPU time: the fraction from process CPU seconds over all rounds "
+             "instead of wall time (with one thread, blind to the time other processes held the core; with several, "
+             "it counts a thread's waiting for the others as work).", "",
              *([f"Note: {report['note']}", ""] if report.get("note") else []),
-             "| | GFLOP | median ms | GFLOP/s | fraction of matmul | range | 95 % CI | CPU busy | target |",
-             "|---|---:|---:|---:|---:|---|---|---:|---|"]
+             "| | GFLOP | median ms | GFLOP/s | fraction of matmul | range | 95 % CI | CPU busy | by CPU time | target |",
+             "|---|---:|---:|---:|---:|---|---|---:|---:|---|"]
     for r in report["rows"]:
         ci = r["fraction_ci95"]
         target = "" if r["target"] is None else f">= {r['target']:.2f}: {'met' if r['target_met'] else 'NOT met'}"
