@@ -24,7 +24,8 @@ Choices, where the paper leaves room:
   included): the same blocked computation with a band mask, and that distance between two tokens of one
   bucket counts only tokens of that bucket between them, none after the query.
 
-Rounds run one after another and are merged online, so forward memory is that of one round.
+Rounds run in groups (as many as keep the scores within ROUND_SCORES elements: one at a time at n = 4096,
+h = 8, C = 64; all at once for short sequences) merged online, so forward memory is that of one group.
 """
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ from .base import Attention
 from .functional import merge_heads, split_heads
 from .registry import register_attention
 
-SELF_PENALTY = 1e5  # the paper's m_ii: a token's own key, used only when it has no other
+ROUND_SCORES = 2**22  # rounds are computed in groups whose scores stay within this many elements (16 MiB fp32)
 
 
 def _with_previous(t: Tensor, fill, axis: int) -> Tensor:
@@ -93,56 +94,67 @@ def lsh_attention(
     q_rows = (qk * scale).reshape(B * h * n, e)
     k_rows = F.normalize(qk, dim=-1).reshape(B * h * n, e)  # keys: the unit-length queries
     v_rows = v.reshape(B * h * n, e)
+    G = max(1, min(R, ROUND_SCORES // max(1, B * h * Np * W)))  # rounds per group
+    low = float(torch.finfo(torch.float32).min)
     out = lse_all = alone_all = None
     rounds = []
-    for r in range(R):
-        idx = F.pad(perm[:, :, r], (0, pad))  # (B, h, Np), padded slots read token 0 and are masked
-        flat = (idx + base * n).view(B, h, nc, C)
-        qs = q_rows.index_select(0, flat.view(-1)).view(B, h, nc, C, e)
-        qcode = F.pad(codes_sorted[:, :, r], (0, pad), value=-2).view(B, h, nc, C)
+    for r0 in range(0, R, G):
+        g = min(R, r0 + G) - r0
+        idx = F.pad(perm[:, :, r0 : r0 + g], (0, pad))  # (B, h, g, Np), padded slots read token 0 and are masked
+        flat = (idx + base[..., None] * n).reshape(B, h, g, nc, C)
+        qs = q_rows.index_select(0, flat.reshape(-1)).view(B, h, g, nc, C, e)
+        qcode = F.pad(codes_sorted[:, :, r0 : r0 + g], (0, pad), value=-2).view(B, h, g, nc, C)
         kcode = qcode.masked_fill(qcode == pad_code, -1)  # padding tokens are never keys
         if look:
             flat, kcode = _with_previous(flat, 0, -1), _with_previous(kcode, -1, -1)
-        ks = k_rows.index_select(0, flat.view(-1)).view(B, h, nc, W, e)
-        vs = v_rows.index_select(0, flat.view(-1)).view(B, h, nc, W, e)
-        s = (qs @ ks.transpose(-2, -1)).float()  # (B, h, nc, C, W)
+        ks = k_rows.index_select(0, flat.reshape(-1)).view(B, h, g, nc, W, e)
+        vs = v_rows.index_select(0, flat.reshape(-1)).view(B, h, g, nc, W, e)
+        s = (qs @ ks.transpose(-2, -1)).float()  # (B, h, g, nc, C, W)
         barred = qcode[..., :, None] != kcode[..., None, :]  # another bucket or no real key (itself not barred)
         if band is not None:
             barred |= ~band
-        if dedup and R > 1:
-            lr = loc.gather(-1, idx[:, :, None, :].expand(B, h, R, Np)).view(B, h, R, nc, C)
-            count = torch.ones(s.shape, dtype=torch.uint8, device=dev)  # N_ij <= R rounds
+        if dedup and R > 1:  # N_ij: the rounds (this one included) in which j is among i's keys
+            lr = loc[:, :, None].expand(B, h, g, R, n).gather(-1, idx[:, :, :, None, :].expand(B, h, g, R, Np))
+            lr = lr.view(B, h, g, R, nc, C)
+            count = torch.zeros(s.shape, dtype=torch.uint8, device=dev)
             for r2 in range(R):
-                if r2 != r:
-                    lq = lr[:, :, r2, :, :, None]
-                    lk = _with_previous(lr[:, :, r2], -1, -1) if look else lr[:, :, r2]
-                    seen = lq >= lk[..., None, :]
-                    seen &= lq <= (lk + reach)[..., None, :]
-                    count += seen
-            s = s - count.float().log_()
+                lq = lr[:, :, :, r2, :, :, None]
+                lk = _with_previous(lr[:, :, :, r2], -1, -1) if look else lr[:, :, :, r2]
+                seen = lq >= lk[..., None, :]
+                seen &= lq <= (lk + reach)[..., None, :]
+                count += seen
+            s = s - count.clamp_min_(1).float().log_()
         # a token attends to itself only when it has no other key (the paper's m_ii = 1e5, taken to its limit);
         # a padding token, which has none, attends to itself (finite, and causal)
-        alone = barred.sum(dim=-1) >= W - 1  # (B, h, nc, C): nothing but (perhaps) itself unbarred
-        low = torch.finfo(s.dtype).min
-        itself = s.diagonal(offset=off, dim1=-2, dim2=-1)
-        itself_s = torch.where(alone, itself, low)
+        alone = barred.sum(dim=-1) >= W - 1  # nothing but (perhaps) itself unbarred
+        itself_s = torch.where(alone, s.diagonal(offset=off, dim1=-2, dim2=-1), low)
         s = s.masked_fill_(barred, low)
         s.diagonal(offset=off, dim1=-2, dim2=-1).copy_(itself_s)
         p = s.softmax(dim=-1)  # (a fused softmax is several times faster on CPU than exp on its own)
         lse = s.amax(dim=-1) - p.amax(dim=-1).log()  # log-sum-exp: the largest p is exp(max - lse)
-        o = p.to(vs.dtype) @ vs  # (B, h, nc, C, e)
+        o = p.to(vs.dtype) @ vs  # (B, h, g, nc, C, e)
         # back to position order
-        back = inv[:, :, r]
-        o = o.view(B * h * Np, e).index_select(0, (back + base * Np).view(-1)).view(B, h, n, e).float()
-        lse = lse.view(B, h, Np).gather(-1, back)  # (B, h, n)
-        alone = alone.view(B, h, Np).gather(-1, back)
+        back = inv[:, :, r0 : r0 + g]  # (B, h, g, n)
+        rows = torch.arange(B * h * g, device=dev).view(B, h, g, 1) * Np
+        o = o.view(B * h * g * Np, e).index_select(0, (back + rows).reshape(-1)).view(B, h, g, n, e).float()
+        lse = lse.view(B, h, g, Np).gather(-1, back)  # (B, h, g, n)
+        alone = alone.view(B, h, g, Np).gather(-1, back)
         if need_weights:
             rounds.append((p, idx, lse, alone))
+        # o = sum_r exp(z_r - z) o_r; a round where the token had only itself (z_r lowered by 1e5) weighs
+        # nothing beside one where it had other keys. First over this group's rounds...
+        if g > 1:
+            alone_g = alone.all(dim=2)  # (B, h, n)
+            z = lse.masked_fill(alone != alone_g[:, :, None], float("-inf"))
+            lse_g = z.logsumexp(dim=2)
+            o = (o * (z - lse_g[:, :, None]).exp()[..., None]).sum(dim=2)
+            lse, alone = lse_g, alone_g
+        else:
+            o, lse, alone = o[:, :, 0], lse[:, :, 0], alone[:, :, 0]
         if out is None:
             out, lse_all, alone_all = o, lse, alone
             continue
-        # o = sum_r exp(z_r - z) o_r merged one round at a time; a round where the token had only itself
-        # (z_r lowered by 1e5) weighs nothing beside one where it had other keys
+        # ... then into the groups before it
         new = torch.logaddexp(lse_all, lse)
         keep_old, take_new = ~alone_all & alone, alone_all & ~alone
         w_old = torch.where(keep_old, 1.0, torch.where(take_new, 0.0, (lse_all - new).exp()))
@@ -154,14 +166,16 @@ def lsh_attention(
     if need_weights:
         weights = qk.new_zeros(B, h, n * n, dtype=torch.float32)
         slot_real = (torch.arange(Np, device=dev) < n).view(nc, C)
-        for p, idx, lse, alone in rounds:
-            share = torch.where(alone == alone_all, (lse - lse_all).exp(), 0.0)  # (B, h, n) the round's weight
-            share = share.gather(-1, idx)  # per sorted slot
-            qpos = idx.view(B, h, nc, C)
-            kpos = _with_previous(qpos, 0, -1) if look else qpos
-            flat = (qpos[..., :, None] * n + kpos[..., None, :]).reshape(B, h, -1)
-            contrib = p * (share.view(B, h, nc, C) * slot_real)[..., None]
-            weights.scatter_add_(-1, flat, contrib.reshape(B, h, -1))
+        for p_g, idx_g, lse_g, alone_g in rounds:
+            for j in range(idx_g.shape[2]):
+                p, idx, lse, alone = p_g[:, :, j], idx_g[:, :, j], lse_g[:, :, j], alone_g[:, :, j]
+                share = torch.where(alone == alone_all, (lse - lse_all).exp(), 0.0)  # (B, h, n) the round's weight
+                share = share.gather(-1, idx)  # per sorted slot
+                qpos = idx.view(B, h, nc, C)
+                kpos = _with_previous(qpos, 0, -1) if look else qpos
+                flat = (qpos[..., :, None] * n + kpos[..., None, :]).reshape(B, h, -1)
+                contrib = p * (share.view(B, h, nc, C) * slot_real)[..., None]
+                weights.scatter_add_(-1, flat, contrib.reshape(B, h, -1))
         weights = weights.view(B, h, n, n)
     return out.to(v.dtype), weights
 
