@@ -21,8 +21,15 @@ Pairs (ours vs reference):
     linformer      vs linformer.LinformerSelfAttention        (lucidrains, pip linformer)
     performer      vs performer_pytorch.SelfAttention         (lucidrains, pip performer-pytorch)
     nystromformer  vs nystrom_attention.NystromAttention      (lucidrains, pip nystrom-attention)
+    reformer       vs reformer_pytorch.LSHSelfAttention       (lucidrains, pip reformer-pytorch)
+    sinkhorn       vs sinkhorn_transformer.SinkhornSelfAttention (lucidrains, pip sinkhorn-transformer)
+    longformer (no global token) and local
+                   vs local_attention.LocalAttention          (lucidrains, pip local-attention), in our layout
+    longformer     vs transformers' LongformerSelfAttention  (Hugging Face, pip transformers) + an output Linear
+    bigbird        vs transformers' BigBirdBlockSparseAttention (Hugging Face) + an output Linear
 A mechanism not registered yet (see list_attentions()) or a reference package not installed gives a
-"skipped" row instead of an error.
+"skipped" row instead of an error. Where both sides compute the same function (the exact pairs, the window
+and Longformer pairs) ours' weights are copied into the reference and the outputs compared.
 
 Timing: profiling.time_interleaved (time.perf_counter around each forward call, gc off while timing),
 medians with the interquartile range, the ratio of medians and the ratio of minima. Peak memory:
@@ -150,6 +157,110 @@ def ref_nystrom(cfg):
     )
 
 
+class LocalWindowRef(nn.Module):
+    """local_attention.LocalAttention (the attention step only: q, k, v in, no projections) between our
+    projection layout: Linear(d, 3d) -> heads -> LocalAttention -> merge -> Linear(d, d), so that our weights can
+    be copied in. exact_windowsize=True: each query sees the keys within `window` positions either side, our
+    window; no rotary embedding."""
+
+    def __init__(self, dim: int, heads: int, window: int):
+        super().__init__()
+        mod = _import("local_attention")
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.attn = mod.LocalAttention(window_size=window, causal=False, look_backward=1, look_forward=1,
+                                       exact_windowsize=True, use_rotary_pos_emb=False, autopad=True)
+
+    def forward(self, x):
+        B, n, d = x.shape
+        q, k, v = self.qkv(x).view(B, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)  # 3 x (B, h, n, e)
+        y = self.attn(q, k, v)  # (B, h, n, e)
+        return self.proj(y.transpose(1, 2).reshape(B, n, d))
+
+
+class HFLongformerRef(nn.Module):
+    """transformers' LongformerSelfAttention (query/key/value and the separate global projections, no output
+    projection: that sits in LongformerSelfOutput with a LayerNorm and the residual) plus an output Linear, called
+    as LongformerModel calls it: attention_window = 2 x our radius, the first `global_tokens` positions global."""
+
+    def __init__(self, dim: int, heads: int, window: int, global_tokens: int):
+        super().__init__()
+        mod = _import("transformers.models.longformer.modeling_longformer")
+        cfg = _import("transformers").LongformerConfig(hidden_size=dim, num_attention_heads=heads, attention_window=[2 * window],
+                                                       attention_probs_dropout_prob=0.0)
+        self.attn = mod.LongformerSelfAttention(cfg, layer_id=0)
+        self.proj = nn.Linear(dim, dim)
+        self.global_tokens = global_tokens
+
+    def forward(self, x):
+        mask = x.new_zeros(x.shape[:2])  # LongformerModel's convention: 0 local, > 0 global, < 0 padding
+        mask[:, : self.global_tokens] = 10000.0
+        is_global = mask > 0
+        y = self.attn(x, attention_mask=mask, is_index_masked=mask < 0, is_index_global_attn=is_global,
+                      is_global_attn=bool(is_global.any()))[0]
+        return self.proj(y)
+
+
+class HFBigBirdRef(nn.Module):
+    """transformers' BigBirdBlockSparseAttention (query/key/value, no output projection: that sits in
+    BigBirdSelfOutput) plus an output Linear, with the masks BigBirdModel makes for an unpadded batch."""
+
+    def __init__(self, dim: int, heads: int, block: int, random_blocks: int, seq_len: int):
+        super().__init__()
+        tf, mod = _import("transformers"), _import("transformers.models.big_bird.modeling_big_bird")
+        self.model_cls = mod.BigBirdModel
+        cfg = tf.BigBirdConfig(hidden_size=dim, num_attention_heads=heads, attention_type="block_sparse", block_size=block,
+                               num_random_blocks=random_blocks, use_bias=True, max_position_embeddings=max(4096, seq_len),
+                               attention_probs_dropout_prob=0.0)
+        self.attn = mod.BigBirdBlockSparseAttention(cfg, seed=0)
+        self.proj = nn.Linear(dim, dim)
+        self.block = block
+
+    def forward(self, x):
+        blocked, band, from_mask, to_mask = self.model_cls.create_masks_for_block_sparse_attn(
+            x.new_ones(x.shape[:2]), self.block)
+        y = self.attn(x, band_mask=band, from_mask=from_mask, to_mask=to_mask, from_blocked_mask=blocked,
+                      to_blocked_mask=blocked)[0]
+        return self.proj(y)
+
+
+REFORMER = dict(bucket_size=64, n_hashes=8)
+SINKHORN = dict(bucket_size=64, sinkhorn_iter=8, temperature=0.75)
+WINDOW = 64  # radius: keys within 64 positions either side (Longformer's attention_window = 128)
+BIGBIRD = dict(block=64, random_blocks=3)
+
+
+def ref_reformer(cfg):
+    mod = _import("reformer_pytorch")
+    # attend_across_buckets=False: a query sees only keys of its own bucket in its chunk and the previous one,
+    # as ours does; allow_duplicate_attention=True counts a pair met in several rounds that many times (ours:
+    # dedup=False). n_buckets = n / bucket_size, chosen by the reference from the length.
+    return mod.LSHSelfAttention(dim=cfg["dim"], heads=cfg["heads"], bucket_size=REFORMER["bucket_size"], n_hashes=REFORMER["n_hashes"],
+                                causal=False, attend_across_buckets=False, allow_duplicate_attention=True)
+
+
+def ref_sinkhorn(cfg):
+    mod = _import("sinkhorn_transformer")
+    # non_permutative=False: Sinkhorn balancing of the block scores (the default, True, takes a top-k instead)
+    return mod.SinkhornSelfAttention(dim=cfg["dim"], bucket_size=SINKHORN["bucket_size"], max_seq_len=cfg["seq_len"],
+                                     heads=cfg["heads"], causal=False, non_permutative=False,
+                                     sinkhorn_iter=SINKHORN["sinkhorn_iter"], n_sortcut=0,
+                                     temperature=SINKHORN["temperature"], n_top_buckets=1)
+
+
+def ref_local_window(cfg):
+    return LocalWindowRef(cfg["dim"], cfg["heads"], WINDOW)
+
+
+def ref_hf_longformer(cfg):
+    return HFLongformerRef(cfg["dim"], cfg["heads"], WINDOW, global_tokens=1)
+
+
+def ref_hf_bigbird(cfg):
+    return HFBigBirdRef(cfg["dim"], cfg["heads"], BIGBIRD["block"], BIGBIRD["random_blocks"], cfg["seq_len"])
+
+
 def _share_exact_weights(ours, ref) -> bool:
     """Give an exact reference the same projection weights as ours, so outputs can be compared."""
     if not hasattr(ours, "get_projection_weights"):
@@ -158,7 +269,15 @@ def _share_exact_weights(ours, ref) -> bool:
     if any(w[k] is None for k in ("q_b", "k_b", "v_b", "o_b")):
         return False
     with torch.no_grad():
-        if isinstance(ref, MinimalSDPA):
+        if isinstance(ref, HFLongformerRef):  # the global projections get the same weights: ours has one set
+            for name, key in (("query", "q"), ("key", "k"), ("value", "v")):
+                for layer in (getattr(ref.attn, name), getattr(ref.attn, name + "_global")):
+                    layer.weight.copy_(w[f"{key}_w"])
+                    layer.bias.copy_(w[f"{key}_b"])
+            ref.proj.weight.copy_(w["o_w"])
+            ref.proj.bias.copy_(w["o_b"])
+            return True
+        if isinstance(ref, (MinimalSDPA, LocalWindowRef)):
             ref.qkv.weight.copy_(torch.cat([w["q_w"], w["k_w"], w["v_w"]]))
             ref.qkv.bias.copy_(torch.cat([w["q_b"], w["k_b"], w["v_b"]]))
             ref.proj.weight.copy_(w["o_w"])
@@ -230,6 +349,27 @@ def reference_checks() -> List[str]:
                 )
         except ReferenceMissing:
             pass
+        for module, label, build in (("reformer_pytorch", "reformer-pytorch", ref_reformer), ("sinkhorn_transformer", "sinkhorn-transformer", ref_sinkhorn)):
+            try:
+                _import(module)
+                torch.manual_seed(0)
+                ref = build(dict(dim=64, heads=4, seq_len=256)).eval()
+                x = torch.randn(1, 256, 64)
+                d = (ref(x) - ref(x)).abs().max().item()
+                remarks.append(f"{label} {_pkg_version(label)}: two eval-mode calls on the same input differ by up to {d:.3g} "
+                               f"({'new random rotations at every call' if module == 'reformer_pytorch' else 'Gumbel noise at every call, eval included'}), "
+                               f"so its outputs cannot be compared with ours; ours is deterministic in eval mode.")
+            except ReferenceMissing:
+                pass
+        try:
+            _import("transformers")
+            ref = HFBigBirdRef(64, 4, 16, 3, 512).eval()
+            rand = ref.attn._bigbird_block_rand_mask(512, 512, 16, 16, 3, last_idx=1024)
+            remarks.append(f"transformers {_pkg_version('transformers')} BigBird: in eval mode the random blocks are "
+                           f"{'all block 0' if not rand.any() else 'drawn'} (its _bigbird_block_rand_mask returns zeros "
+                           f"when not training), so at inference its 'random' attention re-reads the first (global) block.")
+        except ReferenceMissing:
+            pass
     return remarks
 
 
@@ -261,6 +401,55 @@ def pair_specs(cfg) -> List[Dict]:
              build_ref=ref_nystrom, ref_version=f"nystrom-attention {_pkg_version('nystrom-attention')}",
              exact=False, target_time=0.8, target_mem=1.0,
              notes="Reference: qkv Linear without bias; no depthwise-conv residual on either side."),
+        dict(ours="reformer", opts=dict(hash_rounds=REFORMER["n_hashes"], buckets=max(1, n // REFORMER["bucket_size"]),
+                                        bucket_size=REFORMER["bucket_size"], dedup=False),
+             ref=f"reformer_pytorch.LSHSelfAttention(bucket_size={REFORMER['bucket_size']}, n_hashes={REFORMER['n_hashes']}, "
+                 f"attend_across_buckets=False, allow_duplicate_attention=True)",
+             build_ref=ref_reformer, ref_version=f"reformer-pytorch {_pkg_version('reformer-pytorch')}", exact=False,
+             target_time=0.8, target_mem=1.0,
+             notes=f"Same hyper-parameters: shared QK, {REFORMER['n_hashes']} hash rounds, n / {REFORMER['bucket_size']} "
+                   f"buckets, chunks of {REFORMER['bucket_size']} looking one chunk back, duplicates counted. Outputs not "
+                   f"compared: the reference draws new random rotations at every call. Reference: q/k and v Linear without bias."),
+        dict(ours="sinkhorn", opts=dict(block_size=SINKHORN["bucket_size"], sinkhorn_iters=SINKHORN["sinkhorn_iter"],
+                                        temperature=SINKHORN["temperature"], gumbel=False),
+             ref=f"sinkhorn_transformer.SinkhornSelfAttention(bucket_size={SINKHORN['bucket_size']}, "
+                 f"sinkhorn_iter={SINKHORN['sinkhorn_iter']}, temperature={SINKHORN['temperature']}, non_permutative=False, "
+                 f"n_top_buckets=1)",
+             build_ref=ref_sinkhorn, ref_version=f"sinkhorn-transformer {_pkg_version('sinkhorn-transformer')}",
+             exact=False, target_time=0.8, target_mem=1.0,
+             notes=f"Same hyper-parameters: blocks of {SINKHORN['bucket_size']}, {SINKHORN['sinkhorn_iter']} Sinkhorn rounds, "
+                   f"temperature {SINKHORN['temperature']}, each query block over its own and one sorted block. Outputs not "
+                   "compared: the reference adds Gumbel noise at every call (eval too) and scores blocks through relu and "
+                   "a log. Reference: q and kv Linear without bias."),
+        dict(ours="longformer", opts=dict(window=WINDOW, dilation=1, global_tokens=0),
+             ref=f"local_attention.LocalAttention(window_size={WINDOW}, look_backward=1, look_forward=1, exact_windowsize=True) "
+                 f"in our projection layout",
+             build_ref=ref_local_window, ref_version=f"local-attention {_pkg_version('local-attention')}", exact=True,
+             target_time=0.8, target_mem=1.0,
+             notes=f"Longformer's window part alone (no global token): keys within {WINDOW} positions either side, the same "
+                   f"function on both sides; weights copied in."),
+        dict(ours="local", opts=dict(window=WINDOW),
+             ref=f"local_attention.LocalAttention(window_size={WINDOW}, look_backward=1, look_forward=1, exact_windowsize=True) "
+                 f"in our projection layout",
+             build_ref=ref_local_window, ref_version=f"local-attention {_pkg_version('local-attention')}", exact=True,
+             target_time=0.8, target_mem=1.0,
+             notes=f"Keys within {WINDOW} positions either side, the same function on both sides; weights copied in."),
+        dict(ours="longformer", opts=dict(window=WINDOW, dilation=1, global_tokens=1),
+             ref=f"transformers LongformerSelfAttention(attention_window={2 * WINDOW}) + Linear, position 0 global",
+             build_ref=ref_hf_longformer, ref_version=f"transformers {_pkg_version('transformers')}", exact=True,
+             target_time=0.8, target_mem=1.0,
+             notes=f"Window of {WINDOW} either side and one global token (position 0), the same function on both sides: "
+                   "ours' Q/K/V weights copied into the reference's local and global projections alike."),
+        dict(ours="bigbird", opts=dict(block=BIGBIRD["block"], random_blocks=BIGBIRD["random_blocks"], global_blocks=2),
+             ref=f"transformers BigBirdBlockSparseAttention(block_size={BIGBIRD['block']}, "
+                 f"num_random_blocks={BIGBIRD['random_blocks']}) + Linear",
+             build_ref=ref_hf_bigbird, ref_version=f"transformers {_pkg_version('transformers')}", exact=False,
+             target_time=0.8, target_mem=1.0, min_len=(5 + 2 * BIGBIRD["random_blocks"]) * BIGBIRD["block"] + 1,
+             notes=f"Same hyper-parameters: blocks of {BIGBIRD['block']}, a window of 3 blocks, {BIGBIRD['random_blocks']} "
+                   "random blocks per query block, 2 global blocks (ours: the first two; the reference: the first and the "
+                   "last), so each query block reads the same number of keys. Outputs not compared: the global blocks "
+                   "differ, and in eval mode the reference's random blocks are all block 0 (it draws them in training "
+                   "only); the work is the same."),
     ]
 
 
@@ -401,6 +590,9 @@ def run_pair(spec: Dict, cfg: Dict, log) -> Dict:
         row["status"] = f"skipped: '{spec['ours']}' not registered yet"
         return row
     B, n, d, h = cfg["batch"], cfg["seq_len"], cfg["dim"], cfg["heads"]
+    if spec.get("min_len") and n < spec["min_len"]:
+        row["status"] = f"skipped: the reference needs n >= {spec['min_len']}"
+        return row
     try:
         torch.manual_seed(0)
         ours = build_attention(spec["ours"], d, h, **spec["opts"]).eval()
