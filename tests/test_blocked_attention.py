@@ -281,3 +281,23 @@ def test_inference_path_equals_autograd_path(name, opts):
                     y0 = attn(x, mask=m, causal=causal)
                 assert y.requires_grad and not y0.requires_grad
                 torch.testing.assert_close(y0, y.detach(), atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name,opts", INFERENCE_CASES, ids=[f"{n}-" + "-".join(f"{k}{v}" for k, v in o.items())
+                                                            for n, o in INFERENCE_CASES])
+def test_heads_in_chunks_equal_all_at_once(name, opts, monkeypatch):
+    """Long sequences go through the kernel a few heads at a time (blocked.SCORES_BUDGET); one head per chunk
+    must give what all heads at once give (1e-6), with autograd and without, with padding."""
+    import models.attention.blocked as blocked
+
+    attn = make(name, **opts)
+    x = torch.randn(B, N, DIM)
+    mask = torch.ones(B, N, dtype=torch.bool)
+    mask[1, :4] = False
+    ref = attn(x, mask=mask)
+    with torch.no_grad():
+        ref0 = attn(x, mask=mask)
+    monkeypatch.setattr(blocked, "SCORES_BUDGET", 1)
+    torch.testing.assert_close(attn(x, mask=mask), ref, atol=1e-6, rtol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(attn(x, mask=mask), ref0, atol=1e-6, rtol=1e-5)

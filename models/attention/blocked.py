@@ -10,12 +10,14 @@ rule allows, each pair once (shared keys only in their own part; gathered and st
 band or the shared keys give), and masks the rest; the dense (B, h, n, n) matrix on request is the same
 rule written densely. Tests compare the two with an allowed matrix written independently from each paper.
 
-Layout per (batch element, head): positions are regrouped by residue mod `dilation` (G = dilation groups,
-each an ordinary sequence of L = ceil(n / G) positions), cut into nb blocks of W. The band of query block
-b is key blocks b - before .. b + after, read as an overlapping `unfold` view of the keys padded by
-before (after) zero blocks: one batched matmul per head with no copy of the windows. Masks (the rule,
-causality, padding, sequence ends) are merged once into an additive bias that `baddbmm` adds while it
-computes the scores.
+Layout: every (batch element, head, residue group mod `dilation`) is one sequence of L = ceil(n / G)
+positions cut into nb blocks of W, and all of them sit end to end in one flat buffer, each as a segment of
+`before` zero blocks, its nb blocks and `after` zero blocks. The band of query block b is key blocks
+b - before .. b + after, an overlapping `unfold` view of that buffer (no copy of the windows), so one
+batched matmul covers the band of every head at once (a chunk of heads for long sequences; the before +
+after padding blocks of each segment are computed too, and charged). Masks (the rule, causality, padding,
+sequence ends) are merged once into one additive bias shared by all heads. The queries are scaled as they
+are laid out, so the score products are plain `bmm`.
 
 Axis letters: B batch, h heads, n length, e head dim, G residue groups, nb blocks, W block length,
 K keys computed per query (span W * (before + 1 + after) + shared + gathered + strided).
@@ -82,6 +84,10 @@ class BlockPattern:
         return -(-self.length // self.block)
 
     @property
+    def segment(self) -> int:  # query blocks computed per group: nb, then before + after blocks of padding
+        return self.blocks + self.before + self.after
+
+    @property
     def span(self) -> int:  # keys in a band
         return (self.before + 1 + self.after) * self.block
 
@@ -98,8 +104,10 @@ class BlockPattern:
 
     def flops(self, batch: int, heads: int, e: int) -> int:
         """Matmul FLOPs of `blocked_attention` (2 per multiply-add): scores and their product with the values
-        for every computed pair, padded blocks included, plus the dense global rows."""
-        rows = self.dilation * self.blocks * self.block  # query rows computed per head
+        for every computed pair, padded blocks included (each group computes `segment` query blocks, the last
+        before + after of them padding: the price of one batched product over all heads), plus the dense
+        global rows."""
+        rows = self.dilation * self.segment * self.block  # query rows computed per head
         keys = sum(size for _, size in self.part_sizes())
         fl = 2 * 2 * rows * keys * e
         if self.global_rows is not None:
@@ -121,35 +129,40 @@ class BlockPattern:
         return (i % d == j % d) & (rel >= -self.before) & (rel <= self.after)
 
     def key_grid(self, device) -> Tuple[Tensor, Tensor, Tensor]:
-        """Original positions of the computed queries (G, nb, W, 1) and keys (G, nb, W, K), and whether each
-        key exists (inside the sequence, not an empty slot); (W of keys is 1 where a part is the same for every
-        row of a block)."""
-        d, W, nb, n = self.dilation, self.block, self.blocks, self.n
+        """Original positions of the computed queries (G, Q, W, 1) and keys (G, Q, W, K) for the Q = segment
+        query blocks (the last before + after are padding), and whether each key exists (inside the sequence,
+        not an empty slot)."""
+        d, W, nb, n, Q = self.dilation, self.block, self.blocks, self.n, self.segment
         ar = lambda m: torch.arange(m, device=device)  # noqa: E731
-        g, blk, r = ar(d).view(d, 1, 1, 1), ar(nb).view(1, nb, 1, 1), ar(W).view(1, 1, W, 1)
-        qpos = (blk * W + r) * d + g  # (G, nb, W, 1)
+        g, blk, r = ar(d).view(d, 1, 1, 1), ar(Q).view(1, Q, 1, 1), ar(W).view(1, 1, W, 1)
+        qpos = (blk * W + r) * d + g  # (G, Q, W, 1)
         keys, exists = [], []
         for part, size in self.part_sizes():
             if part == "band":
-                kl = (blk - self.before) * W + ar(size).view(1, 1, 1, size)  # (1, nb, 1, span) within the group
-                kp = kl * d + g  # (G, nb, 1, span)
+                kl = (blk - self.before) * W + ar(size).view(1, 1, 1, size)  # (1, Q, 1, span) within the group
+                kp = kl * d + g  # (G, Q, 1, span)
                 ok = (kl >= 0) & (kl < nb * W) & (kp < n)
             elif part == "shared":
                 kp = self.shared.to(device).view(1, 1, 1, size)
                 ok = torch.ones_like(kp, dtype=torch.bool)
             elif part == "gathered":
-                R = self.gathered.to(device)  # (nb, r)
-                kp = (R[:, :, None] * W + ar(W)).reshape(1, nb, 1, size)
-                ok = (R[:, :, None] >= 0).expand(-1, -1, W).reshape(1, nb, 1, size) & (kp < n)
+                R = self.gathered_segment().to(device)  # (Q, r)
+                kp = (R[:, :, None] * W + ar(W)).reshape(1, Q, 1, size)
+                ok = (R[:, :, None] >= 0).expand(-1, -1, W).reshape(1, Q, 1, size) & (kp < n)
             else:  # strided: row r of a block sees positions t * W + r, t over all blocks
                 kp = ar(nb).view(1, 1, 1, nb) * W + r  # (1, 1, W, nb)
                 ok = kp < n
-            keys.append(kp.expand(d, nb, W, size))
-            exists.append(ok.expand(d, nb, W, size))
+            keys.append(kp.expand(d, Q, W, size))
+            exists.append(ok.expand(d, Q, W, size))
         return qpos, torch.cat(keys, -1), torch.cat(exists, -1)
 
+    def gathered_segment(self) -> Tensor:
+        """The gathered key blocks of every computed query block, (segment, r): none (-1) for padding blocks."""
+        R = self.gathered
+        return torch.cat([R, R.new_full((self.segment - self.blocks, R.shape[1]), -1)])
+
     def structure(self, causal: bool, device) -> Tuple[Tensor, Tensor]:
-        """Key positions (G, nb, W, K) and the structural mask (G, nb, W, K): the rule, causality, sequence
+        """Key positions (G, Q, W, K) and the structural mask (G, Q, W, K): the rule, causality, sequence
         ends, and each pair once."""
         i, j, ok = self.key_grid(device)
         ic, jc = i.clamp(max=self.n - 1), j.clamp(0, self.n - 1)
@@ -167,24 +180,15 @@ class BlockPattern:
         allowed[..., first + S :] &= ~(self._covers_band(ic, rest) | in_shared[rest])
         return j, allowed
 
-    def masks(self, causal: bool, mask: Optional[Tensor], dtype: torch.dtype, device) -> "Masks":
-        """The structural mask merged with padding (mask False), once for all heads. Without padding, where
-        most blocks share one mask (a band), it is kept as runs of blocks with the (W, K) mask they share plus
-        the few blocks that differ (cached per (causal, device)); otherwise as an additive bias
-        (B | 1, G, nb, W, K): 0 where allowed, masked_value elsewhere."""
+    def bias(self, causal: bool, mask: Optional[Tensor], dtype: torch.dtype, device) -> Tensor:
+        """Additive bias (B | 1, G, Q, W, K): 0 where allowed, masked_value elsewhere, with padding keys (mask
+        False) merged in once for all heads. Without a mask it is cached per (causal, dtype, device)."""
         key = (causal, dtype, str(device))
         if mask is None and key in self._bias:
             return self._bias[key]
         j, allowed = self.structure(causal, device)
-        if mask is None:
-            runs = _runs_of_shared_masks(allowed, dtype)
-            if runs is not None:
-                self._bias[key] = Masks(None, runs)
-                return self._bias[key]
-            allowed = allowed[None]
-        else:
-            allowed = allowed[None] & mask[:, j.clamp(0, self.n - 1)]  # (B, G, nb, W, K)
-        out = Masks(_additive(allowed, dtype), None)
+        allowed = allowed[None] if mask is None else allowed[None] & mask[:, j.clamp(0, self.n - 1)]  # (B, G, Q, W, K)
+        out = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(~allowed, masked_value(dtype))
         if mask is None:
             self._bias[key] = out
         return out
@@ -200,57 +204,190 @@ class BlockPattern:
         return torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(~allowed, masked_value(dtype))
 
 
-def _additive(allowed: Tensor, dtype: torch.dtype) -> Tensor:
-    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, masked_value(dtype))
-
-
-@dataclass(frozen=True)
-class Masks:
-    """What `blocked_attention` masks with: an additive bias, or per residue group a list of (first block,
-    last block + 1, additive (W, K) bias) added in place after the scores are computed (a broadcast add is
-    far cheaper than masked_fill_ here)."""
-
-    bias: Optional[Tensor]
-    runs: Optional[List[List[Tuple[int, int, Tensor]]]]
-
-
-def _runs_of_shared_masks(allowed: Tensor, dtype: torch.dtype) -> Optional[List[List[Tuple[int, int, Tensor]]]]:
-    """allowed (G, nb, W, K) -> per group, runs of consecutive blocks with one mask, or None when more than
-    a quarter of the blocks (at least 2) differ from the middle block's mask (then a bias is cheaper)."""
-    G, nb = allowed.shape[:2]
-    out = []
-    for g in range(G):
-        typical = allowed[g, nb // 2]
-        same = (allowed[g] == typical).flatten(1).all(-1).tolist()  # (nb,)
-        if same.count(False) > max(2, nb // 4):
-            return None
-        runs, start = [], 0
-        for blk in range(nb + 1):
-            if blk == nb or not same[blk]:
-                if blk > start:
-                    runs.append((start, blk, _additive(typical, dtype)))
-                if blk < nb:
-                    runs.append((blk, blk + 1, _additive(allowed[g, blk], dtype)))
-                start = blk + 1
-        out.append(runs)
-    return out
-
-
 # --------------------------------------------------------------------------- the kernel
 
 
-def _to_layout(t: Tensor, p: BlockPattern, front: int, back: int) -> Tensor:
-    """(B, h, n, e) -> (B, h, G, (front + nb + back) * W, e), contiguous: zero blocks before and after, each
-    residue group's positions in order. One copy (two with dilation). Contiguous heads keep every batched
-    matmul below on BLAS's batched path (strided matrices fall back to one call per block)."""
+def _flat_layout(t: Tensor, p: BlockPattern, front: int, extra: int, scale: float = 1.0) -> Tensor:
+    """(B, h, n, e) -> a flat (B h G segment W + extra W, e) buffer: per (batch, head, residue group) one
+    segment of `segment` blocks, the group's positions in order after `front` zero blocks, zeros after them;
+    `extra` zero blocks at the very end (so the last segment's windows stay inside). One copy (two with
+    dilation). Contiguous, so every product below is one call on BLAS's batched path over all heads. `scale`
+    multiplies the values on the way (the queries' 1 / sqrt(e), so the score products need no scaling)."""
     B, h, n, e = t.shape
-    d, W = p.dilation, p.block
-    head, tail = front * W * d, (front + p.blocks + back) * W * d - front * W * d - n
-    parts = ([t.new_zeros(B, h, head, e)] if head else []) + [t] + ([t.new_zeros(B, h, tail, e)] if tail else [])
-    t = torch.cat(parts, 2) if len(parts) > 1 else t.contiguous()  # (B, h, total, e)
-    if d == 1:
-        return t.view(B, h, 1, t.shape[2], e)
-    return t.view(B, h, t.shape[2] // d, d, e).transpose(2, 3).contiguous()
+    d, W, L, Q = p.dilation, p.block, p.length, p.segment
+    buf = t.new_empty((B * h * d * Q + extra) * W, e)
+    seg = buf[: B * h * d * Q * W].view(B, h, d, Q * W, e)
+    seg[:, :, :, : front * W].zero_()
+    seg[:, :, :, front * W + L :].zero_()
+    buf[B * h * d * Q * W :].zero_()
+    if d > 1:
+        t = torch.cat([t, t.new_zeros(B, h, L * d - n, e)], 2) if L * d > n else t
+        t = t.view(B, h, L, d, e).transpose(2, 3)  # (B, h, G, L, e)
+        dst = seg[:, :, :, front * W : front * W + L]
+    else:
+        dst = seg[:, :, 0, front * W : front * W + n]
+    if scale == 1.0:
+        dst.copy_(t)
+    elif t.requires_grad and torch.is_grad_enabled():
+        dst.copy_(t * scale)
+    else:
+        torch.mul(t, scale, out=dst)  # scaled while copied
+    return buf
+
+
+SCORES_BUDGET = 32 * 2**20  # bytes of scores computed at once: heads go in chunks of about this much
+
+
+def blocked_attention(q: Tensor, k: Tensor, v: Tensor, p: BlockPattern, mask: Optional[Tensor], causal: bool,
+                      scale: float) -> Tensor:
+    """q, k, v: (B, h, n, e); mask: (B, n) bool padding mask (True = real) or None. Returns (B, h, n, e).
+    Softmax over the allowed keys of each query, computed block by block (see the module docstring), each
+    part in one batched product over a chunk of heads (about SCORES_BUDGET bytes of scores) and all their
+    query blocks. With autograd the parts' scores are concatenated and normalised by one softmax; without
+    (no_grad, or no input needing a gradient) the score buffers are reused from chunk to chunk, each part
+    takes its own softmax in place and the parts' outputs are weighted by their share of the row's total:
+    the same matmuls, so the same FLOPs, and no copy of the scores."""
+    B, h, n, e = q.shape
+    if n != p.n:
+        raise ValueError(f"the pattern was built for {p.n} positions, got a sequence of {n}")
+    W, nb, G, Q = p.block, p.blocks, p.dilation, p.segment
+    ba = p.before + p.after
+    H = B * h * G  # independent sequences: (batch, head, residue group)
+    inference = not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad))
+    bias = p.bias(causal, mask, q.dtype, q.device)  # (B | 1, G, Q, W, K)
+    sizes = p.part_sizes()
+    offsets = [sum(size for _, size in sizes[:i]) for i in range(len(sizes) + 1)]
+    K = offsets[-1]
+    qf = _flat_layout(q, p, 0, 0, scale).view(H * Q, W, e)  # scaled query blocks, then ba padding blocks, per sequence
+    kf, vf = _flat_layout(k, p, p.before, ba), _flat_layout(v, p, p.before, ba)  # keys after `before` zero blocks
+    ks = vs = R = None
+    if p.shared is not None:
+        S = p.shared.to(q.device)
+        ks, vs = (t[:, :, S][:, :, None].expand(B, h, G, len(S), e).reshape(H, len(S), e) for t in (k, v))
+    if p.gathered is not None:
+        R = p.gathered_segment().to(q.device).clamp(min=0).reshape(-1)  # empty slots read block 0, masked
+    per_head = G * Q * W * K * q.element_size()
+    nh = max(1, min(h, SCORES_BUDGET // max(1, per_head)))
+    bufs = {}
+    Y = q.new_empty(H * Q, W, e) if inference else None
+    ys = []
+    for b in range(B):
+        bias_b = bias[b if bias.shape[0] > 1 else 0]  # (G, Q, W, K)
+        for h0 in range(0, h, nh):
+            c0, c1 = (b * h + h0) * G, (b * h + min(h, h0 + nh)) * G  # sequences c0 .. c1 - 1
+            chunk = _Chunk(p, qf[c0 * Q : c1 * Q], kf[c0 * Q * W : (c1 * Q + ba) * W], vf[c0 * Q * W : (c1 * Q + ba) * W],
+                           None if ks is None else (ks[c0:c1], vs[c0:c1]), R)
+            out = Y[c0 * Q : c1 * Q] if inference else None
+            y = chunk.attend(sizes, offsets, bias_b, bufs if inference else None, out)
+            if not inference:
+                ys.append(y)
+    y = (Y if inference else torch.cat(ys)).view(B, h, G, Q * W, e)[:, :, :, : nb * W]
+    y = _from_layout(y, p)  # (B, h, n, e)
+    if p.global_rows is not None and len(p.global_rows):
+        rows = p.global_rows.to(q.device)
+        rb = p.row_bias(causal, mask, q.dtype, q.device)  # (B | 1, R, n)
+        qr = q[:, :, rows]  # (B, h, R, e)
+        front = p.before * W
+        seq = lambda t, b: t[: H * Q * W].view(B, h, Q * W, e)[b, :, front : front + n]  # noqa: E731 (G = 1)
+        yr = []
+        for b in range(B):  # keys and values from the contiguous layout where it holds them in order
+            kb, vb = (seq(kf, b), seq(vf, b)) if G == 1 else (k[b], v[b])
+            s = torch.baddbmm(rb[b if rb.shape[0] > 1 else 0].expand(h, -1, -1), qr[b], kb.transpose(1, 2), alpha=scale)
+            yr.append(torch.bmm(s.softmax(-1), vb))  # (h, R, e)
+        y = y.index_copy(2, rows, torch.stack(yr))
+    return y
+
+
+class _Chunk:
+    """Consecutive sequences (heads x residue groups of one batch element) of the flat layout: queries
+    (Hc Q, W, e), keys and values (Hc Q W + ba W, e) rows, the shared keys and values (Hc, S, e)."""
+
+    def __init__(self, p: BlockPattern, qf: Tensor, kf: Tensor, vf: Tensor, shared, R: Optional[Tensor]):
+        self.p, self.qf, self.kf, self.vf, self.shared, self.R = p, qf, kf, vf, shared, R
+        self.T, self.W, self.e = qf.shape
+        self.Q = p.segment
+        self.Hc = self.T // self.Q
+
+    def own(self, t: Tensor) -> Tensor:  # (Hc, nb, W, e): each sequence's real key blocks
+        p = self.p
+        return t[: self.T * self.W].view(self.Hc, self.Q, self.W, self.e)[:, p.before : p.before + p.blocks]
+
+    def scores(self, part: str, out: Optional[Tensor]) -> Tuple[Tensor, Optional[Tensor]]:
+        """Scores of one part, (T, W, size) ((Hc W, Q, nb) in residue order for the strided part), and its values."""
+        p, T, W, e, Hc, Q = self.p, self.T, self.W, self.e, self.Hc, self.Q
+        if part == "band":  # overlapping windows of the flat keys: window t covers key blocks t .. t + ba
+            kw = self.kf.unfold(0, p.span, W)  # (T, e, span), a view
+            return torch.bmm(self.qf, kw, out=out), self.vf.unfold(0, p.span, W).transpose(1, 2)
+        if part == "shared":  # every query of a sequence against the same keys: (Hc, Q W, S)
+            ks, vs = self.shared
+            o = None if out is None else out.view(Hc, Q * W, -1)
+            return torch.bmm(self.qf.view(Hc, Q * W, e), ks.transpose(1, 2), out=o).view(T, W, -1), vs
+        if part == "gathered":  # the r key blocks of each query block: (T, r W, e)
+            kg, vg = (self.own(t).reshape(Hc, p.blocks, W * e).index_select(1, self.R).view(T, -1, e) for t in (self.kf, self.vf))
+            return torch.bmm(self.qf, kg.transpose(1, 2), out=out), vg
+        # strided, residue order: row r of every query block against keys t W + r of every key block
+        qr = self.qf.view(Hc, Q, W, e).transpose(1, 2).reshape(Hc * W, Q, e)
+        kr, vr = (self.own(t).transpose(1, 2).reshape(Hc * W, p.blocks, e) for t in (self.kf, self.vf))
+        return torch.bmm(qr, kr.transpose(1, 2), out=out), vr
+
+    def block_order(self, part: str, t: Tensor) -> Tensor:  # residue-order (Hc W, Q, x) as (T, W, x)
+        return t.view(self.Hc, self.W, self.Q, -1).transpose(1, 2).reshape(self.T, self.W, -1) if part == "strided" else t
+
+    def apply(self, part: str, a: Tensor, v: Tensor, out: Optional[Tensor] = None) -> Tensor:
+        """a @ v of one part as (T, W, e) in block order (`a` in the part's own order)."""
+        if part == "shared":
+            o = None if out is None else out.view(self.Hc, self.Q * self.W, self.e)
+            return torch.bmm(a.reshape(self.Hc, self.Q * self.W, -1), v, out=o).view(self.T, self.W, self.e)
+        if part == "strided":
+            return self.block_order(part, torch.bmm(a, v))
+        return torch.bmm(a, v, out=out)
+
+    def attend(self, sizes, offsets, bias: Tensor, bufs: Optional[dict], out: Optional[Tensor]) -> Tensor:
+        """The chunk's outputs (T, W, e). bias (G, Q, W, K); bufs: reused score buffers (inference), else None."""
+        G, Q, W = self.p.dilation, self.Q, self.W
+        nh = self.Hc // G
+        scores, values = {}, {}
+        for (part, size), lo, hi in zip(sizes, offsets, offsets[1:]):
+            buf = None
+            if bufs is not None:
+                shape = (self.Hc * W, Q, size) if part == "strided" else (self.T, W, size)
+                if part not in bufs or bufs[part].numel() < self.T * W * size:
+                    bufs[part] = self.qf.new_empty(shape)
+                buf = bufs[part].view(-1)[: self.T * W * size].view(shape)
+            s, values[part] = self.scores(part, buf)
+            bp = bias[..., lo:hi]  # (G, Q, W, size), the same for every head
+            if part == "strided":
+                s.view(nh, G, W, Q, size).add_(bp.transpose(-3, -2))
+            else:
+                s.view(nh, G, Q, W, size).add_(bp)
+            scores[part] = s
+        if bufs is None:  # autograd: one softmax over the concatenated parts
+            parts = [self.block_order(part, scores[part]) for part, _ in sizes]
+            a = (torch.cat(parts, -1) if len(parts) > 1 else parts[0]).softmax(-1)  # (T, W, K)
+            y = None
+            for (part, _), lo, hi in zip(sizes, offsets, offsets[1:]):
+                ap = a[..., lo:hi]
+                if part == "strided":
+                    ap = ap.reshape(self.Hc, Q, W, -1).transpose(1, 2).reshape(self.Hc * W, Q, -1)
+                y = self.apply(part, ap, values[part]) if y is None else y + self.apply(part, ap, values[part])
+            return y
+        if len(sizes) == 1:
+            a = torch.ops.aten._softmax.out(scores["band"], -1, False, out=scores["band"])  # in place
+            return self.apply("band", a, values["band"], out=out)
+        # each part's own softmax in place (fast, even over masked scores), weighted by exp(max_p - max) *
+        # sum_p, where sum_p = 1 / (the part's largest probability); the output divided by the total once
+        maxima = {part: self.block_order(part, t.amax(-1, keepdim=True)) for part, t in scores.items()}  # (T, W, 1)
+        top = torch.stack(list(maxima.values())).amax(0)
+        total = y = None
+        for part, _ in sizes:
+            a = torch.ops.aten._softmax.out(scores[part], -1, False, out=scores[part])
+            weight = (maxima[part] - top).exp_().div_(self.block_order(part, a.amax(-1, keepdim=True)))
+            total = weight if total is None else total.add_(weight)
+            if y is None:
+                y = self.apply(part, a, values[part], out=out).mul_(weight)
+            else:
+                y.addcmul_(self.apply(part, a, values[part]), weight)
+        return y.div_(total)
 
 
 def _from_layout(y: Tensor, p: BlockPattern) -> Tensor:
@@ -259,165 +396,6 @@ def _from_layout(y: Tensor, p: BlockPattern) -> Tensor:
     if d > 1:
         y = y.transpose(2, 3)
     return y.reshape(B, h, Lp * d, e)[:, :, : p.n]
-
-
-def _scores(out: Optional[Tensor], bias: Optional[Tensor], a: Tensor, b: Tensor, scale: float) -> Tensor:
-    """scale * a @ b (+ bias): addmm for matrices, baddbmm for batches; into `out` when given (no autograd)."""
-    op = torch.addmm if a.dim() == 2 else torch.baddbmm
-    beta = 1
-    if bias is None:
-        bias, beta = a.new_zeros(()).expand(*a.shape[:-1], b.shape[-1]), 0
-    return op(bias, a, b, beta=beta, alpha=scale, out=out)
-
-
-class _Head:
-    """One (batch element, head, residue group): its queries in blocks and the keys / values of every part,
-    as contiguous (or transposed-contiguous) matrices."""
-
-    def __init__(self, p: BlockPattern, ql: Tensor, kl: Tensor, vl: Tensor, shared, gathered, b: int, hh: int, g: int):
-        W, nb, span = p.block, p.blocks, p.span
-        e = ql.shape[-1]
-        self.q = ql[b, hh, g].view(nb, W, e)  # (nb, W, e)
-        self.k = {"band": kl[b, hh, g].unfold(0, span, W)}  # (nb, e, span): overlapping windows, a view
-        self.v = {"band": vl[b, hh, g].unfold(0, span, W).transpose(1, 2)}  # (nb, span, e)
-        if shared is not None:
-            self.k["shared"], self.v["shared"] = shared[0][b, hh].T, shared[1][b, hh]  # (e, S), (S, e)
-        if gathered is not None:  # the r key blocks of each query block, one index_select per head: (nb, r W, e)
-            own = slice(p.before * W, p.before * W + nb * W)
-            pick = lambda t: t[b, hh, 0, own].view(nb, W * e).index_select(0, gathered).view(nb, -1, e)  # noqa: E731
-            self.k["gathered"], self.v["gathered"] = pick(kl).transpose(-2, -1), pick(vl)
-        if p.strided:  # residue order: row r of every block, keys t W + r
-            own = slice(p.before * W, p.before * W + nb * W)
-            self.qr = self.q.transpose(0, 1).contiguous()  # (W, nb, e)
-            self.k["strided"] = kl[b, hh, 0, own].view(nb, W, e).transpose(0, 1).contiguous().transpose(1, 2)  # (W, e, nb)
-            self.v["strided"] = vl[b, hh, 0, own].view(nb, W, e).transpose(0, 1).contiguous()  # (W, nb, e)
-
-    def scores(self, part: str, out: Optional[Tensor], bias: Optional[Tensor], scale: float) -> Tensor:
-        """(nb, W, size) scores of one part ((W, nb, nb), residue order, for the strided part)."""
-        nb, W, e = self.q.shape
-        if part == "shared":  # every row against the same keys: one (nb W, S) product
-            flat = lambda t: None if t is None else t.reshape(nb * W, -1)  # noqa: E731
-            return _scores(flat(out), flat(bias), self.q.view(nb * W, e), self.k[part], scale).view(nb, W, -1)
-        if part == "strided":
-            return _scores(out, None if bias is None else bias.transpose(0, 1), self.qr, self.k[part], scale)
-        return _scores(out, bias, self.q, self.k[part], scale)
-
-    def apply(self, part: str, a: Tensor, out: Optional[Tensor] = None) -> Tensor:
-        """a @ values of one part, (nb, W, e); `a` in the part's own order."""
-        nb, W, e = self.q.shape
-        if part == "shared":
-            return torch.mm(a.reshape(nb * W, -1), self.v[part], out=None if out is None else out.view(nb * W, e)).view(nb, W, e)
-        y = torch.bmm(a, self.v[part], out=out)
-        return y.transpose(0, 1) if part == "strided" else y
-
-
-def _masks_of(masks: Masks, b: int, g: int, offsets: List[int]):
-    """Per part, its slice of the bias (or None), and the runs of group g (or None)."""
-    bias = None if masks.bias is None else masks.bias[b if masks.bias.shape[0] > 1 else 0, g]  # (nb, W, K)
-    biases = [None if bias is None else bias[..., lo:hi] for lo, hi in zip(offsets, offsets[1:])]
-    return biases, None if masks.runs is None else masks.runs[g]
-
-
-def _add_bias(scores: Tensor, runs, lo: int, hi: int, strided: bool = False) -> None:
-    """The runs' bias for one part (keys lo:hi of the merged layout) added in place; all-zero slices skipped."""
-    target = scores.transpose(0, 1) if strided else scores  # block-major view
-    for start, stop, bias in runs:
-        part = bias[..., lo:hi]
-        if bool(part.any()):
-            target[start:stop].add_(part)
-
-
-def blocked_attention(q: Tensor, k: Tensor, v: Tensor, p: BlockPattern, mask: Optional[Tensor], causal: bool,
-                      scale: float) -> Tensor:
-    """q, k, v: (B, h, n, e); mask: (B, n) bool padding mask (True = real) or None. Returns (B, h, n, e).
-    Softmax over the allowed keys of each query, computed block by block (see the module docstring).
-    With autograd: the parts' scores are concatenated and normalised by one softmax. Without (no_grad, or no
-    input needing a gradient): each part's scores go into a buffer reused by every head, each part takes its
-    own softmax in place, and the parts' outputs are weighted by their share of the row's total: the same
-    matmuls, so the same FLOPs, and no copy of the scores."""
-    B, h, n, e = q.shape
-    if n != p.n:
-        raise ValueError(f"the pattern was built for {p.n} positions, got a sequence of {n}")
-    W, nb, G = p.block, p.blocks, p.dilation
-    Lp = nb * W
-    inference = not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad))
-    masks = p.masks(causal, mask, q.dtype, q.device)
-    sizes = p.part_sizes()
-    offsets = [sum(size for _, size in sizes[:i]) for i in range(len(sizes) + 1)]
-    ql = _to_layout(q, p, 0, 0)  # (B, h, G, Lp, e)
-    kl = _to_layout(k, p, p.before, p.after)  # (B, h, G, (before + nb + after) W, e)
-    vl = _to_layout(v, p, p.before, p.after)
-    shared = gathered = None
-    if p.shared is not None:
-        S = p.shared.to(q.device)
-        shared = k[:, :, S], v[:, :, S]  # (B, h, S, e)
-    if p.gathered is not None:
-        R = p.gathered.to(q.device).clamp(min=0)  # empty slots read block 0 and are masked
-        gathered = R.reshape(-1)  # (nb r,) key blocks, query block by query block
-    Y = q.new_empty(B, h, G, Lp, e)
-    if inference:
-        bufs = {part: q.new_empty((W, nb, nb) if part == "strided" else (nb, W, size)) for part, size in sizes}
-        if len(sizes) > 1:
-            tmp = q.new_empty(nb, W, e)
-    ys = []
-    for b in range(B):
-        for hh in range(h):
-            for g in range(G):
-                head = _Head(p, ql, kl, vl, shared, gathered, b, hh, g)
-                biases, runs = _masks_of(masks, b, g, offsets)
-                if not inference:
-                    parts = [head.scores(part, None, bp, scale) for (part, _), bp in zip(sizes, biases)]
-                    parts = [t.transpose(0, 1) if part == "strided" else t for (part, _), t in zip(sizes, parts)]
-                    scores = torch.cat(parts, -1) if len(parts) > 1 else parts[0]  # (nb, W, K)
-                    if runs is not None:
-                        _add_bias(scores, runs, 0, offsets[-1])
-                    a = scores.softmax(-1)
-                    y = None
-                    for (part, _), lo, hi in zip(sizes, offsets, offsets[1:]):
-                        ap = a[..., lo:hi].transpose(0, 1) if part == "strided" else a[..., lo:hi]
-                        y = head.apply(part, ap) if y is None else y + head.apply(part, ap)
-                    ys.append(y)
-                    continue
-                for (part, _), bp, lo, hi in zip(sizes, biases, offsets, offsets[1:]):
-                    s = head.scores(part, bufs[part], bp, scale)
-                    if runs is not None:
-                        _add_bias(s, runs, lo, hi, strided=part == "strided")
-                out = Y[b, hh, g].view(nb, W, e)
-                if len(sizes) == 1:
-                    a = torch.ops.aten._softmax.out(bufs["band"], -1, False, out=bufs["band"])  # in place
-                    head.apply("band", a, out=out)
-                    continue
-                # softmax across the parts: each part's own softmax in place (fast, even over masked scores),
-                # then the parts weighted by exp(max_p - max) * sum_p, where sum_p = 1 / (the part's largest
-                # probability), and the output divided by the total once
-                blockwise = {part: t.transpose(0, 1) if part == "strided" else t for part, t in bufs.items()}
-                maxima = {part: t.amax(-1, keepdim=True) for part, t in blockwise.items()}  # (nb, W, 1) each
-                top = torch.stack(list(maxima.values())).amax(0)
-                total = None
-                for part, _ in sizes:
-                    torch.ops.aten._softmax.out(bufs[part], -1, False, out=bufs[part])
-                    weight = (maxima[part] - top).exp_().div_(blockwise[part].amax(-1, keepdim=True))
-                    total = weight if total is None else total.add_(weight)
-                    if part == "band":
-                        head.apply(part, bufs[part], out=out).mul_(weight)
-                    elif part == "strided":
-                        out.addcmul_(torch.bmm(bufs[part], head.v[part], out=tmp.view(W, nb, e)).transpose(0, 1), weight)
-                    else:
-                        out.addcmul_(head.apply(part, bufs[part], out=tmp), weight)
-                out.div_(total)
-    y = _from_layout(Y if inference else torch.stack(ys).view(B, h, G, Lp, e), p)  # (B, h, n, e)
-    if p.global_rows is not None and len(p.global_rows):
-        rows = p.global_rows.to(q.device)
-        rb = p.row_bias(causal, mask, q.dtype, q.device)  # (B | 1, R, n)
-        qr = q[:, :, rows]  # (B, h, R, e)
-        front = p.before * W
-        yr = []
-        for b in range(B):  # keys and values from the contiguous layout where it holds them in order
-            kb, vb = (kl[b, :, 0, front : front + n], vl[b, :, 0, front : front + n]) if G == 1 else (k[b], v[b])
-            s = torch.baddbmm(rb[b if rb.shape[0] > 1 else 0].expand(h, -1, -1), qr[b], kb.transpose(1, 2), alpha=scale)
-            yr.append(torch.bmm(s.softmax(-1), vb))  # (h, R, e)
-        y = y.index_copy(2, rows, torch.stack(yr))
-    return y
 
 
 def dense_weights(q: Tensor, k: Tensor, p: BlockPattern, mask: Optional[Tensor], causal: bool, scale: float) -> Tensor:
