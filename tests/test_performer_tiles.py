@@ -14,6 +14,7 @@ import pytest
 import torch
 from conftest import load_script
 
+from models.attention import build_attention
 from models.attention.functional import kernel_attention, merge_heads
 from models.attention.performer import favor_attention, favor_features, gaussian_orthogonal_features
 
@@ -83,3 +84,25 @@ def test_throughput_benchmark_runs_and_writes_its_tables(tmp_path):
     with pytest.raises(SystemExit) as exc:
         bench.main(["--mechanisms", "nope", "--out", str(tmp_path / "x")])
     assert exc.value.code == 2
+
+
+def test_module_takes_the_tiles_on_one_thread_only_and_both_agree():
+    """PerformerAttention uses the tiles on one CPU thread and the whole-sequence form with more: outputs and
+    gradients agree to float rounding (1e-6 absolute, 1e-5 relative), with a padding mask."""
+    attn = build_attention("performer", 32, 2, features=16)
+    x = torch.randn(2, 300, 32)
+    mask = torch.ones(2, 300, dtype=torch.bool)
+    mask[1, :40] = False
+    threads = torch.get_num_threads()
+    outs = []
+    try:
+        for t in (1, 2):
+            torch.set_num_threads(t)
+            xi = x.clone().requires_grad_()
+            y = attn(xi, mask=mask)
+            (g,) = torch.autograd.grad(y.square().sum(), xi)
+            outs.append((y.detach(), g))
+    finally:
+        torch.set_num_threads(threads)
+    torch.testing.assert_close(outs[0][0][mask], outs[1][0][mask], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(outs[0][1], outs[1][1], atol=1e-6, rtol=1e-5)

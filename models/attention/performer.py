@@ -7,9 +7,13 @@ query's features are shifted by their own maximum (the |q|^2 term cancels entire
 one shared maximum over real keys (the |k|^2 term does not cancel and is kept). Features and the
 kernel are computed in fp32, so bf16/fp16 autocast stays finite.
 
-Non-causal: O(n m e) per head, in row tiles (favor_attention): each tile's features are made, shifted,
-exponentiated and used while in cache, so no (n, m) feature matrix is written to memory. Causal: chunked
-prefix sums (functional.kernel_attention), no custom extension. `redraw_interval`: in training mode, draw new features every that many forward calls
+Non-causal: O(n m e) per head. On one CPU thread in row tiles (favor_attention): each tile's features are
+made, shifted, exponentiated and used while in cache, so no (n, m) feature matrix is written to memory
+(n = 10,000, 8 heads, 256 features: 0.49 -> 0.67 of the matmul's FLOP/s, benchmarks/results/
+kernel_throughput_1thread*.md). With several threads the whole-sequence form instead: the tiles' ~600 small
+operations each synchronise the threads, and on a machine whose cores other processes also use each waits for
+a descheduled thread (2 threads at load 8: 0.36 -> 0.07, kernel_throughput*.md). Same matmuls, same FLOPs,
+equal up to float rounding. Causal: chunked prefix sums (functional.kernel_attention), no custom extension. `redraw_interval`: in training mode, draw new features every that many forward calls
 (None = keep the first draw); `redraw_projection()` draws on demand.
 
 Note (causal): the shared key shift is taken over the whole sequence. It cancels exactly in the
@@ -168,15 +172,16 @@ class PerformerAttention(Attention):
             self._calls += 1
         q, k, v = self.project_qkv(x)  # (B, h, n, e)
         w = None
+        tiles = not causal and q.device.type == "cpu" and torch.get_num_threads() == 1
         with torch.autocast(x.device.type, enabled=False):
-            if causal or need_weights:
+            if not tiles or need_weights:
                 qf, kf = favor_features(q, k, self.projection, mask)  # (B, h, n, m)
                 if need_weights:
                     w = kernel_weights(qf, kf, causal, eps=1e-30)
-            if causal:
-                y = merge_heads(kernel_attention(qf, kf, v.float(), causal=True, chunk=self.chunk, eps=1e-30))
-            else:
+            if tiles:
                 y = favor_attention(q, k, v, self.projection, mask)  # (B, n, d), no (n, m) features in memory
+            else:
+                y = merge_heads(kernel_attention(qf, kf, v.float(), causal=causal, chunk=self.chunk, eps=1e-30))
         return self.out(y.to(v.dtype)), w
 
     def _feature_map_flops(self, seq_len: int, batch: int) -> int:
