@@ -301,3 +301,18 @@ def test_heads_in_chunks_equal_all_at_once(name, opts, monkeypatch):
     torch.testing.assert_close(attn(x, mask=mask), ref, atol=1e-6, rtol=1e-5)
     with torch.no_grad():
         torch.testing.assert_close(attn(x, mask=mask), ref0, atol=1e-6, rtol=1e-5)
+
+
+def test_throughput_benchmark_smoke(tmp_path):
+    """benchmarks/bench_blocked_throughput.py --quick writes its two files with a row per blocked mechanism."""
+    import json
+    from pathlib import Path
+
+    from conftest import load_script
+
+    bench = load_script(Path(__file__).resolve().parents[1] / "benchmarks" / "bench_blocked_throughput.py")
+    assert bench.main(["--quick", "--seq-len", "200", "--threads", "1", "--out", str(tmp_path / "t")]) == 0
+    report = json.loads((tmp_path / "t.json").read_text())
+    assert [r["label"] for r in report["rows"]] == [label for label, _, _ in bench.MECHANISMS]
+    assert all(r["status"] == "ok" and r["flops"] > 0 and r["ratio"] > 0 for r in report["rows"])
+    assert "| local |" in (tmp_path / "t.md").read_text()
