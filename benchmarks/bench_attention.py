@@ -2,9 +2,13 @@
 Our attention mechanisms side by side with the best public implementation of the same mechanism,
 same configuration, same process: time and peak memory ratios, plus a memory-scaling check.
 
-The committed results (benchmarks/results/attention_vs_reference.{md,json}) come from:
+The committed results (benchmarks/results/attention_vs_reference.{md,json}, an AMD EPYC run that
+docs/results.md quotes) come from:
 
 $ python benchmarks/bench_attention.py
+
+Later runs are kept beside it under their own names (attention_vs_reference_<what>-<date>-<cpu>.{md,json}),
+among them the first with the LRA-zoo pairs (issue 15).
 
 i.e. CPU, fp32, dim 512, 8 heads (head dim 64), batch 1, n = 4096, forward only under
 torch.no_grad() with models in eval(), torch threads = os.cpu_count(), 3 warm-up runs then 10 timed
