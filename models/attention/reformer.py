@@ -5,7 +5,9 @@ the paper. Each of `hash_rounds` rounds hashes q with its own random rotation R 
 h(x) = argmax([xR; -xR]), sorts the positions by (bucket, position) and cuts that order into chunks of
 `bucket_size`; a query attends to the keys of its own bucket in its chunk and the previous one, so a
 round costs O(n * bucket_size) time and memory (never an n x n matrix). A token attends to itself only
-when no other key is available (its score is lowered by 1e5, the paper's m_ii). The rounds are combined
+when no other key is available (the paper lowers its score by m_ii = 1e5; here that is taken to its
+limit: excluded unless alone, and a round where a token had only itself weighs nothing beside rounds
+where it had other keys, which keeps float32 exact where s - 1e5 would not be). The rounds are combined
 by the paper's log-sum-exp weighting, o_i = sum_r exp(z_r(i) - z(i)) o_r(i), where a pair seen in N_ij
 rounds is charged log N_ij in each (`dedup=True`, the paper's formula: the result is then one softmax
 over the union of the rounds' key sets); `dedup=False` counts such a pair N_ij times, as lucidrains'
