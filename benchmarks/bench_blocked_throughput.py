@@ -29,7 +29,7 @@ import torch
 from models.attention import build_attention, list_attentions
 from profiling import time_interleaved
 from profiling.harness import command_line, finish, int_arg, machine, timing_summary, write_results
-from profiling.machine import cpu_times, steal_fraction
+from profiling.machine import cpu_times, git_commit, steal_fraction
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "blocked_throughput"
 TARGET = 0.80
@@ -52,7 +52,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int_arg("--warmup", low=0), default=None, help="untimed rounds (default 2; --quick 1)")
     p.add_argument("--quick", action="store_true", help="smoke test: n = 512, 1 timed round")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output stem: OUT.md and OUT.json")
+    p.add_argument("--remark", action="append", default=[], help="a line added to the results' remarks (repeatable)")
     return p
+
+
+def _util_words(util: Optional[float]) -> str:
+    if util is None or util != util:
+        return "not measured"
+    return "the run had the cores to itself" if util >= 0.9 else "well below 1: other processes competed"
 
 
 def render_markdown(report: Dict[str, Any]) -> str:
@@ -66,8 +73,8 @@ def render_markdown(report: Dict[str, Any]) -> str:
         f"Machine: {m['cpu_model']}, {m['logical_cpus']} logical CPUs ({m['physical_cores']} cores), torch "
         f"{m['torch_version']}, {m['torch_threads']} torch threads; load average {m['load_avg_start']} at the start, "
         f"{m.get('load_avg_end')} at the end; CPU steal {report.get('cpu_steal')}; process CPU use / (wall x threads) "
-        f"{report.get('cpu_util', float('nan')):.2f} (well below 1: other processes competed). {m['started_utc']} to "
-        f"{m.get('finished_utc')}. `{m['command']}`",
+        f"{report.get('cpu_util', float('nan')):.2f} ({_util_words(report.get('cpu_util'))}); git commit "
+        f"{m.get('git_commit')}. {m['started_utc']} to {m.get('finished_utc')}. `{m['command']}`",
         "",
         f"Config: CPU fp32, forward under no_grad, eval(); dim {cfg['dim']}, {cfg['heads']} heads, batch 1, "
         f"n = {cfg['seq_len']}; {cfg['warmup']} warm-up + {cfg['runs']} timed interleaved rounds; medians (minima).",
@@ -97,7 +104,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
     d = args.dim
     cfg = dict(seq_len=n, dim=d, heads=args.heads, batch=1, runs=runs, warmup=warmup, dtype="float32", device="cpu")
-    report: Dict[str, Any] = dict(machine=machine(args.threads, command_line("bench_blocked_throughput.py", argv)),
+    report: Dict[str, Any] = dict(machine=machine(args.threads, command_line("bench_blocked_throughput.py", argv),
+                                                  git_commit=git_commit()),
                                   config=cfg, target=TARGET, rows=[], remarks=[])
     registered = set(list_attentions())
     x = torch.randn(1, n, d)
@@ -154,6 +162,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "which is what the kernel does, not the 2w + 1 keys strictly needed.",
         "The attention part's GFLOP/s is (analytic - projection FLOPs) / (median forward - median projections-only "
         "time): a difference of medians on a shared machine, a guide to where the time goes, not a target.",
+        *args.remark,
     ]
     finish(report["machine"])
     md, js = write_results(args.out, report, render_markdown(report))
