@@ -79,6 +79,17 @@ def reference_checks() -> List[str]:
             d = (ref(x) - ref(x)).abs().max().item()
             out.append(f"reformer-pytorch {_version('reformer-pytorch')}: eval mode draws new random rotations at every call "
                        f"(two calls on one input differ by up to {d:.3g}); ours keeps its rotations in eval mode.")
+            causal = importlib.import_module("reformer_pytorch").LSHSelfAttention(64, heads=4, bucket_size=16, n_hashes=2, causal=True).eval()
+            x2 = x.clone()
+            x2[0, -1] = 3 * torch.randn(64)  # only the last token changes
+            torch.manual_seed(1)
+            y = causal(x)
+            torch.manual_seed(1)  # the same rotations
+            d = (causal(x2)[0, :-1] - y[0, :-1]).abs().max().item()
+            out.append(f"reformer-pytorch causal=True: changing only the last token changes the outputs before it by up to "
+                       f"{d:.3g} (same rotations): the chunk boundaries of the sorted order move with later tokens' buckets "
+                       f"and its causal mask compares positions only. Ours uses a band in the sorted order (no change: "
+                       f"tests/test_attention.py::test_causal_no_future_leak).")
         except ImportError:
             out.append("reformer-pytorch not installed")
         try:
@@ -87,6 +98,11 @@ def reference_checks() -> List[str]:
             d = (ref(x) - ref(x)).abs().max().item()
             out.append(f"sinkhorn-transformer {_version('sinkhorn-transformer')}: Gumbel noise is added in eval mode too "
                        f"(two calls differ by up to {d:.3g}); ours adds it only in training, and only with gumbel=True.")
+            ref.to_kv.weight[64:].zero_()  # the value half: every value is 0, so attention should give 0
+            d = (ref(x) - ref.to_out.bias).abs().max().item()
+            out.append(f"sinkhorn-transformer (non-causal, n_sortcut=0): with every value 0 the output still differs from the "
+                       f"output projection's bias by up to {d:.3g}: SinkhornAttention.forward sets b_v_r = b_k_r.reshape(...), "
+                       f"so the sorted block's values are its keys.")
         except ImportError:
             out.append("sinkhorn-transformer not installed")
     return out
