@@ -12,6 +12,7 @@ split, first --train images; test: the first --test images of its test split (da
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
 import time
@@ -43,13 +44,21 @@ def accuracy(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return (pred == y).float().mean().item()
 
 
+def geometry(contour_length: int) -> gen.Geometry:
+    """The 32 px geometry with paths of `contour_length` dashes (LRA: 14, "hard"; Linsley et al. also made 6 and 9),
+    distractors of a third of that, as LRA's generator sets them."""
+    return dataclasses.replace(gen.GEOMETRY[32], contour_length=contour_length,
+                               distractor_length=max(1, contour_length // 3))
+
+
 def train(train_n: int, test_n: int, epochs: int, seed: int, lr: float = 2e-3, batch: int = 64,
-          log=print) -> Dict[str, object]:
+          log=print, contour_length: int = 14) -> Dict[str, object]:
     """Generate, train, test; returns the per-epoch test accuracies and the times."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     t0 = time.perf_counter()
-    tr, te = gen.generate(np.arange(train_n), "train"), gen.generate(np.arange(test_n), "test")
+    g = geometry(contour_length)
+    tr, te = gen.generate(np.arange(train_n), "train", geometry=g), gen.generate(np.arange(test_n), "test", geometry=g)
     gen_seconds = time.perf_counter() - t0
     x, y = torch.from_numpy(tr.images)[:, None], torch.from_numpy(tr.labels)
     x_test, y_test = torch.from_numpy(te.images)[:, None], torch.from_numpy(te.labels)
@@ -77,7 +86,7 @@ def train(train_n: int, test_n: int, epochs: int, seed: int, lr: float = 2e-3, b
         log(f"epoch {epoch + 1}: test accuracy {curve[-1]['test_accuracy']:.4f} ({curve[-1]['seconds']:.0f} s)")
     final = curve[-1]["test_accuracy"]
     half = 1.96 * math.sqrt(0.25 / test_n)  # chance's spread: 0.5 +/- half holds 95 % of chance results
-    return {"train_images": train_n, "test_images": test_n, "epochs": epochs, "batch": batch, "lr": lr, "seed": seed,
+    return {"contour_length": contour_length, "train_images": train_n, "test_images": test_n, "epochs": epochs, "batch": batch, "lr": lr, "seed": seed,
             "parameters": sum(p.numel() for p in net.parameters()), "generation_seconds": gen_seconds,
             "training_seconds": time.perf_counter() - t0, "training_cpu_seconds": time.process_time() - c0,
             "curve": curve, "final_test_accuracy": final, "chance_interval_95": [0.5 - half, 0.5 + half],
@@ -87,7 +96,7 @@ def train(train_n: int, test_n: int, epochs: int, seed: int, lr: float = 2e-3, b
 def render_markdown(report: Dict) -> str:
     m, r = report["machine"], report["result"]
     lo, hi = r["chance_interval_95"]
-    lines = ["# Pathfinder (generated, 32 x 32, contour length 14): a small CNN on CPU", "",
+    lines = [f"# Pathfinder (generated, 32 x 32, contour length {r['contour_length']}): a small CNN on CPU", "",
              f"Machine: {m['cpu_model']}, {m['logical_cpus']} logical CPUs, {m['torch_threads']} torch threads; torch "
              f"{m['torch_version']}, Python {m['python_version']}; {m['started_utc']}; load average "
              f"{m['load_avg_start']} at the start, {m['load_avg_end']} at the end (shared with other agents). "
@@ -112,11 +121,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--epochs", type=int_arg("--epochs"), default=10)
     ap.add_argument("--threads", type=int_arg("--threads"), default=2)
     ap.add_argument("--seed", type=int_arg("--seed", 0), default=0)
+    ap.add_argument("--lr", type=float, default=2e-3, help="peak learning rate of the one-cycle schedule")
+    ap.add_argument("--contour-length", type=int_arg("--contour-length", 2), default=14,
+                    help="dashes per path: 14 is LRA's (hard); 6 and 9 are Linsley et al.'s easier levels")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "pathfinder_learnability")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     report: Dict[str, object] = {"machine": machine(args.threads, command_line("bench_pathfinder_learnability.py", argv))}
-    report["result"] = train(args.train, args.test, args.epochs, args.seed, log=lambda s: print(s, flush=True))
+    report["result"] = train(args.train, args.test, args.epochs, args.seed, args.lr,
+                             log=lambda s: print(s, flush=True), contour_length=args.contour_length)
     finish(report["machine"])
     report["notes"] = [
         "LRA's models reach 71 % (Transformer, paper) and 65-74 % (PyTorch reproductions) on the release's "
