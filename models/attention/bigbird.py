@@ -18,7 +18,6 @@ blocks are gathered per query block, the global rows are dense. O(n (3 + r + g) 
 """
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Optional, Tuple
 
 import torch
@@ -27,12 +26,12 @@ from torch import Tensor
 from utils.checks import check_int
 
 from .base import Attention
-from .blocked import BlockPattern, attend, band_reach
+from .blocked import BlockPattern, attend, band_reach, pattern_cache
 from .functional import merge_heads
 from .registry import register_attention
 
 
-@lru_cache(maxsize=64)
+@pattern_cache(maxsize=64)
 def random_blocks(blocks: int, global_blocks: int, r: int, seed: int) -> Optional[Tensor]:
     """(blocks, slots) key blocks per query block, -1 for an empty slot; None when no query block has a
     candidate. Candidates: outside the window (|a - b| > 1), not global; global query blocks draw none.
@@ -49,7 +48,7 @@ def random_blocks(blocks: int, global_blocks: int, r: int, seed: int) -> Optiona
     return torch.where(u.gather(-1, pick) < 2.0, pick, torch.full_like(pick, -1))
 
 
-@lru_cache(maxsize=16)
+@pattern_cache(maxsize=16)
 def bigbird_pattern(n: int, block: int, r: int, global_blocks: int, seed: int) -> BlockPattern:
     W = min(block, n)
     nb = -(-n // W)

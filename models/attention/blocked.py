@@ -25,7 +25,7 @@ K keys computed per query (span W * (before + 1 + after) + shared + gathered + s
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import lru_cache, wraps
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
@@ -41,6 +41,19 @@ def masked_value(dtype: torch.dtype) -> float:
     so a row with no allowed key gives a finite (meaningless) output, and exp() of it is exactly 0 beside any
     allowed key."""
     return torch.finfo(dtype).min / 2
+
+
+
+def pattern_cache(maxsize: int):
+    """lru_cache for pattern builders, building under inference_mode(False): a pattern first made during
+    validation (Lightning runs it in inference mode) must still serve training's autograd."""
+    def wrap(fn):
+        @wraps(fn)
+        def build(*args):
+            with torch.inference_mode(False):
+                return fn(*args)
+        return lru_cache(maxsize=maxsize)(build)
+    return wrap
 
 
 @dataclass(frozen=True, eq=False)
@@ -186,9 +199,10 @@ class BlockPattern:
         key = (causal, dtype, str(device))
         if mask is None and key in self._bias:
             return self._bias[key]
-        j, allowed = self.structure(causal, device)
-        allowed = allowed[None] if mask is None else allowed[None] & mask[:, j.clamp(0, self.n - 1)]  # (B, G, Q, W, K)
-        out = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(~allowed, masked_value(dtype))
+        with torch.inference_mode(mask is not None and torch.is_inference_mode_enabled()):  # cached: a normal tensor
+            j, allowed = self.structure(causal, device)
+            allowed = allowed[None] if mask is None else allowed[None] & mask[:, j.clamp(0, self.n - 1)]  # (B, G, Q, W, K)
+            out = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(~allowed, masked_value(dtype))
         if mask is None:
             self._bias[key] = out
         return out
@@ -479,7 +493,7 @@ def band_reach(blocks: int, causal: bool) -> Tuple[int, int]:
     return 1, 0 if causal else 1
 
 
-@lru_cache(maxsize=16)
+@pattern_cache(maxsize=16)
 def window_pattern(n: int, window: int, dilation: int, causal: bool) -> BlockPattern:
     """The sliding window of radius `window` (in steps of `dilation`): blocks of W = window positions per
     residue group, so the neighbouring blocks hold every key in reach (3W keys computed for 2w + 1 needed;

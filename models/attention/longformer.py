@@ -14,7 +14,6 @@ by every query, the g global rows as dense rows. O(n (3w + g) e + g n e) per hea
 """
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Optional, Tuple
 
 import torch
@@ -23,12 +22,12 @@ from torch import Tensor
 from utils.checks import check_int
 
 from .base import Attention
-from .blocked import BlockPattern, attend, band_reach
+from .blocked import BlockPattern, attend, band_reach, pattern_cache
 from .functional import merge_heads
 from .registry import register_attention
 
 
-@lru_cache(maxsize=16)
+@pattern_cache(maxsize=16)
 def longformer_pattern(n: int, window: int, dilation: int, global_tokens: int, causal: bool) -> BlockPattern:
     L = -(-n // dilation)
     W = max(1, min(window, L))

@@ -18,7 +18,6 @@ product in residue order), O(n (3l + n / l) e). With l ~ sqrt(n) both are O(n sq
 """
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Optional, Tuple
 
 import torch
@@ -27,14 +26,14 @@ from torch import Tensor
 from utils.checks import check_choice, check_int
 
 from .base import Attention
-from .blocked import BlockPattern, attend, band_reach
+from .blocked import BlockPattern, attend, band_reach, pattern_cache
 from .functional import merge_heads
 from .registry import register_attention
 
 PATTERNS = ("fixed", "strided")
 
 
-@lru_cache(maxsize=16)
+@pattern_cache(maxsize=16)
 def sparse_pattern(n: int, pattern: str, stride: int, summary: int, causal: bool) -> BlockPattern:
     l = stride  # noqa: E741 (the paper's name)
     W = min(l, n)
