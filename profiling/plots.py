@@ -56,9 +56,10 @@ MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">", "p", "h", "*"]
 
 def mechanism_styles(names: Iterable[str]) -> Dict[str, Tuple[str, str]]:
     """name -> (colour, marker), fixed over the sorted registry names plus the given names, so a
-    mechanism looks the same in every figure and every sweep."""
+    mechanism looks the same in every figure and every sweep. Past the palette's length the markers shift by one
+    per round, so every (colour, marker) pair stays distinct up to len(PALETTE) * len(MARKERS) mechanisms."""
     ordered = sorted(set(list_attentions()) | set(names))
-    return {n: (PALETTE[i % len(PALETTE)], MARKERS[i % len(MARKERS)]) for i, n in enumerate(ordered)}
+    return {n: (PALETTE[i % len(PALETTE)], MARKERS[(i + i // len(PALETTE)) % len(MARKERS)]) for i, n in enumerate(ordered)}
 
 
 # ------------------------------------------------------------------------------ pure helpers
