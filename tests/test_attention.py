@@ -120,7 +120,7 @@ def test_shape_and_finite(name, causal):
 @pytest.mark.parametrize("name", ALL)
 def test_capabilities_declared(name):
     caps = capabilities()[name]
-    assert set(caps) == {"mask", "padding_anywhere", "causal", "weights", "weights_are_distributions", "exact"}
+    assert set(caps) == {"mask", "padding_anywhere", "causal", "weights", "weights_are_distributions", "exact", "decoding"}
     assert all(isinstance(v, bool) for v in caps.values())
     attn = make(name)
     assert attn.max_seq_len is None or (isinstance(attn.max_seq_len, int) and attn.max_seq_len > 0)

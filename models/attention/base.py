@@ -17,6 +17,10 @@ finite but meaningless. Capabilities are class attributes, read by tests, the sw
                      False where the approximation's matrix is not (Nystrom)
     exact            computes exact softmax attention (up to float rounding)
     max_seq_len      instance property: longest sequence accepted, None for unbounded
+    supports_decoding  `step` decodes incrementally: new positions in, their causal outputs and the
+                     new cache/state out (see "Incremental decoding" below)
+    decoding_state   how that state grows with the positions seen: "kv-cache" (linearly), "window"
+                     (up to a fixed number of positions), "constant" (a fixed size); None without decoding
 
 Two more declarations serve the registry-wide tests, so a new mechanism needs no test edits:
 
@@ -24,6 +28,16 @@ Two more declarations serve the registry-wide tests, so a new mechanism needs no
                      run fast at a few hundred positions: what the tests build, and a quick start
     bad_options      values of its options that it refuses (one option each), beyond the type errors
                      the tests derive from the defaults (a float, bool or string where an int belongs)
+
+Incremental decoding (causal generation without recomputing the prefix):
+
+    state = None
+    y1, state = attn.step(x[:, :5], state)    # the first five positions
+    y2, state = attn.step(x[:, 5:6], state)   # one more; equals attn(x[:, :6], causal=True)[:, 5:]
+    attn.state_bytes(state)                   # the memory the cache/state holds
+
+`step` is causal whatever the construction flag says and takes no padding mask. A state is a dict of
+tensors (plus the int "pos", the positions seen); it belongs to one module and one batch.
 
 `flops(seq_len, batch)` is the analytic count of matmul FLOPs (2 per multiply-add) of the
 mechanism as implemented, projections included; element-wise work (softmax, exp, normalisation)
@@ -61,6 +75,8 @@ class Attention(nn.Module):
     has_weights: ClassVar[bool] = False
     weights_are_distributions: ClassVar[bool] = True
     exact: ClassVar[bool] = False
+    supports_decoding: ClassVar[bool] = False
+    decoding_state: ClassVar[Optional[str]] = None  # "kv-cache", "window" or "constant"
     not_causal_reason: ClassVar[str] = "its approximation mixes every position with every other"
     example_options: ClassVar[Dict[str, Any]] = {}
     bad_options: ClassVar[Tuple[Dict[str, Any], ...]] = ()
@@ -198,6 +214,45 @@ class Attention(nn.Module):
                 raise ValueError(f"mask must be on the same device as x ({x.device}), got {mask.device}")
         if return_weights and not self.has_weights:
             raise ValueError(f"attention '{self.name}' cannot return attention weights (has_weights is False)")
+
+    # ------------------------------------------------------------------ incremental decoding
+
+    def step(self, x: Tensor, state: Optional[Dict[str, Any]] = None) -> Tuple[Tensor, Dict[str, Any]]:
+        """Causal outputs for new positions given the state of all earlier ones.
+
+        Args:
+            x: (batch, t, dim), the t >= 1 positions that follow those `state` has seen.
+            state: what an earlier `step` returned, or None to start a sequence.
+        Returns:
+            (batch, t, dim) outputs, equal to forward(all positions so far, causal=True)[:, -t:] up to
+            rounding, and the new state (the old one may be reused in place; do not step it twice).
+        """
+        if not self.supports_decoding:
+            raise ValueError(f"attention '{self.name}' has no incremental decoding (supports_decoding is False)")
+        self.check_input(x, None)
+        if state is None:
+            state = {"pos": 0}
+        elif not isinstance(state, dict) or not isinstance(state.get("pos"), int):
+            raise ValueError(f"state must be None or the dict an earlier step returned, got {type(state).__name__}")
+        elif state.get("batch", x.shape[0]) != x.shape[0]:
+            raise ValueError(f"x has batch {x.shape[0]} but the state was built for batch {state['batch']}")
+        self.check_length(state["pos"] + x.shape[1])
+        y, state = self._step(x, state)
+        state["pos"] += x.shape[1]
+        state["batch"] = x.shape[0]
+        return self.out_drop(y), state
+
+    def _step(self, x: Tensor, state: Dict[str, Any]) -> Tuple[Tensor, Dict[str, Any]]:
+        """(B, t, d) new positions and the state after state["pos"] positions -> (B, t, d) outputs
+        (before dropout) and the updated state; `step` advances "pos" afterwards."""
+        raise NotImplementedError
+
+    @staticmethod
+    def state_bytes(state: Optional[Dict[str, Any]]) -> int:
+        """Bytes held by the tensors of a decoding state (its cache or recurrent state)."""
+        if not state:
+            return 0
+        return sum(t.numel() * t.element_size() for t in state.values() if isinstance(t, Tensor))
 
     # ------------------------------------------------------------------ cost model
 

@@ -158,6 +158,22 @@ def kernel_attention(
     return num / den.clamp_min(eps) if eps > 0 else num / den
 
 
+def kernel_attention_step(qf: Tensor, kf: Tensor, v: Tensor, kv: Optional[Tensor], eps: float = 1e-6) -> Tuple[Tensor, Tensor]:
+    """Causal `kernel_attention` for t new positions after a prefix summarised by its recurrent state
+    kv = sum_j kf_j^T [v_j, 1] (B, h, m, e+1; None before the first position): the constant-size state
+    of incremental decoding. Returns the (B, h, t, e) outputs and the state after the t positions."""
+    t, e = qf.shape[-2], v.shape[-1]
+    v1 = torch.cat([v, v.new_ones(*v.shape[:-1], 1)], dim=-1)  # (B, h, t, e+1)
+    a = qf @ kf.transpose(-2, -1)  # (B, h, t, t)
+    out = a.masked_fill_(~torch.ones(t, t, dtype=torch.bool, device=a.device).tril_(), 0.0) @ v1
+    step_kv = kf.transpose(-2, -1) @ v1  # (B, h, m, e+1)
+    if kv is not None:
+        out = out + qf @ kv
+        step_kv = step_kv + kv
+    num, den = out[..., :e], out[..., e:]
+    return (num / den.clamp_min(eps) if eps > 0 else num / den), step_kv
+
+
 def kernel_attention_flops(B: int, h: int, n: int, m: int, e: int, causal: bool, chunk: int = 64) -> int:
     """Matmul FLOPs (2 per multiply-add) of `kernel_attention` as implemented."""
     e1 = e + 1

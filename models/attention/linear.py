@@ -13,7 +13,14 @@ from torch import Tensor
 from utils.checks import check_int
 
 from .base import Attention
-from .functional import elu_features, kernel_attention, kernel_attention_flops, kernel_weights, merge_heads
+from .functional import (
+    elu_features,
+    kernel_attention,
+    kernel_attention_flops,
+    kernel_attention_step,
+    kernel_weights,
+    merge_heads,
+)
 from .registry import register_attention
 
 
@@ -22,6 +29,8 @@ class LinearAttention(Attention):
     supports_mask = True
     supports_causal = True
     has_weights = True
+    supports_decoding = True
+    decoding_state = "constant"  # sum_j phi(k_j) [v_j, 1]: (B, h, e, e + 1) whatever the length
     example_options = {"chunk": 8}
     bad_options = ({"chunk": 0},)
 
@@ -36,6 +45,13 @@ class LinearAttention(Attention):
             y = kernel_attention(qf, kf, v.float(), causal=causal, chunk=self.chunk, eps=1e-30)
             w = kernel_weights(qf, kf, causal, eps=1e-30) if need_weights else None
         return self.out(merge_heads(y.to(v.dtype))), w
+
+    def _step(self, x: Tensor, state: dict) -> Tuple[Tensor, dict]:
+        q, k, v = self.project_qkv(x)
+        with torch.autocast(x.device.type, enabled=False):
+            qf, kf = elu_features(q, k, None)
+            y, state["kv"] = kernel_attention_step(qf, kf, v.float(), state.get("kv"), eps=1e-30)
+        return self.out(merge_heads(y.to(v.dtype))), state
 
     def attention_flops(self, seq_len: int, batch: int, causal: bool) -> int:
         e = self.head_dim

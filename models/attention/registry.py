@@ -76,6 +76,7 @@ def capabilities() -> Dict[str, Dict[str, bool]]:
             "weights": cls.has_weights,
             "weights_are_distributions": cls.weights_are_distributions,
             "exact": cls.exact,
+            "decoding": cls.supports_decoding,
         }
         for name, cls in sorted(_REGISTRY.items())
     }

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Optional, Tuple
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -22,6 +23,8 @@ class SoftmaxAttention(Attention):
     supports_causal = True
     has_weights = True
     exact = True
+    supports_decoding = True
+    decoding_state = "kv-cache"  # every position's keys and values: (B, h, n, e) each
 
     def _attend(self, x: Tensor, mask: Optional[Tensor], causal: bool, need_weights: bool) -> Tuple[Tensor, Optional[Tensor]]:
         q, k, v = self.project_qkv(x)  # (B, h, n, e)
@@ -36,6 +39,16 @@ class SoftmaxAttention(Attention):
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_padding_mask(mask))
         return self.out(merge_heads(y)), None  # (B, n, d)
+
+    def _step(self, x: Tensor, state: dict) -> Tuple[Tensor, dict]:
+        q, k, v = self.project_qkv(x)  # (B, h, t, e)
+        k, v = (torch.cat([state[s], new], dim=2) if s in state else new for s, new in (("k", k), ("v", v)))
+        state["k"], state["v"] = k, v
+        t, n = q.shape[2], k.shape[2]
+        # query i (absolute position n - t + i) sees keys 0 .. n - t + i; SDPA's is_causal aligns top-left
+        allowed = None if t == 1 else torch.ones(t, n, dtype=torch.bool, device=x.device).tril_(n - t)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+        return self.out(merge_heads(y)), state
 
     def attention_flops(self, seq_len: int, batch: int, causal: bool) -> int:
         return exact_attention_flops(batch, seq_len, self.dim, causal)
