@@ -120,7 +120,8 @@ def test_shape_and_finite(name, causal):
 @pytest.mark.parametrize("name", ALL)
 def test_capabilities_declared(name):
     caps = capabilities()[name]
-    assert set(caps) == {"mask", "padding_anywhere", "causal", "weights", "weights_are_distributions", "exact", "decoding"}
+    assert set(caps) == {"mask", "padding_anywhere", "causal", "always_causal", "weights", "weights_are_distributions",
+                         "exact", "decoding"}
     assert all(isinstance(v, bool) for v in caps.values())
     attn = make(name)
     assert attn.max_seq_len is None or (isinstance(attn.max_seq_len, int) and attn.max_seq_len > 0)
@@ -275,6 +276,22 @@ def test_causal_no_future_leak(name):
         # i = j always sees token j, so it must change; overall i >= j must change
         assert (y2[0, j] - y[0, j]).abs().max() > 1e-4, f"output at i=j={j} did not change"
         assert (y2[0, j:] - y[0, j:]).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_non_causal_sees_the_future_unless_always_causal(name):
+    """Non-causal attention lets a later token change earlier outputs; a mechanism that declares always_causal
+    (a recurrence over positions) runs causally whatever it is asked: its full and causal outputs agree."""
+    attn = make(name)
+    x = torch.randn(1, N, DIM)
+    y = attn(x)
+    if cls_of(name).always_causal:
+        assert cls_of(name).supports_causal, f"{name}: always_causal without supports_causal"
+        torch.testing.assert_close(y, attn(x, causal=True), atol=1e-6, rtol=1e-5)  # the same computation
+    else:
+        x2 = x.clone()
+        x2[0, -1] += torch.randn(DIM)
+        assert (attn(x2)[0, :-1] - y[0, :-1]).abs().max() > 1e-4, "the last token changed no earlier output"
 
 
 @pytest.mark.parametrize("name", ALL)

@@ -9,6 +9,10 @@ finite but meaningless. Capabilities are class attributes, read by tests, the sw
 
     supports_mask    padding mask respected (outputs of real tokens ignore padding tokens)
     supports_causal  causal attention available (construction or forward flag)
+    always_causal    causal by nature (a recurrence over positions: retention, gla, deltanet): it runs
+                     causally also when asked for non-causal attention, so in an encoder each position
+                     sees itself and the earlier ones only (a unidirectional encoder, as the LRA papers
+                     of these models use them); implies supports_causal
     padding_anywhere real outputs are unchanged by padding anywhere in the sequence, not only at
                      its ends (False for position-defined windows)
     has_weights      can return the (B, h, n, n) attention matrix it applies (explicitly or
@@ -71,6 +75,7 @@ class Attention(nn.Module):
     name: ClassVar[str] = ""  # set by @register_attention
     supports_mask: ClassVar[bool] = True
     supports_causal: ClassVar[bool] = False
+    always_causal: ClassVar[bool] = False  # True: non-causal requests run the causal recurrence too
     padding_anywhere: bool = True  # a class default; a mechanism may set it per instance
     has_weights: ClassVar[bool] = False
     weights_are_distributions: ClassVar[bool] = True

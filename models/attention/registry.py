@@ -73,6 +73,7 @@ def capabilities() -> Dict[str, Dict[str, bool]]:
             "mask": cls.supports_mask,
             "padding_anywhere": cls.padding_anywhere,
             "causal": cls.supports_causal,
+            "always_causal": cls.always_causal,
             "weights": cls.has_weights,
             "weights_are_distributions": cls.weights_are_distributions,
             "exact": cls.exact,
