@@ -520,3 +520,53 @@ def dense_window_weights(q: Tensor, k: Tensor, window: int, mask: Optional[Tenso
 def window_flops(batch: int, heads: int, n: int, e: int, window: int, causal: bool, dilation: int = 1) -> int:
     """Matmul FLOPs of `sliding_window_attention` (the computed band, up to 1.5x the 2w + 1 keys needed)."""
     return window_pattern(n, window, dilation, causal).flops(batch, heads, e)
+
+
+# --------------------------------------------------------------------------- incremental decoding
+
+DECODE_ROWS = 256  # queries per chunk of a many-position step (a prompt's prefill): its scores stay (rows, keys)
+
+
+def rule_attention(q: Tensor, k: Tensor, v: Tensor, qpos: Tensor, kpos: Tensor, rule: Rule, scale: float) -> Tensor:
+    """The decoding counterpart of `blocked_attention`: causal softmax of queries at original positions qpos (t,)
+    over keys at kpos (K,), restricted to the pairs `rule` allows. q: (B, h, t, e); k, v: (B, h, K, e). Returns
+    (B, h, t, e). Queries go in chunks of DECODE_ROWS, each multiplied only by the keys some query of the chunk
+    may see (one new token of a sparse pattern: its reachable keys, not the whole cache)."""
+    out = []
+    for a in range(0, q.shape[2], DECODE_ROWS):
+        i = qpos[a : a + DECODE_ROWS, None]  # (c, 1)
+        allowed = rule(i, kpos[None, :]) & (kpos[None, :] <= i)  # (c, K)
+        cols = allowed.any(0).nonzero().squeeze(1)
+        kc, vc, ok = (k, v, allowed) if len(cols) == len(kpos) else (k[:, :, cols], v[:, :, cols], allowed[:, cols])
+        s = (q[:, :, a : a + DECODE_ROWS] * scale) @ kc.transpose(-2, -1)  # (B, h, c, K')
+        out.append(masked_softmax(s, ok) @ vc)
+    return torch.cat(out, dim=2) if len(out) > 1 else out[0]
+
+
+def window_step(state: Dict, k: Tensor, v: Tensor, reach: int, keep: int = 0) -> Tuple[Tensor, Tensor, Tensor]:
+    """The keys a decoding step of a windowed pattern attends over, and its cache updated in `state` (in place).
+
+    A query i sees at most the keys i - reach .. i plus the first `keep` positions (global tokens), so the cache
+    holds the first `keep` positions' keys and values (state "gk", "gv") and the last `reach` of the later ones
+    ("k", "v"): at most keep + reach positions whatever the length. k, v: (B, h, t, e), the t new positions after
+    state["pos"]. Returns keys and values (B, h, K, e) (kept, cached window, new) and their positions (K,)."""
+    pos, t = state["pos"], k.shape[2]
+    g = max(0, min(keep, pos + t) - pos)  # new positions that are kept ones
+    parts_k, parts_v, positions = [], [], []
+    if keep:
+        if g:
+            state["gk"] = torch.cat([state["gk"], k[:, :, :g]], 2) if "gk" in state else k[:, :, :g]
+            state["gv"] = torch.cat([state["gv"], v[:, :, :g]], 2) if "gv" in state else v[:, :, :g]
+        parts_k.append(state["gk"])
+        parts_v.append(state["gv"])
+        positions.append(torch.arange(state["gk"].shape[2], device=k.device))
+    wk, wv = k[:, :, g:], v[:, :, g:]
+    if "k" in state:
+        wk, wv = torch.cat([state["k"], wk], 2), torch.cat([state["v"], wv], 2)
+    parts_k.append(wk)
+    parts_v.append(wv)
+    positions.append(torch.arange(pos + t - wk.shape[2], pos + t, device=k.device))
+    if wk.shape[2]:  # a copy once trimmed, so the state does not keep a prefill's whole buffer alive
+        state["k"], state["v"] = (t[:, :, -reach:].clone() if t.shape[2] > reach else t for t in (wk, wv))
+    keys, values = (torch.cat(p, 2) if len(p) > 1 else p[0] for p in (parts_k, parts_v))
+    return keys, values, torch.cat(positions) if len(positions) > 1 else positions[0]

@@ -10,6 +10,8 @@ exactly; global heads carry long-range context at linear cost.
 
 Complexity per layer: O(n (2 window + 1) e) per local head plus O(n e^2) per global head, i.e.
 linear in n in time and memory. Causal and padding masks are supported by both parts.
+Decoding: the local heads keep a rolling cache of the last window * max(dilations) keys and values
+(blocked.window_step), the global heads linear attention's constant (e, e + 1) sum: a bounded state.
 """
 from __future__ import annotations
 
@@ -21,8 +23,22 @@ from torch import Tensor
 from utils.checks import check_int, check_int_list
 
 from .base import Attention
-from .blocked import dense_window_weights, sliding_window_attention, window_flops
-from .functional import elu_features, kernel_attention, kernel_attention_flops, kernel_weights, merge_heads
+from .blocked import (
+    dense_window_weights,
+    rule_attention,
+    sliding_window_attention,
+    window_flops,
+    window_rule,
+    window_step,
+)
+from .functional import (
+    elu_features,
+    kernel_attention,
+    kernel_attention_flops,
+    kernel_attention_step,
+    kernel_weights,
+    merge_heads,
+)
 from .registry import register_attention
 
 
@@ -32,6 +48,9 @@ class HybridAttention(Attention):
     supports_causal = True
     padding_anywhere = False  # windows are defined on positions: padding must sit at the ends
     has_weights = True
+    supports_decoding = True
+    # local heads: the last window * max(dilations) keys and values; global heads: (e, e + 1) each. Bounded
+    decoding_state = "window"
     example_options = {"window": 3, "chunk": 8}
     bad_options = ({"local_heads": -1}, {"local_heads": 1000}, {"local_heads": 1.0}, {"window": 0}, {"dilations": ()},
                    {"dilations": (1, 0)}, {"dilations": 2}, {"dilations": "12"})
@@ -86,6 +105,23 @@ class HybridAttention(Attention):
         y = torch.cat(ys, dim=1)  # (B, h, n, e)
         w = torch.cat([t.to(y.dtype) for t in ws], dim=1) if need_weights else None
         return self.out(merge_heads(y)), w
+
+    def _step(self, x: Tensor, state: dict) -> Tuple[Tensor, dict]:
+        q, k, v = self.project_qkv(x)  # (B, h, t, e)
+        g, ys = self.local_heads, []
+        if self.groups:
+            reach = self.window * max(dil for _, _, dil in self.groups)
+            keys, values, kpos = window_step(state, k[:, :g], v[:, :g], reach)
+            qpos = torch.arange(state["pos"], state["pos"] + x.shape[1], device=x.device)
+            for a, b, dil in self.groups:
+                ys.append(rule_attention(q[:, a:b], keys[:, a:b], values[:, a:b], qpos, kpos, window_rule(self.window, dil),
+                                         self.scale))
+        if g < self.heads:
+            with torch.autocast(x.device.type, enabled=False):
+                qf, kf = elu_features(q[:, g:], k[:, g:], None)
+                y, state["kv"] = kernel_attention_step(qf, kf, v[:, g:].float(), state.get("kv"), eps=1e-30)
+                ys.append(y.to(v.dtype))
+        return self.out(merge_heads(torch.cat(ys, dim=1))), state
 
     def attention_flops(self, seq_len: int, batch: int, causal: bool) -> int:
         e = self.head_dim

@@ -11,6 +11,9 @@ masked by j <= i, nothing from the future.
 
 Blocked (blocked.py): window blocks of W = window positions per residue group, the g global keys read once
 by every query, the g global rows as dense rows. O(n (3w + g) e + g n e) per head.
+Decoding (causal, no padding): a query sees the g global keys and at most window * dilation positions back, so
+the state holds the first g positions' keys and values and a rolling cache of the last window * dilation
+(blocked.window_step): O((g + w) e) per head whatever the length.
 """
 from __future__ import annotations
 
@@ -22,9 +25,19 @@ from torch import Tensor
 from utils.checks import check_int
 
 from .base import Attention
-from .blocked import BlockPattern, attend, band_reach, pattern_cache
+from .blocked import BlockPattern, attend, band_reach, pattern_cache, rule_attention, window_step
 from .functional import merge_heads
 from .registry import register_attention
+
+
+def longformer_rule(window: int, dilation: int, g: int):
+    """Allowed pairs: the (dilated) window, or a global key j < g, or a global query i < g."""
+
+    def rule(i: Tensor, j: Tensor) -> Tensor:
+        rel = j - i
+        return ((rel % dilation == 0) & (rel.abs() <= window * dilation)) | (j < g) | (i < g)
+
+    return rule
 
 
 @pattern_cache(maxsize=16)
@@ -33,11 +46,7 @@ def longformer_pattern(n: int, window: int, dilation: int, global_tokens: int, c
     W = max(1, min(window, L))
     before, after = band_reach(-(-L // W), causal)
     g = min(global_tokens, n)
-
-    def rule(i: Tensor, j: Tensor) -> Tensor:
-        rel = j - i
-        return ((rel % dilation == 0) & (rel.abs() <= window * dilation)) | (j < g) | (i < g)
-
+    rule = longformer_rule(window, dilation, g)
     shared = torch.arange(g) if g else None
     # causal: a global query's past is inside the global prefix, which the shared keys already give it
     rows = torch.arange(g) if g and not causal else None
@@ -50,6 +59,8 @@ class LongformerAttention(Attention):
     supports_causal = True
     padding_anywhere = True  # positions are ranks among the real tokens
     has_weights = True
+    supports_decoding = True
+    decoding_state = "window"  # the g global keys and values plus the last window * dilation: (B, h, g + w d, e) each
     example_options = {"window": 3, "global_tokens": 2}
     bad_options = ({"window": 0}, {"dilation": 0}, {"global_tokens": -1})
 
@@ -66,6 +77,14 @@ class LongformerAttention(Attention):
         pattern = lambda n: self.pattern(n, causal)  # noqa: E731
         y, w = attend(self, x, pattern, mask, causal, need_weights, ranks=True)  # (B, h, n, e)
         return self.out(merge_heads(y)), w
+
+    def _step(self, x: Tensor, state: dict) -> Tuple[Tensor, dict]:
+        q, k, v = self.project_qkv(x)  # (B, h, t, e)
+        g = self.global_tokens
+        keys, values, kpos = window_step(state, k, v, self.window * self.dilation, keep=g)
+        qpos = torch.arange(state["pos"], state["pos"] + x.shape[1], device=x.device)
+        y = rule_attention(q, keys, values, qpos, kpos, longformer_rule(self.window, self.dilation, g), self.scale)
+        return self.out(merge_heads(y)), state
 
     def attention_flops(self, seq_len: int, batch: int, causal: bool) -> int:
         return self.pattern(seq_len, causal).flops(batch, self.heads, self.head_dim)

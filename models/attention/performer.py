@@ -18,6 +18,11 @@ equal up to float rounding. Causal: chunked prefix sums (functional.kernel_atten
 
 Note (causal): the shared key shift is taken over the whole sequence. It cancels exactly in the
 maths, so future keys change earlier outputs only at float-rounding level.
+
+Decoding: the constant state sum_j phi(k_j)^T [v_j, 1] (B, h, m, e + 1) with the key shift it was made
+with, the running maximum over the keys seen (B, h, 1, 1): when a new key raises it, the sum is rescaled by
+exp(old - new), as favor_attention does over tiles, so a step computes the causal forward's sums up to
+rounding. A state belongs to one draw of the features: stepping it after a redraw is refused.
 """
 from __future__ import annotations
 
@@ -30,7 +35,7 @@ from torch import Tensor
 from utils.checks import check_bool, check_int
 
 from .base import Attention
-from .functional import kernel_attention, kernel_attention_flops, kernel_weights, merge_heads
+from .functional import kernel_attention, kernel_attention_flops, kernel_attention_step, kernel_weights, merge_heads
 from .registry import register_attention
 
 
@@ -133,6 +138,8 @@ class PerformerAttention(Attention):
     supports_mask = True
     supports_causal = True
     has_weights = True
+    supports_decoding = True
+    decoding_state = "constant"  # sum_j phi(k_j)^T [v_j, 1]: (B, h, m, e + 1), and its key shift (B, h, 1, 1)
     example_options = {"features": 32, "chunk": 8}
     bad_options = ({"features": 0}, {"chunk": 0}, {"redraw_interval": 0}, {"redraw_interval": 2.5})
 
@@ -156,6 +163,7 @@ class PerformerAttention(Attention):
         self.features, self.ortho, self.redraw_interval, self.chunk = features, ortho, redraw_interval, chunk
         self.register_buffer("projection", self._draw())  # (m, e), includes the e^-1/4 data scaling
         self._calls = 0
+        self._draws = 0  # redraws so far: a decoding state records the draw it was made with
 
     def _draw(self, device=None) -> Tensor:
         w = gaussian_orthogonal_features(self.features, self.head_dim, self.ortho, device=device)
@@ -164,6 +172,7 @@ class PerformerAttention(Attention):
     @torch.no_grad()
     def redraw_projection(self) -> None:
         self.projection.copy_(self._draw(self.projection.device))
+        self._draws += 1
 
     def _attend(self, x: Tensor, mask: Optional[Tensor], causal: bool, need_weights: bool) -> Tuple[Tensor, Optional[Tensor]]:
         if self.training and self.redraw_interval is not None:
@@ -183,6 +192,25 @@ class PerformerAttention(Attention):
             else:
                 y = merge_heads(kernel_attention(qf, kf, v.float(), causal=causal, chunk=self.chunk, eps=1e-30))
         return self.out(y.to(v.dtype)), w
+
+    def _step(self, x: Tensor, state: dict) -> Tuple[Tensor, dict]:
+        if state.setdefault("draw", self._draws) != self._draws:
+            raise ValueError(f"state was made with the random features of draw {state['draw']}, but they have been "
+                             f"redrawn since (draw {self._draws}); start a new state (state=None) after a redraw")
+        q, k, v = self.project_qkv(x)  # (B, h, t, e)
+        with torch.autocast(x.device.type, enabled=False):
+            q, k, wt = q.float(), k.float(), self.projection.float().t()  # wt: (e, m)
+            qf = _query_features(q @ wt)  # (B, h, t, m)
+            kw = _key_logits(k @ wt, _key_norms(k), None)  # (B, h, t, m)
+            shift = kw.detach().amax(dim=(-2, -1), keepdim=True)  # (B, h, 1, 1)
+            kv = state.get("kv")
+            if kv is not None:  # the running maximum: the old sum rescaled to the new shift (a factor <= 1)
+                shift = torch.maximum(shift, state["shift"])
+                kv = kv * (state["shift"] - shift).exp()
+            kf = kw.sub_(shift).exp_()
+            y, state["kv"] = kernel_attention_step(qf, kf, v.float(), kv, eps=1e-30)
+            state["shift"] = shift
+        return self.out(merge_heads(y).to(v.dtype)), state
 
     def _feature_map_flops(self, seq_len: int, batch: int) -> int:
         return 2 * 2 * batch * self.heads * seq_len * self.head_dim * self.features  # q and k onto the m directions

@@ -15,6 +15,10 @@ Blocked (blocked.py), block by block, never an n x n matrix: blocks of l positio
 plus the summary positions read once by every query, O(n (l + c n / l) e) per head; strided: the
 neighbouring blocks plus, for row r of each block, the keys t l + r of every block (one (l, n/l, n/l)
 product in residue order), O(n (3l + n / l) e). With l ~ sqrt(n) both are O(n sqrt(n) e).
+Decoding (causal, no padding): a KV cache of every position, since the strided pattern reaches back
+to every l-th one and the fixed pattern to every summary; each new token is multiplied only by the keys its
+pattern reaches (blocked.rule_attention): its block and the summaries (fixed), the last l positions and every
+l-th one (strided), O(l + n / l) per token.
 """
 from __future__ import annotations
 
@@ -26,29 +30,37 @@ from torch import Tensor
 from utils.checks import check_choice, check_int
 
 from .base import Attention
-from .blocked import BlockPattern, attend, band_reach, pattern_cache
+from .blocked import BlockPattern, Rule, attend, band_reach, pattern_cache, rule_attention
 from .functional import merge_heads
 from .registry import register_attention
 
 PATTERNS = ("fixed", "strided")
 
 
-@pattern_cache(maxsize=16)
-def sparse_pattern(n: int, pattern: str, stride: int, summary: int, causal: bool) -> BlockPattern:
-    l = stride  # noqa: E741 (the paper's name)
-    W = min(l, n)
+def sparse_rule(pattern: str, l: int, c: int) -> Rule:  # noqa: E741 (the paper's name)
+    """A(1) u A(2) of the pattern, as allowed(i, j) (causality is added by the kernel)."""
     if pattern == "fixed":
-        c = summary
 
         def rule(i: Tensor, j: Tensor) -> Tensor:
             return (j // l == i // l) | (j % l >= l - c)
 
-        pos = torch.arange(n)
-        shared = pos[pos % l >= l - c]
-        return BlockPattern(n, W, 0, 0, rule, shared=shared if len(shared) else None)
+        return rule
 
     def rule(i: Tensor, j: Tensor) -> Tensor:
         return ((i - j).abs() < l) | ((i - j) % l == 0)
+
+    return rule
+
+
+@pattern_cache(maxsize=16)
+def sparse_pattern(n: int, pattern: str, stride: int, summary: int, causal: bool) -> BlockPattern:
+    l = stride  # noqa: E741 (the paper's name)
+    W = min(l, n)
+    rule = sparse_rule(pattern, l, summary)
+    if pattern == "fixed":
+        pos = torch.arange(n)
+        shared = pos[pos % l >= l - summary]
+        return BlockPattern(n, W, 0, 0, rule, shared=shared if len(shared) else None)
 
     before, after = band_reach(-(-n // W), causal)
     return BlockPattern(n, W, before, after, rule, strided=W == l and n > l)
@@ -60,6 +72,8 @@ class SparseAttention(Attention):
     supports_causal = True
     padding_anywhere = True  # positions are ranks among the real tokens
     has_weights = True
+    supports_decoding = True
+    decoding_state = "kv-cache"  # every position's keys and values; a step reads only those its pattern reaches
     example_options = {"stride": 4, "summary": 1}
     bad_options = ({"pattern": "axial"}, {"stride": 0}, {"summary": 0}, {"summary": 65})
 
@@ -80,6 +94,16 @@ class SparseAttention(Attention):
         pattern = lambda n: self.pattern(n, causal)  # noqa: E731
         y, w = attend(self, x, pattern, mask, causal, need_weights, ranks=True)  # (B, h, n, e)
         return self.out(merge_heads(y)), w
+
+    def _step(self, x: Tensor, state: dict) -> Tuple[Tensor, dict]:
+        q, k, v = self.project_qkv(x)  # (B, h, t, e)
+        k, v = (torch.cat([state[s], new], dim=2) if s in state else new for s, new in (("k", k), ("v", v)))
+        state["k"], state["v"] = k, v
+        n = k.shape[2]
+        kpos = torch.arange(n, device=x.device)
+        rule = sparse_rule(self.pattern_name, self.stride, self.summary)
+        y = rule_attention(q, k, v, kpos[n - x.shape[1] :], kpos, rule, self.scale)
+        return self.out(merge_heads(y)), state
 
     def attention_flops(self, seq_len: int, batch: int, causal: bool) -> int:
         return self.pattern(seq_len, causal).flops(batch, self.heads, self.head_dim)

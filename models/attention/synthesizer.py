@@ -17,6 +17,8 @@ keys get no weight, so real outputs are the unpadded outputs whatever the paddin
 Causal: scores with j > i are masked before the softmax. That is sound for both kinds: a random row
 depends on no token, and a dense row i on token i alone, so no future token can reach output i.
 There are no query or key projections: only V and the output projection.
+Decoding: row i of the scores needs token i alone (dense) or nothing (random), so a step computes the new
+rows against the columns so far and keeps a cache of the values: a KV cache without keys, (B, h, n, e).
 """
 from __future__ import annotations
 
@@ -46,6 +48,8 @@ class SynthesizerAttention(Attention):
     supports_mask = True
     supports_causal = True
     has_weights = True
+    supports_decoding = True
+    decoding_state = "kv-cache"  # every position's values, (B, h, n, e): the synthesized rows need no keys
     example_options = {"max_seq_len": 256}
     bad_options = ({"kind": "bogus"}, {"max_seq_len": 0}, {"rank": 0})
 
@@ -139,11 +143,11 @@ class SynthesizerAttention(Attention):
             sa, sb = sa + self.b_a[:, None, :a], sb + self.b_b[:, None, :nb]
         return (sb[..., :, None] * sa[..., None, :]).flatten(-2)[..., :n]  # S_ij = B_i[j // a] A_i[j % a]
 
-    def _random_scores(self, n: int) -> Tensor:
-        """(h, n, n), the same for every input."""
+    def _random_scores(self, n: int, first: int = 0) -> Tensor:
+        """(h, n - first, n): rows first .. n - 1, the same for every input."""
         if not self.factorized:
-            return self.r[:, :n, :n]
-        return self.r1[:, :n] @ self.r2[:, :n].transpose(-2, -1)
+            return self.r[:, first:n, :n]
+        return self.r1[:, first:n] @ self.r2[:, :n].transpose(-2, -1)
 
     def _attend(self, x: Tensor, mask: Optional[Tensor], causal: bool, need_weights: bool) -> Tuple[Tensor, Optional[Tensor]]:
         B, n, _ = x.shape
@@ -160,6 +164,17 @@ class SynthesizerAttention(Attention):
         y = w.to(v.dtype) @ v  # (B, h, n, e)
         weights = w.expand(B, -1, -1, -1) if need_weights else None
         return self.out(merge_heads(y)), weights
+
+    def _step(self, x: Tensor, state: dict) -> Tuple[Tensor, dict]:
+        pos, t = state["pos"], x.shape[1]
+        n = pos + t
+        v = split_heads(self.value(x), self.heads)  # (B, h, t, e)
+        state["v"] = v = torch.cat([state["v"], v], dim=2) if "v" in state else v  # (B, h, n, e)
+        s = self._dense_scores(x, n) if self.kind == "dense" else self._random_scores(n, pos)[None]  # (B|1, h, t, n)
+        allowed = torch.ones(t, n, dtype=torch.bool, device=x.device).tril_(pos)  # row r is position pos + r
+        with torch.autocast(x.device.type, enabled=False):
+            w = masked_softmax(s.float(), allowed)
+        return self.out(merge_heads(w.to(v.dtype) @ v)), state
 
     # ------------------------------------------------------------------ cost model
 

@@ -1,16 +1,20 @@
 """`torch_mha`: PyTorch's built-in nn.MultiheadAttention behind the common interface, the baseline
 the custom mechanisms are compared with. Padding mask -> key_padding_mask; causality (and causality
 merged with padding) -> a boolean attn_mask. O(n^2 d) time.
+Decoding: nn.MultiheadAttention has no cache, but its weights are plain tensors: a step applies its input
+projection (in_proj_weight, in_proj_bias) to the new tokens, attends over a KV cache with SDPA, and applies
+its out_proj, which is what nn.MultiheadAttention computes (no bias_k / add_zero_attn here, dropout 0).
 """
 from __future__ import annotations
 
 from typing import Dict, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import Attention
-from .functional import attention_mask, exact_attention_flops, key_padding_mask
+from .functional import attention_mask, exact_attention_flops, key_padding_mask, merge_heads, split_heads
 from .registry import register_attention
 
 
@@ -20,6 +24,8 @@ class TorchMHA(Attention):
     supports_causal = True
     has_weights = True
     exact = True
+    supports_decoding = True
+    decoding_state = "kv-cache"  # every position's keys and values: (B, h, n, e) each
 
     def _build_projections(self, bias: bool) -> None:
         self.mha = nn.MultiheadAttention(self.dim, self.heads, bias=bias, batch_first=True)
@@ -41,6 +47,16 @@ class TorchMHA(Attention):
             is_causal=causal and attn_mask is not None and mask is None,
         )
         return y, w
+
+    def _step(self, x: Tensor, state: dict) -> Tuple[Tensor, dict]:
+        m = self.mha
+        q, k, v = (split_heads(t, self.heads) for t in F.linear(x, m.in_proj_weight, m.in_proj_bias).chunk(3, dim=-1))
+        k, v = (torch.cat([state[s], new], dim=2) if s in state else new for s, new in (("k", k), ("v", v)))
+        state["k"], state["v"] = k, v
+        t, n = q.shape[2], k.shape[2]
+        allowed = None if t == 1 else torch.ones(t, n, dtype=torch.bool, device=x.device).tril_(n - t)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)  # (B, h, t, e)
+        return m.out_proj(merge_heads(y)), state
 
     def get_projection_weights(self) -> Dict[str, Optional[Tensor]]:
         d, m = self.dim, self.mha
