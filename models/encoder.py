@@ -13,7 +13,7 @@ Module names are stable, so per-component tools (profiling/breakdown.py) can sel
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Type, Union
+from typing import Any, Dict, List, Optional, Tuple, Type, Union
 
 import torch
 from torch import Tensor, nn
@@ -98,6 +98,15 @@ class TransformerBlock(nn.Module):
         x = x + self.drop_path(a)  # (B, n, d)
         x = x + self.drop_path(self.mlp(self.norm2(x)))  # (B, n, d)
         return (x, weights) if return_weights else x
+
+    def step(self, x: Tensor, state: Optional[Dict[str, Any]] = None) -> Tuple[Tensor, Dict[str, Any]]:
+        """Causal incremental decoding (attentions that declare `supports_decoding`): (B, t, d) new positions
+        and the attention's state after the earlier ones -> their (B, t, d) outputs, equal to the causal
+        forward's last t, and the new state (see Attention.step)."""
+        a, state = self.attn.step(self.norm1(x), state)
+        x = x + self.drop_path(a)  # (B, t, d)
+        x = x + self.drop_path(self.mlp(self.norm2(x)))  # (B, t, d)
+        return x, state
 
 
 def build_blocks(dim: int, depth: int, heads: int, attention: AttentionSpec = "softmax", mlp_ratio: float = 4.0,
