@@ -13,9 +13,11 @@ from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from utils.checks import check_int
+
+from .functional import merge_heads
 
 
 def check_pow2_chunk(chunk) -> int:
@@ -121,3 +123,13 @@ def unit_lower_inverse_flops(P: int) -> int:
     """Matmul FLOPs of `unit_lower_inverse` on one (P, P) matrix: levels s = 2, 4, ..., P/2, each P/2s pairs
     of two s x s x s products, sum 2 P s^2 = 2 P (P^2 - 4) / 3."""
     return 2 * P * (P * P - 4) // 3 if P > 2 else 0
+
+
+def gated_group_norm(o: Tensor, gate: Tensor, norm: nn.GroupNorm) -> Tensor:
+    """The output of retention and GLA: swish(gate) * GroupNorm over heads (each head normalised on its own).
+    o: (B, h, n, e) fp32; gate: (B, n, h*e) x W_G (+ b), in the projections' dtype, which the result takes.
+    The norm runs in fp32 whatever the module's dtype."""
+    y = merge_heads(o)  # (B, n, d); GroupNorm wants the channels on axis 1
+    w, b = norm.weight.float(), norm.bias.float()
+    y = F.group_norm(y.flatten(0, 1), norm.num_groups, w, b, norm.eps).view_as(y)
+    return y.to(gate.dtype) * F.silu(gate)

@@ -24,14 +24,12 @@ import numbers
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from utils.checks import check_bool, check_int
 
 from .base import Attention
-from .functional import merge_heads
-from .recurrent import decayed_state_passing, from_chunks, state_passing_flops, to_chunks, tril
+from .recurrent import decayed_state_passing, from_chunks, gated_group_norm, state_passing_flops, to_chunks, tril
 from .registry import register_attention
 
 
@@ -134,10 +132,7 @@ class Retention(Attention):
 
     def _output(self, o: Tensor, x: Tensor) -> Tensor:
         """(B, h, n, e) fp32 retention -> swish(x W_G) * GroupNorm(o), then W_O."""
-        g = self.gate(x)
-        y = merge_heads(o)  # (B, n, d); GroupNorm wants the channels on axis 1
-        y = F.group_norm(y.flatten(0, 1), self.heads, self.norm.weight.float(), self.norm.bias.float(), self.norm.eps).view_as(y)
-        return self.out(y.to(g.dtype) * F.silu(g))
+        return self.out(gated_group_norm(o, self.gate(x), self.norm))
 
     def _attend(self, x: Tensor, mask: Optional[Tensor], causal: bool, need_weights: bool) -> Tuple[Tensor, Optional[Tensor]]:
         B, n, _ = x.shape
