@@ -22,21 +22,21 @@ def gated_recurrence(q, k, v, a, state=None):
     return torch.stack(outs, dim=2), S
 
 
-def delta_recurrence(q, k, v, beta):
+def delta_recurrence(q, k, v, beta, state=None):
     """DeltaNet (Schlag et al. 2021; Yang et al. 2024), the papers' column convention, S: (f, e):
         S_t = S_{t-1} (I - beta_t k_t k_t^T) + beta_t v_t k_t^T,   o_t = S_t q_t
-    q, k: (B, h, n, e), v: (B, h, n, f), beta: (B, h, n). Returns o (B, h, n, f), float64."""
+    q, k: (B, h, n, e), v: (B, h, n, f), beta: (B, h, n). Returns o (B, h, n, f) and S_n (B, h, f, e), float64."""
     q, k, v, beta = q.double(), k.double(), v.double(), beta.double()
     B, h, n, e = q.shape
     f = v.shape[-1]
-    S = torch.zeros(B, h, f, e, dtype=torch.float64)
+    S = torch.zeros(B, h, f, e, dtype=torch.float64) if state is None else state.double()
     eye = torch.eye(e, dtype=torch.float64)
     outs = []
     for t in range(n):
         kt, vt, bt = k[:, :, t], v[:, :, t], beta[:, :, t, None, None]
         S = S @ (eye - bt * kt[..., :, None] * kt[..., None, :]) + bt * vt[..., :, None] * kt[..., None, :]
         outs.append((S @ q[:, :, t, :, None])[..., 0])
-    return torch.stack(outs, dim=2)
+    return torch.stack(outs, dim=2), S
 
 
 def rel_err(a, b):
