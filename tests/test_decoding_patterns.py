@@ -1,7 +1,9 @@
 """Incremental decoding of the windowed, sparse, synthesized and random-feature mechanisms in the settings the
 registry-wide tests (tests/test_decoding.py, example options only) do not reach: dilated windows, several global
 tokens, head groups with different dilations, both sparse patterns, every synthesizer kind, prefills longer than
-one chunk of blocked.DECODE_ROWS, the bounded size of window caches, and performer's feature redraws.
+one chunk of blocked.DECODE_ROWS, reformer's rounds (with and without duplicate counting, one bucket, one round),
+the bounded size of window caches, and the random draws (performer's features, reformer's rotations) a state
+belongs to.
 
 The reference is each mechanism's own full causal forward pass (proven against the paper's definition, token by
 token, in tests/test_attention.py and the mechanism tests): stepping in pieces must equal it within 1e-5 relative
@@ -30,6 +32,10 @@ CASES = {
     "synthesizer-random-factorized": ("synthesizer", {"kind": "random", "factorized": True, "max_seq_len": 700}),
     "performer-plain-gaussian": ("performer", {"features": 24, "ortho": False, "chunk": 16}),
     "torch_mha": ("torch_mha", {}),
+    "reformer-rounds": ("reformer", {"hash_rounds": 4, "buckets": 6, "bucket_size": 8}),
+    "reformer-no-dedup": ("reformer", {"hash_rounds": 3, "buckets": 4, "bucket_size": 16, "dedup": False}),
+    "reformer-one-bucket": ("reformer", {"hash_rounds": 2, "buckets": 1, "bucket_size": 8}),
+    "reformer-one-round": ("reformer", {"hash_rounds": 1, "buckets": 8, "bucket_size": 4}),
 }
 
 
@@ -93,11 +99,13 @@ def test_performer_running_key_shift_matches_the_global_one():
     assert state["shift"].shape == (1, HEADS, 1, 1)
 
 
-def test_performer_state_refused_after_a_redraw():
-    attn = make("performer", {"features": 16})
+@pytest.mark.parametrize("name, options, redraw", [("performer", {"features": 16}, "redraw_projection"),
+                                                   ("reformer", {"buckets": 4}, "redraw_rotations")])
+def test_state_refused_after_a_redraw(name, options, redraw):
+    attn = make(name, options)
     with torch.no_grad():
         _, state = attn.step(torch.randn(1, 4, DIM))
-        attn.redraw_projection()
+        getattr(attn, redraw)()
         with pytest.raises(ValueError, match="redrawn"):
             attn.step(torch.randn(1, 1, DIM), state)
         attn.step(torch.randn(1, 1, DIM))  # a new state is fine

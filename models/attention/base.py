@@ -83,6 +83,7 @@ class Attention(nn.Module):
     supports_decoding: ClassVar[bool] = False
     decoding_state: ClassVar[Optional[str]] = None  # "kv-cache", "window" or "constant"
     not_causal_reason: ClassVar[str] = "its approximation mixes every position with every other"
+    not_decoding_reason: ClassVar[str] = ""  # why a causal mechanism has no `step`, for the error message
     example_options: ClassVar[Dict[str, Any]] = {}
     bad_options: ClassVar[Tuple[Dict[str, Any], ...]] = ()
 
@@ -233,7 +234,9 @@ class Attention(nn.Module):
             rounding, and the new state (the old one may be reused in place; do not step it twice).
         """
         if not self.supports_decoding:
-            raise ValueError(f"attention '{self.name}' has no incremental decoding (supports_decoding is False)")
+            reason = self.not_decoding_reason or ("" if self.supports_causal else f"it cannot be causal ({self.not_causal_reason})")
+            raise ValueError(f"attention '{self.name}' has no incremental decoding (supports_decoding is False)"
+                             + (f": {reason}" if reason else ""))
         self.check_input(x, None)
         if state is None:
             state = {"pos": 0}

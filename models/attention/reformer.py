@@ -26,11 +26,19 @@ Choices, where the paper leaves room:
   included): the same blocked computation with a band mask, and that distance between two tokens of one
   bucket counts only tokens of that bucket between them, none after the query.
 
+Decoding (causal): a token's keys in a round are the last `bucket_size` earlier tokens of its bucket, which no
+later token changes, so a step keeps a KV cache (the unit keys, the values) and every position's buckets
+(B, h, rounds, n); a new token finds in each round the last bucket_size positions of its bucket, scores the
+cached keys once (O(n e), like a KV cache), and combines the rounds as the forward does (duplicates counted
+over the rounds, itself only when alone, log-sum-exp weights). An empty state is prefilled by the forward pass
+itself (causal outputs of a prefix are the prefix's). A state belongs to one draw of the rotations.
+
 Rounds run in groups (as many as keep the scores within ROUND_SCORES elements: one at a time at n = 4096,
 h = 8, C = 64; all at once for short sequences) merged online, so forward memory is that of one group.
 """
 from __future__ import annotations
 
+import math
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -195,6 +203,8 @@ class ReformerAttention(Attention):
     supports_mask = True
     supports_causal = True
     has_weights = True
+    supports_decoding = True
+    decoding_state = "kv-cache"  # unit keys and values (B, h, n, e) each, buckets (B, h, rounds, n)
     example_options = {"hash_rounds": 2, "buckets": 4, "bucket_size": 4}
     bad_options = ({"hash_rounds": 0}, {"buckets": 0}, {"buckets": 3}, {"bucket_size": 0})
 
@@ -220,6 +230,7 @@ class ReformerAttention(Attention):
         self.bucket_size = check_int("bucket_size", bucket_size)
         self.dedup, self.redraw = check_bool("dedup", dedup), check_bool("redraw", redraw)
         self.register_buffer("rotations", self._draw())  # (h, e, rounds * buckets/2)
+        self._draws = 0  # redraws so far: a decoding state records the draw its buckets were hashed with
 
     def _build_projections(self, bias: bool) -> None:
         self.to_qk_v = nn.Linear(self.dim, 2 * self.dim, bias=bias)  # shared query/key, then values
@@ -231,6 +242,7 @@ class ReformerAttention(Attention):
     @torch.no_grad()
     def redraw_rotations(self) -> None:
         self.rotations.copy_(self._draw(self.rotations.device))
+        self._draws += 1
 
     def get_projection_weights(self) -> Dict[str, Optional[Tensor]]:
         """Q and K are one matrix here (k_w is q_w; the keys are then normalised)."""
@@ -285,6 +297,48 @@ class ReformerAttention(Attention):
         codes = self.hash_codes_of(qk, mask)
         y, w = lsh_attention(qk, v, codes, self.buckets, self.bucket_size, causal, self.dedup, self.scale, need_weights)
         return self.out(merge_heads(y)), w
+
+    def _step(self, x: Tensor, state: dict) -> Tuple[Tensor, dict]:
+        if state.setdefault("draw", self._draws) != self._draws:
+            raise ValueError(f"state was hashed with the rotations of draw {state['draw']}, but they have been redrawn "
+                             f"since (draw {self._draws}); start a new state (state=None) after a redraw")
+        qk, v = self.project_qk_v(x)  # (B, h, t, e)
+        codes = self.hash_codes_of(qk, None).int()  # (B, h, R, t)
+        keys = F.normalize(qk, dim=-1)
+        if "k" not in state:  # a prefix: the forward pass itself
+            y, _ = lsh_attention(qk, v, codes, self.buckets, self.bucket_size, True, self.dedup, self.scale)
+            state.update(k=keys, v=v, codes=codes)
+            return self.out(merge_heads(y)), state
+        ys = []
+        for i in range(x.shape[1]):
+            ys.append(self._next(qk[:, :, i], v[:, :, i], state["k"], state["v"], state["codes"], codes[..., i]))
+            state["k"] = torch.cat([state["k"], keys[:, :, i : i + 1]], 2)
+            state["v"] = torch.cat([state["v"], v[:, :, i : i + 1]], 2)
+            state["codes"] = torch.cat([state["codes"], codes[..., i : i + 1]], 3)
+        return self.out(merge_heads(torch.stack(ys, 2))), state
+
+    def _next(self, q: Tensor, v_new: Tensor, k: Tensor, v: Tensor, codes: Tensor, code: Tensor) -> Tensor:
+        """One new token after n cached ones: q (B, h, e) its shared query/key and v_new its value, k (B, h, n, e)
+        the cached unit keys and v their values, codes (B, h, R, n) their buckets, code (B, h, R) its own.
+        Returns its output (B, h, e)."""
+        R = codes.shape[2]
+        same = codes == code[..., None]  # (B, h, R, n)
+        # sorted distance from the token back to key j of its bucket: the bucket's tokens in (j, i], itself included
+        dist = same.flip(-1).cumsum(-1).flip(-1)
+        seen = same & (dist <= self.bucket_size)  # (B, h, R, n): the round's keys, itself aside
+        s = ((q[:, :, None] * self.scale) @ k.transpose(-2, -1)).float()  # (B, h, 1, n)
+        itself = (q * self.scale * F.normalize(q, dim=-1)).sum(-1).float()  # (B, h)
+        if self.dedup and R > 1:  # a pair seen in N rounds is charged log N in each; itself is seen in all R
+            s = s - seen.sum(2, keepdim=True).clamp_min(1).float().log()
+            itself = itself - math.log(R)
+        scores = s.expand(seen.shape).masked_fill(~seen, float("-inf"))  # (B, h, R, n)
+        alone = ~seen.any(-1)  # (B, h, R): no other key in that round, so the token attends to itself
+        z = torch.where(alone, itself[..., None], scores.logsumexp(-1))  # (B, h, R): each round's log-sum-exp
+        p = (scores - torch.where(alone, 0.0, z)[..., None]).exp()  # (B, h, R, n), all 0 where alone
+        o = torch.where(alone[..., None], v_new[:, :, None].float(), p @ v.float())  # (B, h, R, e)
+        # rounds where the token had only itself weigh nothing beside rounds where it had other keys
+        z = z.masked_fill(alone != alone.all(-1, keepdim=True), float("-inf"))
+        return ((z - z.logsumexp(-1, keepdim=True)).exp()[..., None] * o).sum(2).to(v.dtype)
 
     def projection_flops(self, seq_len: int, batch: int = 1) -> int:
         return 2 * batch * seq_len * self.dim * self.dim * 3  # shared QK, V and output
