@@ -1,7 +1,8 @@
 """Lightning callbacks used by train.py."""
 from .checkpoint import LAST, LastCheckpoint, TrainingInterrupted, truncate_events
-from .efficiency import EfficiencyMonitor
+from .efficiency import EFFICIENCY_FILE, EfficiencyMonitor
 from .finite_loss import FiniteLossGuard, NonFiniteLossError
+from .tensorboard_view import TensorBoardView, log_run_summary
 
-__all__ = ["LAST", "EfficiencyMonitor", "FiniteLossGuard", "LastCheckpoint", "NonFiniteLossError", "TrainingInterrupted",
-           "truncate_events"]
+__all__ = ["EFFICIENCY_FILE", "LAST", "EfficiencyMonitor", "FiniteLossGuard", "LastCheckpoint", "NonFiniteLossError", "TensorBoardView",
+           "TrainingInterrupted", "log_run_summary", "truncate_events"]

@@ -213,7 +213,7 @@ class EfficiencyMonitor(Callback):
                 tokens=int(counts[unit]) if unit else None, flops_fwd=fwd, flops_fwd_bwd=fwd_bwd, profiled=rec["profiled"]))
             self._unit = unit
             every = max(1, int(trainer.log_every_n_steps or 1))
-            if rec["batch"] % every == 0:
+            if (rec["step"] + 1) % every == 0:  # the steps Lightning logs train/loss_step at (should_update_logs)
                 self._log(trainer, step_scalars(self.train[-1], trainer.world_size, unit, self._peak), rec["step"])
 
     @staticmethod

@@ -8,6 +8,7 @@ same run name in place; `--generate PROMPT` samples from a language-model checkp
 from __future__ import annotations
 
 import errno
+import json
 import math
 import os
 import re
@@ -26,11 +27,14 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from callbacks import (
+    EFFICIENCY_FILE,
     EfficiencyMonitor,
     FiniteLossGuard,
     LastCheckpoint,
     NonFiniteLossError,
+    TensorBoardView,
     TrainingInterrupted,
+    log_run_summary,
     truncate_events,
 )
 from profiling.sweep import is_oom, one_line
@@ -192,7 +196,7 @@ def build_trainer(cfg: Dict[str, Any], args, task, logger_version: Optional[int]
     fast = int(args.fast_dev_run or 0)
     logger = False if fast else TensorBoardLogger(args.logdir, name=run_name(cfg), version=logger_version,
                                                    default_hp_metric=False)
-    callbacks = [FiniteLossGuard(), *extra_callbacks]
+    callbacks = [FiniteLossGuard(), TensorBoardView(fixed=log_interval_given(args)), *extra_callbacks]
     if cfg["efficiency_callbacks"]:  # last: its timed span starts after the other callbacks' batch-start work
         callbacks.append(EfficiencyMonitor(run_info={
             "run": run_name(cfg), "model": cfg["model"], "attention": cfg["attention"],
@@ -223,6 +227,12 @@ def build_trainer(cfg: Dict[str, Any], args, task, logger_version: Optional[int]
         # Lightning 2.6's MisconfigurationException is not a ValueError; an accelerator whose package is
         # missing (--accelerator tpu) is an ImportError
         raise UsageError(f"invalid trainer setting: {first_sentence(e)}") from None
+
+
+def log_interval_given(args) -> bool:
+    """--log-every-n-steps, or log_every_n_steps in the --config file: used as given; the recipe's adapts to
+    the run's length (TensorBoardView)."""
+    return args.log_every_n_steps is not None or bool(args.config and "log_every_n_steps" in load_yaml(args.config))
 
 
 def parse_devices(devices):
@@ -319,6 +329,10 @@ def run_args(args, extra_callbacks: Sequence = ()) -> Dict[str, Any]:
     if trainer.is_global_zero:
         if results["log_dir"]:
             write_json(Path(results["log_dir"]) / "results.json", results)
+            efficiency = Path(results["log_dir"]) / EFFICIENCY_FILE
+            log_run_summary(trainer.logger.experiment, cfg, results,
+                            json.loads(efficiency.read_text()) if efficiency.is_file() else None,
+                            task.sequence_length(cfg) if task.sequence_length else None)
             (Path(results["log_dir"]) / FAILED_FILE).unlink(missing_ok=True)  # an earlier failure, resumed
         print(summary_line(results))
     return results
