@@ -57,8 +57,7 @@ def gla_chunks(
         edge = bs[..., 0, L - 1 :, :]  # (B, h, c, C/2L, 1, e) at the left half's last position
         qt = qs[..., 1, :, :] * (bs[..., 1, :, :] - edge).exp()
         kt = ks[..., 0, :, :] * (edge - bs[..., 0, :, :]).exp()
-        right = (qt @ kt.transpose(-2, -1)) @ vs[..., 0, :, :]  # (B, h, c, C/2L, L, f)
-        out = out + F.pad(right.unsqueeze(-3), (0, 0, 0, 0, 1, 0)).flatten(3, 5)  # zeros for the left half
+        out.unflatten(3, (C // (2 * L), 2, L))[..., 1, :, :] += (qt @ kt.transpose(-2, -1)) @ vs[..., 0, :, :]
         L *= 2
     end = b[:, :, :, -1:]  # (B, h, c, 1, e) over the whole chunk
     inter, state = decayed_state_passing(qc * b.exp(), kc * (end - b).exp(), vc, end[:, :, :, 0].exp(), state, need_state)
