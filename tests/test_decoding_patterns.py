@@ -1,7 +1,8 @@
 """Incremental decoding of the windowed, sparse, synthesized and random-feature mechanisms in the settings the
 registry-wide tests (tests/test_decoding.py, example options only) do not reach: dilated windows, several global
 tokens, head groups with different dilations, both sparse patterns, every synthesizer kind, prefills longer than
-one chunk of blocked.DECODE_ROWS, reformer's rounds (with and without duplicate counting, one bucket, one round),
+one chunk of blocked.DECODE_ROWS, reformer's rounds (with and without duplicate counting, one bucket, one round), sinkhorn's causal balancing over many
+blocks,
 the bounded size of window caches, and the random draws (performer's features, reformer's rotations) a state
 belongs to.
 
@@ -36,7 +37,20 @@ CASES = {
     "reformer-no-dedup": ("reformer", {"hash_rounds": 3, "buckets": 4, "bucket_size": 16, "dedup": False}),
     "reformer-one-bucket": ("reformer", {"hash_rounds": 2, "buckets": 1, "bucket_size": 8}),
     "reformer-one-round": ("reformer", {"hash_rounds": 1, "buckets": 8, "bucket_size": 4}),
+    "sinkhorn-blocks": ("sinkhorn", {"block_size": 8, "sinkhorn_iters": 8, "temperature": 0.5}),
+    "sinkhorn-no-balancing": ("sinkhorn", {"block_size": 16, "sinkhorn_iters": 0}),
 }
+
+
+@pytest.mark.parametrize("name, options", [CASES["sinkhorn-blocks"], CASES["reformer-rounds"]])
+def test_token_by_token_from_the_start(name, options):
+    # no prefill by the forward pass: every position through the incremental path, past several blocks
+    attn = make(name, options)
+    x = torch.randn(2, 60, DIM)
+    with torch.no_grad():
+        full = attn(x, causal=True)
+        stepped, _ = run_steps(attn, x, [1] * 60)
+    assert rel_err(stepped, full) < 1e-5  # fp32 rounding
 
 
 def make(name, options, seed=0):

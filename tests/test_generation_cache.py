@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from models.attention import get_attention, list_attentions
+from models.attention.softmax import SoftmaxAttention
 from models.language_model import LanguageModel
 
 VOCAB, SEQ_LEN, DIM, DEPTH, HEADS = 61, 16, 32, 2, 4
@@ -21,10 +22,10 @@ PROMPT, NEW = 5, 20  # 25 > SEQ_LEN: the last 9 tokens are drawn from a cropped 
 DECODERS = [n for n in list_attentions() if get_attention(n).supports_causal and get_attention(n).supports_decoding]
 
 
-def tiny_lm(name: str, seed: int = 0) -> LanguageModel:
+def tiny_lm(name, seed: int = 0) -> LanguageModel:
     torch.manual_seed(seed)
-    net = LanguageModel(VOCAB, SEQ_LEN, DIM, DEPTH, HEADS, attention=name,
-                        attention_options=dict(get_attention(name).example_options)).eval()
+    options = dict(get_attention(name).example_options) if isinstance(name, str) else {}
+    net = LanguageModel(VOCAB, SEQ_LEN, DIM, DEPTH, HEADS, attention=name, attention_options=options).eval()
     torch.nn.init.normal_(net.embed.weight, std=1.0)  # logits far apart: no near-ties for rounding to flip
     return net
 
@@ -88,14 +89,23 @@ def test_step_in_pieces_equals_forward_logits(name):
     assert states[0]["pos"] == SEQ_LEN
 
 
+class NoDecoding(SoftmaxAttention):
+    """Causal softmax that declares no incremental decoding (every registered causal mechanism decodes)."""
+
+    supports_decoding = False
+    decoding_state = None
+    not_decoding_reason = "declared so for this test"
+
+
 def test_mechanism_without_decoding_recomputes():
-    name = next(n for n in list_attentions() if get_attention(n).supports_causal and not get_attention(n).supports_decoding)
-    net = tiny_lm(name)
+    net = tiny_lm(NoDecoding)
     assert not net.supports_decoding
     ids = prompt(1)
     assert torch.equal(net.generate(ids, 4, temperature=0.0), net.generate(ids, 4, temperature=0.0, use_cache=False))
     with pytest.raises(ValueError, match="no incremental decoding"):
         net.step(ids)
+    with pytest.raises(ValueError, match="declared so for this test"):
+        net.blocks[0].attn.step(torch.randn(1, 2, DIM))
 
 
 def test_bad_use_cache_is_one_sentence():

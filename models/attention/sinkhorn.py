@@ -25,6 +25,15 @@ Choices, where the paper leaves room:
   log-sum-exp down the rows, so row i is balanced against rows 0..i only. A full column sum would carry
   later blocks (future tokens) into earlier rows; with the cumulative one no output depends on a later
   token. Within its own block a query sees the keys up to itself; block 0 has nothing to sort to.
+
+Decoding: causally, block i's row of S depends on the summaries of blocks 0..i-1 (complete), the queries up to its
+first token, and the earlier rows, none of which a later token changes; so a step keeps the queries, keys and values
+of every position (a KV cache with queries, 3 e per position) and, for each new token, balances S over the cached
+blocks with the forward's own `_sort` (O(n e + (n/b)^2 iters)), mixes its block's sorted keys and values
+(O(n e)) and attends over its own block up to itself and the sorted block: O(n e) per token, like a KV cache,
+against the forward's O(n b + (n/b)^2 b e) per token when recomputing. An empty state is prefilled by the forward
+pass itself (causal outputs of a prefix are the prefix's; a prefix shorter than block_size is one block, as the
+first block of any longer sequence is).
 """
 from __future__ import annotations
 
@@ -37,6 +46,7 @@ from torch import Tensor
 from utils.checks import check_bool, check_int, check_number
 
 from .base import Attention
+from .functional import merge_heads
 from .registry import register_attention
 
 SCORES_PER_GROUP = 2**21  # heads are computed in groups whose scores stay within this many elements (8 MiB fp32)
@@ -63,6 +73,8 @@ class SinkhornAttention(Attention):
     supports_mask = True
     supports_causal = True
     has_weights = True
+    supports_decoding = True
+    decoding_state = "kv-cache"  # every position's queries, keys and values: (B, h, n, e) each
     example_options = {"block_size": 4, "sinkhorn_iters": 4}
     bad_options = ({"block_size": 0}, {"sinkhorn_iters": -1}, {"temperature": 0.0})
 
@@ -249,6 +261,38 @@ class SinkhornAttention(Attention):
             if need_weights:
                 ws.append(wg)
         return self.out(y.view(B, n, h * e)), (torch.cat(ws, dim=1) if need_weights else None)
+
+    # ------------------------------------------------------------------ incremental decoding
+
+    def _step(self, x: Tensor, state: dict) -> Tuple[Tensor, dict]:
+        q, k, v = self._project(x, 0, self.heads)  # (B, h, t, e)
+        if "k" not in state:  # a prefix: the forward pass itself
+            state.update(q=q, k=k, v=v)
+            return self._attend(x, None, True, False)[0], state
+        ys = []
+        for i in range(x.shape[1]):
+            for name, new in (("q", q), ("k", k), ("v", v)):
+                state[name] = torch.cat([state[name], new[:, :, i : i + 1]], dim=2)
+            ys.append(self._last(state["q"], state["k"], state["v"]))
+        return self.out(merge_heads(torch.stack(ys, dim=2))), state
+
+    def _last(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """The causal output (B, h, e) of the last of n positions, given every position's q, k, v (B, h, n, e)."""
+        n = q.shape[2]
+        b, nb = self._layout(n)
+        i = nb - 1  # the last position's block
+        ql = q[:, :, -1:] * self.scale  # (B, h, 1, e)
+        keys, vals = k[:, :, i * b :], v[:, :, i * b :]  # its own block up to itself
+        s = (ql @ keys.transpose(-2, -1)).float()  # (B, h, 1, m)
+        if i:  # its block's row of the causal soft permutation, from the blocks so far (the forward's _sort)
+            _, valid = self._plan(None, n, q.device)
+            S = self._sort(self._blocks(q, None), self._blocks(k, None), valid, True)[:, :, i, :i]  # (B, h, i)
+            den = S.sum(-1, keepdim=True)  # (B, h, 1): earlier blocks are whole, every slot real
+            S = (S / den.clamp_min(torch.finfo(S.dtype).tiny)).to(k.dtype)
+            mixed = [torch.einsum("bhj,bhjte->bhte", S, t[:, :, : i * b].reshape(*t.shape[:2], i, b, -1)) for t in (k, v)]
+            sorted_s = (ql @ mixed[0].transpose(-2, -1)).float().masked_fill(den[..., None] <= 0, torch.finfo(s.dtype).min)
+            s, vals = torch.cat([s, sorted_s], dim=-1), torch.cat([vals, mixed[1]], dim=2)
+        return (s.softmax(-1).to(vals.dtype) @ vals)[:, :, 0]  # (B, h, e)
 
     # ------------------------------------------------------------------ cost model
 
