@@ -155,3 +155,17 @@ def test_refusals_say_why():
     assert build_attention("retention", 12, 4, rotary=False)(torch.randn(1, 5, 12)).shape == (1, 5, 12)
     with pytest.raises(ValueError, match=r"decay must be .* 4 numbers"):
         make(decay=(0.9, 0.9, 0.9, 1.0))
+
+
+@pytest.mark.parametrize("chunk", [4, 64])
+def test_gradients_equal_the_recurrences(chunk):
+    """Backpropagating through the chunkwise form gives the recurrence's gradients (autograd through the float64
+    reference) for q, k and v, within 1e-5 relative in fp32."""
+    B, h, n, e = 1, 3, 37, 8
+    leaves = [torch.randn(B, h, n, e, requires_grad=True) for _ in range(3)]
+    gamma = paper_gammas(h)
+    w = torch.randn(B, h, n, e)
+    grads = torch.autograd.grad((retention_chunks(*leaves, gamma.log().float()[None, :, None, None].expand(1, h, n, 1), chunk)[0] * w).sum(), leaves)
+    ref = torch.autograd.grad((gated_recurrence(*leaves, gamma[None, :, None, None])[0] * w.double()).sum(), leaves)
+    for got, want in zip(grads, ref):
+        assert rel_err(got, want) < 1e-5
