@@ -33,6 +33,7 @@ CASES = {
     "synthesizer-random-factorized": ("synthesizer", {"kind": "random", "factorized": True, "max_seq_len": 700}),
     "performer-plain-gaussian": ("performer", {"features": 24, "ortho": False, "chunk": 16}),
     "torch_mha": ("torch_mha", {}),
+    "torch_mha-no-bias": ("torch_mha", {"bias": False}),
     "reformer-rounds": ("reformer", {"hash_rounds": 4, "buckets": 6, "bucket_size": 8}),
     "reformer-no-dedup": ("reformer", {"hash_rounds": 3, "buckets": 4, "bucket_size": 16, "dedup": False}),
     "reformer-one-bucket": ("reformer", {"hash_rounds": 2, "buckets": 1, "bucket_size": 8}),

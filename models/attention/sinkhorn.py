@@ -31,7 +31,7 @@ first token, and the earlier rows, none of which a later token changes; so a ste
 of every position (a KV cache with queries, 3 e per position) and, for each new token, balances S over the cached
 blocks with the forward's own `_sort` (O(n e + (n/b)^2 iters)), mixes its block's sorted keys and values
 (O(n e)) and attends over its own block up to itself and the sorted block: O(n e) per token, like a KV cache,
-against the forward's O(n b + (n/b)^2 b e) per token when recomputing. An empty state is prefilled by the forward
+where recomputing costs a whole forward pass per token. An empty state is prefilled by the forward
 pass itself (causal outputs of a prefix are the prefix's; a prefix shorter than block_size is one block, as the
 first block of any longer sequence is).
 """
