@@ -41,11 +41,9 @@ from .registry import register_attention
 class CosformerAttention(Attention):
     supports_mask = True
     supports_causal = True
-    # The applied matrix is available (`_attend(..., need_weights=True)`, tested in tests/test_cosformer.py), but the
-    # registry-wide test_weights_row_stochastic wants every real row to sum to 1, and a query with all-negative
-    # projections (probability 2^-e per query and head) or, causally, a prefix of such keys gives a zero row.
-    # True once that check accepts rows that sum to 0.
-    has_weights = False
+    # Rows are distributions, or zero for a query with all-negative projections (probability 2^-e per query and
+    # head) or, causally, a prefix of such keys: the 0/0 returned as 0.
+    has_weights = True
     supports_decoding = True
     decoding_state = "constant"  # sum_j phi(k_j) [v_j, 1]: (B, h, 2e, e + 1) whatever the length
     example_options = {"chunk": 8, "max_seq_len": 256}

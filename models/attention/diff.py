@@ -49,10 +49,7 @@ def lambda_init_for(depth: int) -> float:
 class DiffAttention(Attention):
     supports_mask = True
     supports_causal = True
-    # The applied matrix is available (`_attend(..., need_weights=True)`, tested in tests/test_diff.py), but the
-    # registry-wide test_weights_row_stochastic wants rows summing to about 1 from every non-distribution;
-    # these rows sum to (1 - lambda_init)(1 - lambda) / rms. True once that check is narrowed to Nystrom.
-    has_weights = False
+    has_weights = True  # the difference map, each row rescaled by the head's normalisation (tests/test_diff.py)
     weights_are_distributions = False  # a difference of two distributions, rescaled per row
     supports_decoding = True
     decoding_state = "kv-cache"  # K1, K2 (B, h, n, e/2) and V (B, h, n, e)
