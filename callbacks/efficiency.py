@@ -8,6 +8,9 @@ each is measured.
 """
 from __future__ import annotations
 
+import os
+import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -45,6 +48,46 @@ def default_counts(batch: Any) -> Dict[str, int]:
     return {"samples": 1}
 
 
+# c10's CPU allocator says this (once per 1,000) when a block allocated before the allocator profiler started is
+# freed while it runs: in a training step that is always so (the last step's gradients, the batch before), and
+# the peak it measures does not depend on it (profiling/memory.py: allocations above the level at the start)
+ALLOCATOR_NOTE = "Memory block of unknown size was allocated before the profiling started"
+
+
+class _HoldNativeNote:
+    """While the allocator profiler is open over a training step, holds what is written to fd 2 (where c10 logs)
+    in a temporary file, then writes it all back except ALLOCATOR_NOTE: nothing else written meanwhile is lost."""
+
+    def __init__(self):
+        self._saved: Optional[int] = None
+        self._held = None
+
+    def start(self) -> None:
+        try:
+            sys.stderr.flush()
+            self._saved = os.dup(2)
+        except (OSError, ValueError):  # no fd 2 (an embedding host): nothing to hold
+            self._saved = None
+            return
+        self._held = tempfile.TemporaryFile()
+        os.dup2(self._held.fileno(), 2)
+
+    def stop(self) -> None:
+        if self._saved is None:
+            return
+        sys.stderr.flush()
+        os.dup2(self._saved, 2)
+        os.close(self._saved)
+        self._saved = None
+        self._held.seek(0)
+        text = self._held.read().decode("utf-8", errors="replace")
+        self._held.close()
+        kept = "".join(line for line in text.splitlines(keepends=True) if ALLOCATOR_NOTE not in line)
+        if kept:
+            sys.stderr.write(kept)
+            sys.stderr.flush()
+
+
 class _EagerForCounting:
     """Runs modules compiled in place (nn.Module.compile) eagerly while their FLOPs are counted."""
 
@@ -65,8 +108,9 @@ class EfficiencyMonitor(Callback):
     efficiency.json pools the ranks. Its records travel in checkpoints."""
 
     def __init__(self, run_info: Optional[Dict[str, Any]] = None, warmup_batches: int = 2, print_table: bool = True,
-                 clock: Clock = time.perf_counter):
-        """`clock`: seconds, for latency off CUDA, data wait and wall time; tests hand in a ManualClock."""
+                 clock: Clock = time.perf_counter, hold_allocator_note: bool = True):
+        """`clock`: seconds, for latency off CUDA, data wait and wall time; tests hand in a ManualClock.
+        `hold_allocator_note`: keep c10's ALLOCATOR_NOTE off the console (train.py --verbose shows it)."""
         if warmup_batches < 0:
             raise ValueError(f"warmup_batches must be >= 0, got {warmup_batches}")
         self._clock = clock
@@ -86,6 +130,7 @@ class EfficiencyMonitor(Callback):
         self.memory: Optional[StepMemory] = None
         self.tally = FlopTally()
         self.alloc: Optional[CPUAllocatorPeak] = None
+        self._note = _HoldNativeNote() if hold_allocator_note else None
         self._eager: Optional[_EagerForCounting] = None
         self._counting: Optional[str] = None
         self._fwd: Optional[int] = None
@@ -143,6 +188,8 @@ class EfficiencyMonitor(Callback):
         if self.alloc is not None and numel > self._alloc_numel and not self.alloc.active:
             self._alloc_numel = numel  # each new largest batch once: the tensor memory of a step, as profile.py reads it
             self._current["profiled"] = True
+            if self._note is not None:
+                self._note.start()
             self.alloc.start()
         self.memory.start()
         self.timer.start()
@@ -156,7 +203,7 @@ class EfficiencyMonitor(Callback):
         self.timer.stop(tag)
         mem = self.memory.stop()
         if self.alloc is not None and self.alloc.active:
-            self.step_alloc_peak_mib = max(self.step_alloc_peak_mib or 0.0, self.alloc.stop() / MIB)
+            self.step_alloc_peak_mib = max(self.step_alloc_peak_mib or 0.0, self._stop_alloc() / MIB)
         elif self.alloc is None:  # CUDA: the allocator's own peak above the step's start, every step
             self.step_alloc_peak_mib = max(self.step_alloc_peak_mib or 0.0, mem.growth_bytes / MIB)
         if self._counting is not None:
@@ -265,8 +312,15 @@ class EfficiencyMonitor(Callback):
         if self.tally.active:
             self._stop_counting()
         if self.alloc is not None and self.alloc.active:
-            self.alloc.stop()
+            self._stop_alloc()
         self._counting = None
+
+    def _stop_alloc(self) -> int:
+        try:
+            return self.alloc.stop()
+        finally:
+            if self._note is not None:
+                self._note.stop()
 
     def on_train_end(self, trainer, pl_module) -> None:
         self._drain(trainer, flush=True)

@@ -156,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fast-dev-run", nargs="?", const=1, type=int, default=0, metavar="N",
                    help="run N (default 1) batches of train / val / test, write nothing")
     p.add_argument("--no-test", action="store_true", help="skip testing the best checkpoint after fitting")
+    p.add_argument("--verbose", action="store_true", help="show every message of Lightning and PyTorch (by default "
+                                                           "their adverts and routine notes are left out)")
     p.add_argument("--generate", metavar="PROMPT", help="wikitext: sample a continuation from --ckpt-path and exit")
     p.add_argument("--max-new-tokens", type=int, default=50, help="--generate: tokens to sample")
     p.add_argument("--temperature", type=float, default=0.8, help="--generate: sampling temperature (0 = greedy)")

@@ -24,10 +24,12 @@ import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks.progress.rich_progress import _RICH_AVAILABLE
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from callbacks import (
     EFFICIENCY_FILE,
+    BudgetProgressBar,
     EfficiencyMonitor,
     FiniteLossGuard,
     LastCheckpoint,
@@ -39,6 +41,7 @@ from callbacks import (
 )
 from profiling.sweep import is_oom, one_line
 from training.config import SETTING, UsageError, build_parser, is_study, load_yaml, resolve_config
+from training.console import announce_if_slow, quiet_lightning
 from training.tasks import get_task
 from utils.io import write_json
 
@@ -175,8 +178,9 @@ def prepare(cfg: Dict[str, Any]):
         dm = task.build_datamodule(cfg)  # only validates its settings (batch size, mask, tokenizer, ...): reads nothing
     except (ValueError, TypeError) as e:
         raise UsageError(f"--model {cfg['model']}: {e}") from None
-    dm.prepare_data()
-    dm.setup("fit")
+    with announce_if_slow(f"preparing the data of --model {cfg['model']} (source {cfg['data_source']})"):
+        dm.prepare_data()
+        dm.setup("fit")
     cfg["source_used"] = dm.source_used  # part of the run's record (its name, hparams.yaml, results.json)
     try:
         net = task.build_network(cfg, dm)
@@ -198,7 +202,7 @@ def build_trainer(cfg: Dict[str, Any], args, task, logger_version: Optional[int]
                                                    default_hp_metric=False)
     callbacks = [FiniteLossGuard(), TensorBoardView(fixed=log_interval_given(args)), *extra_callbacks]
     if cfg["efficiency_callbacks"]:  # last: its timed span starts after the other callbacks' batch-start work
-        callbacks.append(EfficiencyMonitor(run_info={
+        callbacks.append(EfficiencyMonitor(hold_allocator_note=not getattr(args, "verbose", False), run_info={
             "run": run_name(cfg), "model": cfg["model"], "attention": cfg["attention"],
             "attention_options": cfg["attention_options"], "data_source": cfg["source_used"],
             "batch_size": cfg["batch_size"], "seed": cfg["seed"]}))
@@ -208,6 +212,8 @@ def build_trainer(cfg: Dict[str, Any], args, task, logger_version: Optional[int]
                                       filename=f"best-{{epoch}}-{{step}}-{{{monitor}:.4f}}", auto_insert_metric_name=False),
                       LastCheckpoint(),
                       LearningRateMonitor(logging_interval="step")]
+    if cfg["progress_bar"] and _RICH_AVAILABLE:
+        callbacks.append(BudgetProgressBar())
     kwargs = dict(
         max_epochs=cfg["max_epochs"], max_steps=cfg["max_steps"], precision=cfg["precision"],
         accelerator=cfg["accelerator"], devices=parse_devices(cfg["devices"]), strategy=cfg["strategy"],
@@ -273,6 +279,11 @@ def run(argv: Optional[Sequence[str]] = None, extra_callbacks: Sequence = ()) ->
 
 def run_args(args, extra_callbacks: Sequence = ()) -> Dict[str, Any]:
     """`run` on parsed flags (the comparison study calls this once per mechanism and seed)."""
+    with quiet_lightning(verbose=getattr(args, "verbose", False)):
+        return _run_args(args, extra_callbacks)
+
+
+def _run_args(args, extra_callbacks: Sequence = ()) -> Dict[str, Any]:
     if is_study(args.attention):
         raise UsageError(f"--attention {args.attention} is a comparison study; run it through train.py or "
                          f"training.study.run_study")
