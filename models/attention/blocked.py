@@ -31,7 +31,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from .functional import masked_softmax
+from .functional import append_cache, masked_softmax
 
 Rule = Callable[[Tensor, Tensor], Tensor]
 
@@ -555,14 +555,14 @@ def window_step(state: Dict, k: Tensor, v: Tensor, reach: int, keep: int = 0) ->
     parts_k, parts_v, positions = [], [], []
     if keep:
         if g:
-            state["gk"] = torch.cat([state["gk"], k[:, :, :g]], 2) if "gk" in state else k[:, :, :g]
-            state["gv"] = torch.cat([state["gv"], v[:, :, :g]], 2) if "gv" in state else v[:, :, :g]
+            append_cache(state, "gk", k[:, :, :g])
+            append_cache(state, "gv", v[:, :, :g])
         parts_k.append(state["gk"])
         parts_v.append(state["gv"])
         positions.append(torch.arange(state["gk"].shape[2], device=k.device))
     wk, wv = k[:, :, g:], v[:, :, g:]
-    if "k" in state:
-        wk, wv = torch.cat([state["k"], wk], 2), torch.cat([state["v"], wv], 2)
+    if "k" in state:  # the whole window for this step; the state keeps only its last `reach` below
+        wk, wv = append_cache(state, "k", wk), append_cache(state, "v", wv)
     parts_k.append(wk)
     parts_v.append(wv)
     positions.append(torch.arange(pos + t - wk.shape[2], pos + t, device=k.device))

@@ -34,7 +34,14 @@ from torch import Tensor, nn
 from utils.checks import check_int, check_number
 
 from .base import Attention
-from .functional import attention_mask, exact_attention_flops, key_padding_mask, masked_softmax, merge_heads
+from .functional import (
+    append_cache,
+    attention_mask,
+    exact_attention_flops,
+    key_padding_mask,
+    masked_softmax,
+    merge_heads,
+)
 from .registry import register_attention
 
 RMS_EPS = 1e-5
@@ -128,7 +135,7 @@ class DiffAttention(Attention):
     def _step(self, x: Tensor, state: dict) -> Tuple[Tensor, dict]:
         q1, q2, k1, k2, v = self._project(x)  # (B, h, t, e/2) x4, (B, h, t, e)
         for key, new in (("k1", k1), ("k2", k2), ("v", v)):
-            state[key] = torch.cat([state[key], new], dim=2) if key in state else new.contiguous()
+            append_cache(state, key, new.contiguous())
         t, n = q1.shape[2], state["v"].shape[2]
         # query i (absolute position n - t + i) sees keys 0 .. n - t + i; SDPA's is_causal aligns top-left
         allowed = None if t == 1 else torch.ones(t, n, dtype=torch.bool, device=x.device).tril_(n - t)

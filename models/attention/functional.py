@@ -42,6 +42,19 @@ def merge_heads(x: Tensor) -> Tensor:
     return x.transpose(1, 2).reshape(B, n, h * e)
 
 
+# --------------------------------------------------------------------------- decoding caches
+
+
+def append_cache(state: dict, key: str, new: Tensor, dim: int = 2) -> Tensor:
+    """Append new positions to one entry of a decoding state (in place) and return it: state[key]
+    becomes torch.cat([state[key], new], dim), or `new` itself when the entry is absent (the first
+    call, e.g. a prefill). The KV cache of every mechanism that keeps its keys and values (B, h, n, e)
+    grows through here. The concatenation copies the whole entry, so a step costs O(n) memory traffic
+    on top of its attention, as in a plain KV cache."""
+    state[key] = torch.cat([state[key], new], dim) if key in state else new
+    return state[key]
+
+
 # --------------------------------------------------------------------------- masks
 
 

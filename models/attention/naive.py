@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from utils.checks import check_int
 
 from .base import Attention
-from .functional import attention_mask, exact_attention_flops, masked_softmax, merge_heads, split_heads
+from .functional import append_cache, attention_mask, exact_attention_flops, masked_softmax, merge_heads, split_heads
 from .registry import register_attention
 
 
@@ -73,9 +73,7 @@ class NaiveAttention(Attention):
     def _step(self, x: Tensor, state: dict) -> Tuple[Tensor, dict]:
         q = split_heads(self.to_q(x), self.heads)  # (B, h, t, e)
         k, v = self._kv(x)  # (B, kv, t, e)
-        if "k" in state:
-            k, v = torch.cat([state["k"], k], dim=2), torch.cat([state["v"], v], dim=2)
-        state["k"], state["v"] = k, v  # (B, kv, n, e): the cache holds kv_heads heads only
+        k, v = append_cache(state, "k", k), append_cache(state, "v", v)  # (B, kv, n, e): the cache holds kv_heads heads only
         t, n = q.shape[2], k.shape[2]
         scores = (q @ self._repeat(k).transpose(-2, -1)) * self.scale  # (B, h, t, n)
         # query i (absolute position n - t + i) sees keys 0 .. n - t + i

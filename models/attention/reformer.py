@@ -48,7 +48,7 @@ from torch import Tensor, nn
 from utils.checks import check_bool, check_int
 
 from .base import Attention
-from .functional import merge_heads, split_heads
+from .functional import append_cache, merge_heads, split_heads
 from .registry import register_attention
 
 ROUND_SCORES = 2**22  # rounds are computed in groups whose scores stay within this many elements (16 MiB fp32)
@@ -312,9 +312,9 @@ class ReformerAttention(Attention):
         ys = []
         for i in range(x.shape[1]):
             ys.append(self._next(qk[:, :, i], v[:, :, i], state["k"], state["v"], state["codes"], codes[..., i]))
-            state["k"] = torch.cat([state["k"], keys[:, :, i : i + 1]], 2)
-            state["v"] = torch.cat([state["v"], v[:, :, i : i + 1]], 2)
-            state["codes"] = torch.cat([state["codes"], codes[..., i : i + 1]], 3)
+            append_cache(state, "k", keys[:, :, i : i + 1])
+            append_cache(state, "v", v[:, :, i : i + 1])
+            append_cache(state, "codes", codes[..., i : i + 1], dim=3)
         return self.out(merge_heads(torch.stack(ys, 2))), state
 
     def _next(self, q: Tensor, v_new: Tensor, k: Tensor, v: Tensor, codes: Tensor, code: Tensor) -> Tensor:

@@ -46,7 +46,7 @@ from torch import Tensor
 from utils.checks import check_bool, check_int, check_number
 
 from .base import Attention
-from .functional import merge_heads
+from .functional import append_cache, merge_heads
 from .registry import register_attention
 
 SCORES_PER_GROUP = 2**21  # heads are computed in groups whose scores stay within this many elements (8 MiB fp32)
@@ -272,7 +272,7 @@ class SinkhornAttention(Attention):
         ys = []
         for i in range(x.shape[1]):
             for name, new in (("q", q), ("k", k), ("v", v)):
-                state[name] = torch.cat([state[name], new[:, :, i : i + 1]], dim=2)
+                append_cache(state, name, new[:, :, i : i + 1])
             ys.append(self._last(state["q"], state["k"], state["v"]))
         return self.out(merge_heads(torch.stack(ys, dim=2))), state
 

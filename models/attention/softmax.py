@@ -25,6 +25,7 @@ from utils.checks import check_int
 
 from .base import Attention
 from .functional import (
+    append_cache,
     attention_mask,
     exact_attention_flops,
     key_padding_mask,
@@ -106,8 +107,7 @@ class SoftmaxAttention(Attention):
 
     def _step(self, x: Tensor, state: dict) -> Tuple[Tensor, dict]:
         q, k, v = self.project_qkv(x)  # (B, h, t, e), (B, kv, t, e) twice
-        k, v = (torch.cat([state[s], new], dim=2) if s in state else new for s, new in (("k", k), ("v", v)))
-        state["k"], state["v"] = k, v  # the cache holds kv_heads heads: heads / kv_heads times smaller
+        k, v = append_cache(state, "k", k), append_cache(state, "v", v)  # the cache holds kv_heads heads: heads / kv_heads times smaller
         t, n = q.shape[2], k.shape[2]
         # query i (absolute position n - t + i) sees keys 0 .. n - t + i; SDPA's is_causal aligns top-left
         allowed = None if t == 1 else torch.ones(t, n, dtype=torch.bool, device=x.device).tril_(n - t)

@@ -31,7 +31,7 @@ from utils.checks import check_choice, check_int
 
 from .base import Attention
 from .blocked import BlockPattern, Rule, attend, band_reach, pattern_cache, rule_attention
-from .functional import merge_heads
+from .functional import append_cache, merge_heads
 from .registry import register_attention
 
 PATTERNS = ("fixed", "strided")
@@ -97,8 +97,7 @@ class SparseAttention(Attention):
 
     def _step(self, x: Tensor, state: dict) -> Tuple[Tensor, dict]:
         q, k, v = self.project_qkv(x)  # (B, h, t, e)
-        k, v = (torch.cat([state[s], new], dim=2) if s in state else new for s, new in (("k", k), ("v", v)))
-        state["k"], state["v"] = k, v
+        k, v = append_cache(state, "k", k), append_cache(state, "v", v)  # (B, h, n, e)
         n = k.shape[2]
         kpos = torch.arange(n, device=x.device)
         rule = sparse_rule(self.pattern_name, self.stride, self.summary)

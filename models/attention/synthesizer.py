@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from utils.checks import check_bool, check_choice, check_int
 
 from .base import Attention
-from .functional import attention_mask, masked_softmax, merge_heads, split_heads
+from .functional import append_cache, attention_mask, masked_softmax, merge_heads, split_heads
 from .registry import register_attention
 
 KINDS = ("dense", "random")
@@ -169,7 +169,7 @@ class SynthesizerAttention(Attention):
         pos, t = state["pos"], x.shape[1]
         n = pos + t
         v = split_heads(self.value(x), self.heads)  # (B, h, t, e)
-        state["v"] = v = torch.cat([state["v"], v], dim=2) if "v" in state else v  # (B, h, n, e)
+        v = append_cache(state, "v", v)  # (B, h, n, e)
         s = self._dense_scores(x, n) if self.kind == "dense" else self._random_scores(n, pos)[None]  # (B|1, h, t, n)
         allowed = torch.ones(t, n, dtype=torch.bool, device=x.device).tril_(pos)  # row r is position pos + r
         with torch.autocast(x.device.type, enabled=False):

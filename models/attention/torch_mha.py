@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import Attention
-from .functional import attention_mask, exact_attention_flops, key_padding_mask, merge_heads, split_heads
+from .functional import append_cache, attention_mask, exact_attention_flops, key_padding_mask, merge_heads, split_heads
 from .registry import register_attention
 
 
@@ -51,8 +51,7 @@ class TorchMHA(Attention):
     def _step(self, x: Tensor, state: dict) -> Tuple[Tensor, dict]:
         m = self.mha
         q, k, v = (split_heads(t, self.heads) for t in F.linear(x, m.in_proj_weight, m.in_proj_bias).chunk(3, dim=-1))
-        k, v = (torch.cat([state[s], new], dim=2) if s in state else new for s, new in (("k", k), ("v", v)))
-        state["k"], state["v"] = k, v
+        k, v = append_cache(state, "k", k), append_cache(state, "v", v)  # (B, h, n, e)
         t, n = q.shape[2], k.shape[2]
         allowed = None if t == 1 else torch.ones(t, n, dtype=torch.bool, device=x.device).tril_(n - t)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)  # (B, h, t, e)
