@@ -3,6 +3,7 @@
     python profile.py                                    # every mechanism, cpu+gpu, n = 10 .. 10000
     python profile.py --devices cpu --attentions softmax,linformer,performer --seq-lens 128,512,2048
     python profile.py --mode fwd+bwd --dtype bf16 --causal --runs 20 --warmup 5 --threads 8
+    python profile.py --mode decode --attentions softmax,linear,retention --seq-lens 256,1024,4096   # per generated token
     python profile.py --opt linformer.k=128 --opt performer.features=128 --max-seconds-per-point 60
     python profile.py --resume results/sweep-20250101-120000   # finish a killed sweep (same config)
     python profile.py --compare-builtin                  # ours vs PyTorch built-ins (profiling/compare.py)

@@ -8,12 +8,13 @@ time_fn; on the real clock (main thread, POSIX) an interval timer also interrupt
 from __future__ import annotations
 
 import contextlib
+import re
 import signal
 import threading
 import time
-from typing import Optional
+from typing import Callable, Optional
 
-from .timing import Clock, TimeBudgetExceeded
+from .timing import Clock, TimeBudgetExceeded, TimingStats, time_fn
 
 
 class Budget:
@@ -75,6 +76,16 @@ class Budget:
             signal.signal(signal.SIGALRM, self._old_handler if self._old_handler is not None else signal.SIG_DFL)
             self._armed = False
         return False
+
+    def timed(self, fn: Callable[[], object], *, warmup: int, runs: int, device, threads: Optional[int]) -> TimingStats:
+        """timing.time_fn within what is left of the budget, on the budget's clock; running out is this
+        budget's TimeBudgetExceeded (naming the stage, and the part of time_fn it stopped in)."""
+        try:
+            return time_fn(fn, warmup=warmup, runs=runs, device=device, threads=threads,
+                           max_seconds=max(self.remaining(), 1e-6), clock=self.clock)
+        except TimeBudgetExceeded as e:
+            m = re.search(r"during (.*)$", str(e))
+            raise self.exceeded(m.group(1) if m else "") from None
 
     @contextlib.contextmanager
     def in_stage(self, name: str, shielded: bool = False):

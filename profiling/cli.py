@@ -73,7 +73,8 @@ def build_parser(suppress: bool = False) -> argparse.ArgumentParser:
     """The flags; with `suppress`, defaults are left out, so parsing shows which flags were given."""
     p = _Parser(
         prog=PROG,
-        description="Sequence-length sweep of the registered attention mechanisms: time, peak memory, FLOPs.",
+        description="Sequence-length sweep of the registered attention mechanisms: time, peak memory, FLOPs "
+                    "(with --mode decode: time per generated token and cache/state size against the context length).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.seen, p.flag_of = set(), {}
@@ -87,12 +88,13 @@ def build_parser(suppress: bool = False) -> argparse.ArgumentParser:
 
     add("--attentions", default=None, help="comma-separated mechanisms (default: every registered one)")
     add("--devices", default="cpu,gpu", help="comma-separated: cpu, gpu (= cuda); a missing GPU is skipped with a warning")
-    add("--seq-lens", default="10,100,1000,10000", help="comma-separated sequence lengths")
+    add("--seq-lens", default="10,100,1000,10000", help="comma-separated sequence lengths (the context lengths with --mode decode)")
     add("--dim", type=int, default=512, help="model width")
     add("--heads", type=int, default=8, help="attention heads (must divide --dim)")
     add("--batch", type=int, default=1, help="batch size")
     add("--dtype", default="fp32", help="fp32 | bf16 | fp16 (module and input both cast)")
-    add("--mode", default="fwd", help="fwd (no_grad, eval) | fwd+bwd (train, backward of out.sum())")
+    add("--mode", default="fwd", help="fwd (no_grad, eval) | fwd+bwd (train, backward of out.sum()) | decode (incremental decoding, "
+        "causal: time per generated token and cache/state bytes after a context of each --seq-lens; mechanisms without decoding are skipped with the reason)")
     add("--causal", action="store_true", default=False, help="causal attention (mechanisms that cannot are recorded as unsupported)")
     add("--runs", type=int, default=10, help="timed runs per point")
     add("--warmup", type=int, default=3, help="untimed warm-up runs per point")

@@ -28,6 +28,18 @@ FLOP_CONVENTIONS = {
 }
 
 
+MODE_NOTES = {
+    "fwd": "forward only, under torch.no_grad(), module in eval()",
+    "fwd+bwd": "module in train(); each call: grads set to None, forward, out.float().sum().backward() "
+    "(the input requires grad, so input gradients are computed as in a mid-network layer)",
+    "decode": "incremental decoding (Attention.step), causal, under torch.no_grad(), module in eval(): seq_len is the "
+    "context L, prefilled by one step call (timed once after one warm-up prefill: prefill_ms); state_bytes is the "
+    "cache/state after it; then single-token steps follow one another from that state: one for the peak memory, "
+    "then the warm-up and timed ones (the time per token; each step sees one position more than the last). "
+    "No FLOPs in this mode. Mechanisms without decoding are unsupported points with the reason",
+}
+
+
 def now() -> str:
     """Local time with its offset, to the second (env.json's start_time and end_time)."""
     return datetime.now().astimezone().isoformat(timespec="seconds")
@@ -49,12 +61,7 @@ def environment(cfg: SweepConfig, command: Optional[List[str]] = None) -> dict:
         "dtype": cfg.dtype,
         "dtype_note": f"module parameters and the input are both cast to {cfg.dtype} ({DTYPES[cfg.dtype]})",
         "mode": cfg.mode,
-        "mode_note": (
-            "forward only, under torch.no_grad(), module in eval()"
-            if cfg.mode == "fwd"
-            else "module in train(); each call: grads set to None, forward, out.float().sum().backward() "
-            "(the input requires grad, so input gradients are computed as in a mid-network layer)"
-        ),
+        "mode_note": MODE_NOTES[cfg.mode],
         "git_commit": git_commit(),
         "command": command if command is not None else list(sys.argv),
         "memory_methods": {"cpu": CPU_MEMORY_METHOD, "cuda": CUDA_MEMORY_METHOD},

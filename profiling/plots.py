@@ -1,7 +1,9 @@
 """Figures of a sweep (time, memory, flops, throughput, speedup, combined; PNG at 200 dpi and PDF) from flat
 result rows (profiling/results.py). "ok" rows only; one panel per device, one line per mechanism in the same
 colour and marker in every figure; log-log axes; error bars are standard errors (sem_ms), carried into throughput
-and speed-up as relative errors. Each configuration in the rows gets its own set of figures.
+and speed-up as relative errors. Each configuration in the rows gets its own set of figures. A decoding sweep
+(mode "decode") gets time per token, cache/state size, one step's peak memory and speed-up per token against the
+context length L (DECODE_FIGURES).
 
     plot_sweep(read_csv_rows("results/sweep-.../results.csv"), Path("results/sweep-..."))
 """
@@ -23,6 +25,7 @@ from models.attention import list_attentions  # noqa: E402
 
 BASELINE = "softmax"
 FIGURES = ("time", "memory", "flops", "throughput", "speedup", "combined")
+DECODE_FIGURES = ("time", "state", "memory", "speedup", "combined")
 CONFIG_FIELDS = ("batch", "dim", "heads", "dtype", "mode", "causal")
 
 STYLE = {
@@ -124,7 +127,27 @@ METRICS = {
     "flops": ("FLOPs per call (GFLOP)", "FLOPs", lambda r: r.get("analytic_gflop"), None),
     "throughput": ("achieved throughput (GFLOP/s)", "Throughput", lambda r: r.get("achieved_gflops"), throughput_sem),
     "speedup": (f"speed-up over {BASELINE} ($t_{{\\mathrm{{{BASELINE}}}}}/t$)", f"Speed-up over {BASELINE}", lambda r: r.get("speedup"), lambda r: r.get("speedup_sem") or 0.0),
+    "state": ("cache / state after the prefill (MiB)", "Decoding state", lambda r: r.get("state_mib"), None),
 }
+# the decoding mode's words for the metrics it shares (y label, panel title)
+DECODE_LABELS = {
+    "time": ("median time per token (ms)", "Time per token"),
+    "memory": ("peak memory of one step (MiB)", "Peak memory per step"),
+    "speedup": (METRICS["speedup"][0], f"Speed-up per token over {BASELINE}"),
+}
+
+
+def figures_of(mode: str) -> Tuple[str, ...]:
+    """The figures a configuration of this mode gets."""
+    return DECODE_FIGURES if mode == "decode" else FIGURES
+
+
+def metric_spec(metric: str, mode: str) -> tuple:
+    """(y label, panel title, y(row), yerr(row) or None) of a metric in a mode."""
+    ylabel, title, y, yerr = METRICS[metric]
+    if mode == "decode":
+        ylabel, title = DECODE_LABELS.get(metric, (ylabel, title))
+    return ylabel, title, y, yerr
 
 
 def _device_title(device: str, rows: Sequence[Dict]) -> str:
@@ -136,7 +159,7 @@ def _device_title(device: str, rows: Sequence[Dict]) -> str:
     return device.upper()
 
 
-def _format_x(ax, seq_lens: Sequence[int]) -> None:
+def _format_x(ax, seq_lens: Sequence[int], mode: str = "fwd") -> None:
     ax.set_xscale("log", base=2)
     ticks = sorted(set(seq_lens))
     if len(ticks) > 7:  # keep labels apart: every other length
@@ -145,7 +168,7 @@ def _format_x(ax, seq_lens: Sequence[int]) -> None:
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{int(round(v)):,}"))  # the exact swept lengths
     ax.xaxis.set_minor_locator(NullLocator())
     ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set_xlabel("sequence length $n$")
+    ax.set_xlabel("context length $L$" if mode == "decode" else "sequence length $n$")
 
 
 def _plain(v: float, _=None) -> str:
@@ -193,8 +216,9 @@ def _series(rows: Sequence[Dict], metric: str, device: str) -> Dict[str, List[Di
     return out
 
 
-def _draw_panel(ax, rows: Sequence[Dict], metric: str, device: str, styles: Dict[str, Tuple[str, str]], seq_lens: Sequence[int]) -> None:
-    ylabel, _, y, yerr = METRICS[metric]
+def _draw_panel(ax, rows: Sequence[Dict], metric: str, device: str, styles: Dict[str, Tuple[str, str]], seq_lens: Sequence[int],
+                mode: str = "fwd") -> None:
+    ylabel, _, y, yerr = metric_spec(metric, mode)
     for name, series in sorted(_series(rows, metric, device).items()):
         color, marker = styles[name]
         xs = [r["seq_len"] for r in series]
@@ -211,7 +235,7 @@ def _draw_panel(ax, rows: Sequence[Dict], metric: str, device: str, styles: Dict
         ax.axhline(1.0, color="0.3", linestyle="--", linewidth=0.9, zorder=2)
     ax.set_yscale("log")
     _format_log_y(ax)
-    _format_x(ax, seq_lens)
+    _format_x(ax, seq_lens, mode)
     ax.set_ylabel(ylabel)
 
 
@@ -247,15 +271,16 @@ def _metric_rows(rows: Sequence[Dict], metric: str) -> List[Dict]:
     return out
 
 
-def _single_figure(rows: Sequence[Dict], metric: str, devices: Sequence[str], styles, title: str, stem: Path) -> List[Path]:
+def _single_figure(rows: Sequence[Dict], metric: str, devices: Sequence[str], styles, title: str, stem: Path, mode: str = "fwd") -> List[Path]:
     mrows = _metric_rows(rows, metric)
     seq_lens = sorted({r["seq_len"] for r in rows})
     fig, axes = plt.subplots(1, len(devices), figsize=(max(4.6, 3.9 * len(devices)), 3.4), squeeze=False)
     for ax, dev in zip(axes[0], devices):
-        _draw_panel(ax, mrows, metric, dev, styles, seq_lens)
+        _draw_panel(ax, mrows, metric, dev, styles, seq_lens, mode)
         ax.set_title(_device_title(dev, rows))
     names = sorted({r["attention"] for r in mrows})
-    fig.suptitle(f"{METRICS[metric][1]}\n{title}" if len(devices) == 1 else f"{METRICS[metric][1]} — {title}", fontsize=10.5)
+    name = metric_spec(metric, mode)[1]
+    fig.suptitle(f"{name}\n{title}" if len(devices) == 1 else f"{name} — {title}", fontsize=10.5)
     fig.tight_layout()
     fig.legend(handles=_legend_handles(names, styles, metric, any(map(_counted_differs, rows))), loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, title="mechanism")
     paths = save_figure(fig, stem)
@@ -263,22 +288,23 @@ def _single_figure(rows: Sequence[Dict], metric: str, devices: Sequence[str], st
     return paths
 
 
-def _combined_figure(rows: Sequence[Dict], devices: Sequence[str], styles, title: str, stem: Path) -> List[Path]:
-    metrics = [m for m in METRICS]
+def _combined_figure(rows: Sequence[Dict], devices: Sequence[str], styles, title: str, stem: Path, mode: str = "fwd") -> List[Path]:
+    metrics = [m for m in figures_of(mode) if m in METRICS]
     seq_lens = sorted({r["seq_len"] for r in rows})
     names = sorted({r["attention"] for r in rows})
-    if len(devices) == 1:  # 2 x 3 grid, the sixth cell holds the legend
+    if len(devices) == 1:  # 2 x 3 grid, the cell after the metrics holds the legend
         fig, grid = plt.subplots(2, 3, figsize=(11.0, 6.4))
         cells = [(grid.flat[i], m, devices[0]) for i, m in enumerate(metrics)]
-        legend_ax = grid.flat[5]
-        legend_ax.axis("off")
+        for ax in grid.flat[len(metrics):]:
+            ax.axis("off")
+        legend_ax = grid.flat[len(metrics)]
     else:  # one row per device, one column per metric
         fig, grid = plt.subplots(len(devices), len(metrics), figsize=(3.1 * len(metrics), 2.8 * len(devices)), squeeze=False)
         cells = [(grid[i, j], m, d) for i, d in enumerate(devices) for j, m in enumerate(metrics)]
         legend_ax = None
     for ax, metric, dev in cells:
-        _draw_panel(ax, _metric_rows(rows, metric), metric, dev, styles, seq_lens)
-        ax.set_title(METRICS[metric][1])
+        _draw_panel(ax, _metric_rows(rows, metric), metric, dev, styles, seq_lens, mode)
+        ax.set_title(metric_spec(metric, mode)[1])
     if len(devices) > 1:
         for i, d in enumerate(devices):
             name = _device_title(d, rows).split(": ", 1)
@@ -287,7 +313,7 @@ def _combined_figure(rows: Sequence[Dict], devices: Sequence[str], styles, title
                                 ma="center", fontsize=9.5, fontweight="bold")
     fig.suptitle(f"{title}" + (f" — {_device_title(devices[0], rows)}" if len(devices) == 1 else ""), fontsize=11)
     fig.tight_layout()
-    handles = _legend_handles(names, styles, None, any(map(_counted_differs, rows)))
+    handles = _legend_handles(names, styles, None, "flops" in metrics and any(map(_counted_differs, rows)))
     if legend_ax is not None:
         legend_ax.legend(handles=handles, loc="center", frameon=False, title="mechanism", ncol=1 if len(handles) <= 12 else 2)
     else:
@@ -297,12 +323,13 @@ def _combined_figure(rows: Sequence[Dict], devices: Sequence[str], styles, title
     return paths
 
 
-def plot_sweep(rows: List[Dict], out_dir: Path, figures: Sequence[str] = FIGURES) -> List[Path]:
-    """Write the figures (PNG + PDF; all of FIGURES by default) of the "ok" rows to out_dir;
-    returns the paths written."""
-    unknown = sorted(set(figures) - set(FIGURES))
+def plot_sweep(rows: List[Dict], out_dir: Path, figures: Optional[Sequence[str]] = None) -> List[Path]:
+    """Write the figures (PNG + PDF) of the "ok" rows to out_dir: each configuration's (figures_of its mode),
+    or those of `figures` that apply to it; returns the paths written."""
+    known = list(dict.fromkeys(FIGURES + DECODE_FIGURES))
+    unknown = sorted(set(figures or ()) - set(known))
     if unknown:
-        raise ValueError(f"unknown figure(s) {', '.join(unknown)}; choose from {', '.join(FIGURES)}")
+        raise ValueError(f"unknown figure(s) {', '.join(unknown)}; choose from {', '.join(known)}")
     rows = ok_rows(rows)
     if not rows:
         return []
@@ -319,8 +346,10 @@ def plot_sweep(rows: List[Dict], out_dir: Path, figures: Sequence[str] = FIGURES
             devices = sorted({r["device"] for r in cfg_rows}, key=lambda d: (order.get(d, 2), d))
             suffix = "" if len(by_cfg) == 1 else "_" + config_suffix(cfg)
             title = config_title(cfg)
-            for metric in (m for m in METRICS if m in figures):
-                paths += _single_figure(cfg_rows, metric, devices, styles, title, out_dir / f"{metric}{suffix}")
-            if "combined" in figures:
-                paths += _combined_figure(cfg_rows, devices, styles, title, out_dir / f"combined{suffix}")
+            mode = dict(zip(CONFIG_FIELDS, cfg))["mode"]
+            wanted = [f for f in figures_of(mode) if figures is None or f in figures]
+            for metric in (m for m in wanted if m in METRICS):
+                paths += _single_figure(cfg_rows, metric, devices, styles, title, out_dir / f"{metric}{suffix}", mode)
+            if "combined" in wanted:
+                paths += _combined_figure(cfg_rows, devices, styles, title, out_dir / f"combined{suffix}", mode)
     return paths

@@ -13,8 +13,10 @@ def describe(spec) -> str:
 
 def outcome(point: dict) -> str:
     if point["status"] == "ok":
-        t, m = point["time"], point["memory"]
-        return f"ok  {t['median_ms']:.3f} ms  {m['peak_bytes'] / 2**20:.2f} MiB"
+        t, m, d = point["time"], point["memory"], point.get("decode")
+        state = f"  state {d['state_bytes'] / 2**20:.3f} MiB" if d else ""
+        per = " per token" if d else ""
+        return f"ok  {t['median_ms']:.3f} ms{per}  {m['peak_bytes'] / 2**20:.2f} MiB{state}"
     return f"{point['status']}: {point['reason']}"
 
 

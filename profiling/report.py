@@ -1,6 +1,8 @@
 """The sweep's summary (console tables and summary.md): per device, one row per mechanism with its median time
-and peak memory at every length, its scaling exponent, and the length from which it beats `softmax`. Everything
-here takes the flat rows of profiling/results.py.
+and peak memory at every length, its scaling exponent, and the length from which it beats `softmax`; in the
+decoding mode the time per token, the cache/state size and one step's peak memory against the context length L.
+Mechanisms a configuration could not run are listed under their tables with the reason. Everything here takes the
+flat rows of profiling/results.py.
 
     print_summary(read_csv_rows("results/sweep-.../results.csv")); write_summary(rows, out_dir)
 """
@@ -17,7 +19,14 @@ from rich.table import Table
 from utils.io import write_text
 
 BASELINE = "softmax"
-METRICS = {"time": "median_ms", "memory": "peak_mib", "gflops": "achieved_gflops"}
+METRICS = {"time": "median_ms", "memory": "peak_mib", "gflops": "achieved_gflops", "state": "state_mib"}
+# per mode: the tables (metric, unit, what "below softmax" means or None), and which of them the console shows
+TABLES = {
+    "default": ((("time", "median ms", "faster"), ("memory", "peak MiB", "smaller"), ("gflops", "GFLOP/s", None)),
+                ("time", "memory")),
+    "decode": ((("time", "median ms per token", "faster"), ("state", "state MiB after the prefill", "smaller"),
+                ("memory", "peak MiB of one step", "smaller")), ("time", "state", "memory")),
+}
 STATUS_CELL = {"oom": "oom", "timeout": "timeout", "unsupported": "unsup.", "error": "error"}
 CONFIG_FIELDS = ("device", "device_name", "batch", "dim", "heads", "dtype", "mode", "causal")
 
@@ -141,26 +150,46 @@ def _title(config: Tuple, threads: Optional[int]) -> str:
     return " · ".join(str(p) for p in parts)
 
 
+def _tables_of(config: Tuple) -> tuple:
+    return TABLES["decode" if dict(zip(CONFIG_FIELDS, config))["mode"] == "decode" else "default"]
+
+
+def skipped(by_attn: Dict[str, List[Dict]], letter: str = "n") -> List[str]:
+    """One line per mechanism and reason for its "unsupported" points: `name (n=8, 16): reason`."""
+    lines = []
+    for name in sorted(by_attn):
+        reasons: Dict[str, List[int]] = defaultdict(list)
+        for r in by_attn[name]:
+            if r.get("status") == "unsupported":
+                reasons[str(r.get("reason") or "no reason recorded")].append(int(r["seq_len"]))
+        for reason, lens in reasons.items():
+            lines.append(f"{name} ({letter}={', '.join(f'{n:,}' for n in sorted(lens))}): {reason}")
+    return lines
+
+
 def summary_tables(rows: Iterable[Dict]) -> List[Dict]:
-    """The summary as data: one entry per (device, config), each with a header and body rows for the
-    time table and the memory table (and achieved GFLOP/s for the markdown)."""
+    """The summary as data: one entry per (device, config), each with a header and body rows for each of its
+    mode's tables (TABLES: time and memory, and achieved GFLOP/s for the markdown; in decode, time per token,
+    state and one step's memory), the tables the console shows, and the lines of the skipped mechanisms."""
     out = []
     for config, by_attn in sorted(group_rows(rows).items(), key=lambda kv: tuple(str(x) for x in kv[0])):
+        specs, console = _tables_of(config)
+        n = "L" if dict(zip(CONFIG_FIELDS, config))["mode"] == "decode" else "n"
         lens = sorted({int(r["seq_len"]) for rs in by_attn.values() for r in rs})
         threads = next((r.get("threads") for rs in by_attn.values() for r in rs if r.get("threads")), None)
         base = by_attn.get(BASELINE)
         tables = {}
-        for metric, unit, word in (("time", "median ms", "faster"), ("memory", "peak MiB", "smaller"), ("gflops", "GFLOP/s", None)):
-            header = ["attention"] + [f"n={n:,}" for n in lens]
+        for metric, unit, word in specs:
+            header = ["attention"] + [f"{n}={length:,}" for length in lens]
             if word:
-                header += ["k (∝ n^k)", f"{word} than {BASELINE} from n"]
+                header += [f"k (∝ {n}^k)", f"{word} than {BASELINE} from {n}"]
             if metric == "time":
                 header.append("notes")
             body = []
             for name in sorted(by_attn, key=lambda a: (a != BASELINE, a)):  # the baseline first
                 rs = by_attn[name]
                 at = {int(r["seq_len"]): r for r in rs}
-                line = [name] + [_cell(at.get(n), metric) for n in lens]
+                line = [name] + [_cell(at.get(length), metric) for length in lens]
                 if word:
                     e = scaling_exponent(rs, metric)
                     line.append("n/a" if e is None else f"{e:.2f}")
@@ -177,7 +206,8 @@ def summary_tables(rows: Iterable[Dict]) -> List[Dict]:
                 header.pop()
                 body = [line[:-1] for line in body]
             tables[metric] = {"unit": unit, "header": header, "rows": body}
-        out.append({"title": _title(config, threads), "config": dict(zip(CONFIG_FIELDS, config)), "tables": tables})
+        out.append({"title": _title(config, threads), "config": dict(zip(CONFIG_FIELDS, config)), "tables": tables,
+                    "console": console, "skipped": skipped(by_attn, n)})
     return out
 
 
@@ -187,15 +217,19 @@ def print_summary(rows: Iterable[Dict], console=None) -> None:
         if not console.is_terminal:  # a pipe or a log file: do not squeeze the tables into 80 columns
             console = Console(width=max(console.width, 200))
     for group in summary_tables(rows):
-        for metric in ("time", "memory"):
+        for metric in group["console"]:
             t = group["tables"][metric]
             table = Table(title=f"{group['title']} — {t['unit']}", title_justify="left")
             for i, h in enumerate(t["header"]):
-                wrap = h == "notes" or h.endswith("from n")
+                wrap = h == "notes" or " from " in h
                 table.add_column(h, justify="left" if i == 0 or h == "notes" else "right", no_wrap=not wrap)
             for line in t["rows"]:
                 table.add_row(*line)
             console.print(table)
+        if group["skipped"]:
+            console.print("not measured (unsupported):", highlight=False, markup=False)
+            for line in group["skipped"]:
+                console.print(f"  {line}", highlight=False, markup=False)
 
 
 NOTES = (
@@ -206,21 +240,32 @@ NOTES = (
     "(reasons in results.csv); — = not measured. Memory: peak bytes allocated during one call above the level "
     "before it (parameters and input excluded; see env.json for the method)."
 )
+DECODE_NOTES = (
+    "Decoding (--mode decode): L is the context, prefilled by one `step` call; time = median of single-token "
+    "`step` calls that follow one another from that state (token i sees L + 1 + warm-up + i positions); state = "
+    "`state_bytes` of the cache/state right after the prefill (kv-cache: grows with L; window: up to the window; "
+    "constant: fixed); peak = bytes allocated during one step above the level before it (the state it starts "
+    "from excluded, its new copy included). No FLOPs in this mode."
+)
 
 
 def to_markdown(rows: Iterable[Dict]) -> str:
     lines = ["# Sweep summary", ""]
-    for group in summary_tables(rows):
+    groups = summary_tables(rows)
+    for group in groups:
         lines += [f"## {group['title']}", ""]
-        for metric in ("time", "memory", "gflops"):
-            t = group["tables"][metric]
+        for t in group["tables"].values():
             lines += [f"**{t['unit']}**", ""]
             lines.append("| " + " | ".join(t["header"]) + " |")
             lines.append("|" + "|".join("---" if h in ("attention", "notes") else "---:" for h in t["header"]) + "|")
             for line in t["rows"]:
                 lines.append("| " + " | ".join(c.replace("|", "\\|") for c in line) + " |")
             lines.append("")
+        if group["skipped"]:
+            lines += ["**not measured (unsupported)**", ""] + [f"- {line}" for line in group["skipped"]] + [""]
     lines += [NOTES, ""]
+    if any(g["config"]["mode"] == "decode" for g in groups):
+        lines += [DECODE_NOTES, ""]
     return "\n".join(lines)
 
 

@@ -6,12 +6,16 @@ the same from a finished results.csv or a live results.jsonl.
 Point (nested):
     key            "attention|device|seq_len|batch|dim|heads|dtype|mode|causal" (resume identity)
     attention, device ("cpu" | "cuda"), device_name, seq_len, batch, dim, heads,
-    dtype ("fp32" | "bf16" | "fp16"), mode ("fwd" | "fwd+bwd"), causal (bool), options (dict)
+    dtype ("fp32" | "bf16" | "fp16"), mode ("fwd" | "fwd+bwd" | "decode"), causal (bool; true in decode),
+    options (dict)
     status         "ok" | "oom" | "timeout" | "unsupported" | "error"
     reason         why a point is not "ok" (one sentence), else null
-    time           TimingStats.to_dict() (ms) or null
-    memory         MemoryStats.to_dict() or null
-    flops          FlopReport.to_dict() or null (analytic, counted, ptflops MACs, ratio, flagged)
+    time           TimingStats.to_dict() (ms) or null; in decode: of one single-token step (time per token)
+    memory         MemoryStats.to_dict() or null; in decode: the peak of one single-token step
+    flops          FlopReport.to_dict() or null (analytic, counted, ptflops MACs, ratio, flagged); null in decode
+    decode         in decode, else null: decoding_state ("kv-cache" | "window" | "constant"), state_bytes (the
+                   state after the prefill of seq_len positions), prefill (TimingStats of that one step call),
+                   steps (single-token steps taken after it), state_bytes_after_steps
     achieved_gflops  analytic FLOPs / median time, or null
     elapsed_s      wall time spent on the point
 """
@@ -35,6 +39,7 @@ CSV_COLUMNS = [
     "peak_mib", "module_mib", "memory_method",
     "analytic_gflop", "counted_gflop", "ptflops_gmac", "counted_over_analytic", "flops_flagged", "flops_note",
     "achieved_gflops", "options", "elapsed_s",
+    "decoding_state", "state_bytes", "state_mib", "prefill_ms",
 ]  # fmt: skip
 
 
@@ -43,7 +48,7 @@ def point_key(attention: str, device: str, seq_len: int, batch: int, dim: int, h
 
 
 def flatten(point: Dict) -> Dict:
-    t, m, f = point.get("time") or {}, point.get("memory") or {}, point.get("flops") or {}
+    t, m, f, d = (point.get(k) or {} for k in ("time", "memory", "flops", "decode"))
     g = lambda v, s=1.0: None if v is None else v / s  # noqa: E731
     row = {k: point.get(k) for k in ("attention", "device", "device_name", "seq_len", "batch", "dim", "heads", "dtype", "mode", "causal", "status", "reason", "achieved_gflops", "elapsed_s")}
     row.update({k: t.get(k) for k in ("median_ms", "mean_ms", "std_ms", "sem_ms", "min_ms", "p95_ms", "p99_ms", "max_ms", "runs", "threads", "clock")})
@@ -58,6 +63,10 @@ def flatten(point: Dict) -> Dict:
         flops_flagged=f.get("flagged"),
         flops_note=f.get("note") or None,
         options=json.dumps(point.get("options") or {}, sort_keys=True),
+        decoding_state=d.get("decoding_state"),
+        state_bytes=d.get("state_bytes"),
+        state_mib=g(d.get("state_bytes"), 2**20),
+        prefill_ms=(d.get("prefill") or {}).get("median_ms"),
     )
     return {c: row.get(c) for c in CSV_COLUMNS}
 

@@ -1,6 +1,7 @@
 """What a sweep measures: `SweepConfig`, the parsers of its comma-separated flags, and `validate`, which refuses
 a bad request in one sentence naming the flag, the value and what is expected (ConfigError) before anything is
-measured or written. The options each mechanism is built with (`resolved_options`) are decided here too."""
+measured or written. The options each mechanism is built with (`resolved_options`) are decided here too, and
+what the decoding mode implies (`run_causal`, `decode_steps`)."""
 from __future__ import annotations
 
 import cmath
@@ -18,7 +19,7 @@ from .errors import is_oom
 from .memory import free_memory
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-MODES = ("fwd", "fwd+bwd")
+MODES = ("fwd", "fwd+bwd", "decode")
 DEVICE_ALIASES = {"cpu": "cpu", "gpu": "cuda", "cuda": "cuda"}
 RESERVED_OPTIONS = ("causal",)  # set by the run (--causal), not per mechanism
 MAX_NUMEL = 2**63 - 1  # torch indexes elements with int64
@@ -48,6 +49,17 @@ class SweepConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def run_causal(cfg: SweepConfig) -> bool:
+    """Whether the points run causally: --causal, or the decoding mode (generation is causal by definition)."""
+    return bool(cfg.causal) or cfg.mode == "decode"
+
+
+def decode_steps(cfg: SweepConfig) -> int:
+    """Single-token steps a decoding point takes after its prefill: one for the peak-memory measurement, then
+    the warm-up and the timed ones (each advances the state by one position)."""
+    return 1 + cfg.warmup + cfg.runs if cfg.mode == "decode" else 0
 
 
 # ---------------------------------------------------------------------------------------------- flag parsers
@@ -255,11 +267,12 @@ def _check_options(name: str, opts: Dict[str, Any], cfg: SweepConfig) -> None:
 
 def _generic_options(name: str, cfg: SweepConfig) -> Dict[str, Any]:
     """Options the sweep sets without being asked (no names: read from the constructor's signature):
-    a mechanism with a `max_seq_len` option gets the longest swept length, so it runs the whole sweep."""
+    a mechanism with a `max_seq_len` option gets the longest swept length, so it runs the whole sweep (in the
+    decoding mode, the longest context plus the positions its steps add)."""
     accepted = attention_options(name)
     out: Dict[str, Any] = {}
     if "max_seq_len" in accepted and cfg.seq_lens:
-        out["max_seq_len"] = max(cfg.seq_lens)
+        out["max_seq_len"] = max(cfg.seq_lens) + decode_steps(cfg)
     return out
 
 

@@ -1,11 +1,11 @@
 """One point of the sweep (attention x device x seq_len at the run's batch, width, dtype, mode): a fresh module
-on its device, then FLOPs (analytic, counted, ptflops MACs), peak memory and time, under the per-point budget.
+on its device, then FLOPs (analytic, counted, ptflops MACs), peak memory and time, under the per-point budget
+(in the decoding mode: prefill, state size, one step's peak memory and the time per token, sweep_decode.py).
 `run_point` never raises for the point's own failure: it is the point's status (ok, oom, timeout, unsupported,
 error) with a one-line reason."""
 from __future__ import annotations
 
 import copy
-import re
 import time
 from dataclasses import dataclass
 from typing import Optional
@@ -20,8 +20,9 @@ from .flops import counted_flops, flop_report, ptflops_macs
 from .machine import device_name
 from .memory import free_memory, measure_peak_memory
 from .results import point_key
-from .sweep_config import DTYPES, SweepConfig, resolved_options
-from .timing import Clock, TimeBudgetExceeded, time_fn
+from .sweep_config import DTYPES, SweepConfig, decode_steps, resolved_options, run_causal
+from .sweep_decode import measure_decode, no_decoding_reason
+from .timing import Clock, TimeBudgetExceeded
 
 
 @dataclass
@@ -31,11 +32,11 @@ class PointSpec:
     seq_len: int
 
     def key(self, cfg: SweepConfig) -> str:
-        return point_key(self.attention, self.device, self.seq_len, cfg.batch, cfg.dim, cfg.heads, cfg.dtype, cfg.mode, cfg.causal)
+        return point_key(self.attention, self.device, self.seq_len, cfg.batch, cfg.dim, cfg.heads, cfg.dtype, cfg.mode, run_causal(cfg))
 
 
 class Unsupported(Exception):
-    """The mechanism declares it cannot run this point (causal, too long, refused at construction)."""
+    """The mechanism declares it cannot run this point (causal, decoding, too long, refused at construction)."""
 
 
 def _base_point(spec: PointSpec, cfg: SweepConfig, options: dict) -> dict:
@@ -50,7 +51,7 @@ def _base_point(spec: PointSpec, cfg: SweepConfig, options: dict) -> dict:
         "heads": cfg.heads,
         "dtype": cfg.dtype,
         "mode": cfg.mode,
-        "causal": bool(cfg.causal),
+        "causal": run_causal(cfg),
         "options": options,
         "status": None,
         "reason": None,
@@ -58,6 +59,7 @@ def _base_point(spec: PointSpec, cfg: SweepConfig, options: dict) -> dict:
         "memory": None,
         "flops": None,
         "achieved_gflops": None,
+        "decode": None,  # the decoding mode's figures (sweep_decode.measure_decode)
         "elapsed_s": None,
     }
 
@@ -65,17 +67,20 @@ def _base_point(spec: PointSpec, cfg: SweepConfig, options: dict) -> dict:
 def _build(spec: PointSpec, cfg: SweepConfig, options: dict):
     """The module, on its device and dtype, in train() for fwd+bwd; Unsupported when it cannot run the point."""
     cls = get_attention(spec.attention)
+    if cfg.mode == "decode" and not cls.supports_decoding:
+        raise Unsupported(no_decoding_reason(cls))
     if cfg.causal and not cls.supports_causal:
         raise Unsupported(f"attention '{spec.attention}' cannot be causal: {cls.not_causal_reason}")
     torch.manual_seed(0)
     try:
-        attn = build_attention(spec.attention, cfg.dim, cfg.heads, causal=cfg.causal, **options)
+        attn = build_attention(spec.attention, cfg.dim, cfg.heads, causal=run_causal(cfg), **options)
     except ValueError as e:
         raise Unsupported(str(e).splitlines()[0]) from None
-    limit = attn.max_seq_len
-    if limit is not None and spec.seq_len > limit:
+    limit, extra = attn.max_seq_len, decode_steps(cfg)
+    if limit is not None and spec.seq_len + extra > limit:
         hint = f"; raise it with --opt {spec.attention}.max_seq_len=N" if "max_seq_len" in options else ""
-        raise Unsupported(f"sequence length {spec.seq_len} exceeds max_seq_len={limit} of attention '{spec.attention}'{hint}")
+        length = f"context {spec.seq_len} plus {extra} decoding steps" if extra else f"sequence length {spec.seq_len}"
+        raise Unsupported(f"{length} exceeds max_seq_len={limit} of attention '{spec.attention}'{hint}")
     return attn.to(device=torch.device(spec.device), dtype=DTYPES[cfg.dtype]).train(cfg.mode == "fwd+bwd")
 
 
@@ -126,15 +131,7 @@ def _measure(point: dict, spec: PointSpec, cfg: SweepConfig, attn, x, budget: Bu
     with budget.in_stage("peak-memory measurement", shielded=True):
         point["memory"] = measure_peak_memory(call, attn, dev).to_dict()
     with budget.in_stage("timing"):
-        try:
-            stats = time_fn(
-                call, warmup=cfg.warmup, runs=cfg.runs, device=dev,
-                threads=cfg.threads if dev.type == "cpu" else None,
-                max_seconds=max(budget.remaining(), 1e-6), clock=budget.clock,
-            )  # fmt: skip
-        except TimeBudgetExceeded as e:
-            m = re.search(r"during (.*)$", str(e))
-            raise budget.exceeded(m.group(1) if m else "") from None
+        stats = budget.timed(call, warmup=cfg.warmup, runs=cfg.runs, device=dev, threads=cfg.threads if dev.type == "cpu" else None)
         point["time"] = stats.to_dict()
     if stats.median_ms > 0:
         point["achieved_gflops"] = analytic / (stats.median_ms / 1e3) / 1e9
@@ -153,9 +150,13 @@ def run_point(spec: PointSpec, cfg: SweepConfig, clock: Optional[Clock] = None) 
     attn = x = None
     try:
         attn = _build(spec, cfg, options)
-        x = torch.randn(cfg.batch, spec.seq_len, cfg.dim, device=dev).to(DTYPES[cfg.dtype]).requires_grad_(cfg.mode == "fwd+bwd")
-        with Budget(cfg.max_seconds, clock) as budget:
-            _measure(point, spec, cfg, attn, x, budget)
+        if cfg.mode == "decode":
+            with Budget(cfg.max_seconds, clock) as budget:
+                measure_decode(point, cfg, attn, budget)
+        else:
+            x = torch.randn(cfg.batch, spec.seq_len, cfg.dim, device=dev).to(DTYPES[cfg.dtype]).requires_grad_(cfg.mode == "fwd+bwd")
+            with Budget(cfg.max_seconds, clock) as budget:
+                _measure(point, spec, cfg, attn, x, budget)
         point["status"] = "ok"
     except Unsupported as e:
         point.update(status="unsupported", reason=str(e))

@@ -46,7 +46,7 @@ BAD_CASES = {
     "devices-alias-duplicate": (["--devices", "cpu,gpu,cuda"], ["--devices", "cpu,gpu,cuda", "gpu and cuda are the same"]),
     "devices-gpu-without-a-gpu": (["--devices", "gpu"], ["--devices gpu", "no GPU"]),
     "unknown-dtype": (["--dtype", "fp64"], ["--dtype", "'fp64'", "fp32"]),
-    "unknown-mode": (["--mode", "bwd"], ["--mode", "'bwd'", "fwd+bwd"]),
+    "unknown-mode": (["--mode", "bwd"], ["--mode", "'bwd'", "fwd+bwd", "decode"]),
     "runs-zero": (["--runs", "0"], ["--runs 0"]),
     "runs-not-int": (["--runs", "abc"], ["--runs", "'abc'"]),
     "runs-absurd": (["--runs", "10000000"], ["--runs 10000000", "1000000"]),
@@ -244,6 +244,24 @@ def test_missing_gpu_is_one_warning_and_cpu_results_still_come(tmp_path):
     assert "softmax" in r.stdout and "median ms" in r.stdout  # the console table
 
 
+def test_decode_mode_from_the_command_line(tmp_path, monkeypatch, capsys):
+    """--mode decode through profile.py's __main__: the per-token tables and the skipped mechanism with its reason
+    on the console, state bytes in results.csv, the decoding figures written."""
+    out = tmp_path / "decode"
+    argv = ["--mode", "decode", "--devices", "cpu", "--attentions", "softmax,linformer", "--seq-lens", "8,16",
+            *[a for a in TINY if a != "--no-plots"], "--out", str(out)]
+    assert run_main(argv, monkeypatch) == 0
+    printed = capsys.readouterr().out
+    assert "median ms per token" in printed and "state MiB after the prefill" in printed
+    assert "linformer (L=8, 16): attention 'linformer' has no incremental decoding" in printed
+    with open(out / "results.csv", newline="") as fh:
+        rows = {(r["attention"], r["seq_len"]): r for r in csv.DictReader(fh)}
+    assert rows["softmax", "16"]["status"] == "ok" and rows["softmax", "16"]["mode"] == "decode"
+    assert int(rows["softmax", "16"]["state_bytes"]) == 2 * int(rows["softmax", "8"]["state_bytes"])  # a KV cache
+    assert rows["linformer", "8"]["status"] == "unsupported"
+    assert {"time.png", "state.png", "memory.png", "speedup.png", "combined.png"} <= set(listing(out))
+
+
 # the child for the killed-sweep test: profile.py's real __main__, with append_point wrapped so that,
 # once the file holds KILL_AFTER rows, it says so on stdout and waits to be killed: the parent kills a
 # sweep that can neither finish nor be between two rows, whatever the machine's speed
@@ -313,6 +331,7 @@ def run_py(*args, timeout=HANG_GUARD_S):
 def test_profile_py_help():
     r = cli("--help")
     assert r.returncode == 0 and "--seq-lens" in r.stdout and "--compare-builtin" in r.stdout and "--breakdown" in r.stdout
+    assert "decode" in r.stdout
 
 
 def test_import_profile_gives_the_standard_library_module():

@@ -1,5 +1,6 @@
-"""The sweep (profiling/sweep.py and its pieces: sweep_config, sweep_point, budget) and its report
-(profiling/report.py), on tiny configs.
+"""The sweep (profiling/sweep.py and its pieces: sweep_config, sweep_point, sweep_decode, budget) and its report
+(profiling/report.py), on tiny configs; the decoding mode (--mode decode) at the end: its time per token on a
+ManualClock that the steps advance, its state bytes against states built in the test.
 
 The per-point time budget is checked on a ManualClock that only a patched forward advances, so which
 point times out, in which stage and after how long is known exactly, whatever the machine's speed or
@@ -16,9 +17,10 @@ import torch
 
 import profiling.sweep as sw
 import profiling.sweep_point as sp
-from models.attention import get_attention
+from models.attention import Attention, build_attention, get_attention
 from profiling import ManualClock, is_oom
 from profiling.budget import Budget
+from profiling.plots import DECODE_FIGURES, plot_sweep
 from profiling.report import crossover, scaling_exponent, summary_tables, to_markdown
 from profiling.results import CSV_COLUMNS, point_key, read_csv_rows, read_points
 from profiling.sweep_config import MAX_RUNS, ConfigError, SweepConfig, parse_opts, validate
@@ -296,3 +298,128 @@ def test_summary_tables_show_statuses_and_flags():
     assert time_rows["linear"][5] == "≈27"  # 2·(n/10)^log10(2) = n/10 at n = 10·2^(1/(1 - log10 2)) ≈ 27
     assert "FLOPs flagged" in time_rows["softmax"][-1]
     assert "| linear |" in to_markdown(rows)
+
+
+# ---------------------------------------------------------------------------------------------- decoding mode
+
+
+def patch_step(monkeypatch, fn):
+    """Replace Attention.step (every mechanism's) by fn(original, self, x, state)."""
+    original = Attention.step
+    monkeypatch.setattr(Attention, "step", lambda self, x, state=None: fn(original, self, x, state))
+
+
+def built_state(name, L, options=None):
+    """A state built here, as a user would: the mechanism at the sweep's width, causal, L positions stepped in."""
+    torch.manual_seed(0)
+    attn = build_attention(name, 32, 4, causal=True, **(options or {})).eval()
+    with torch.no_grad():
+        _, state = attn.step(torch.randn(1, L, 32))
+    return attn, state
+
+
+def test_decode_mode_times_tokens_and_records_state_bytes(tmp_path, monkeypatch):
+    """A ManualClock that every step advances by 1 ms per position: the prefill of L positions "takes" L ms and
+    each single-token step 1 ms, so the time per token is 1 ms exactly, whatever the machine."""
+    clock = ManualClock()
+
+    def step(original, self, x, state):
+        clock.advance(1e-3 * x.shape[1])
+        return original(self, x, state)
+
+    patch_step(monkeypatch, step)
+    cfg = tiny(mode="decode", attentions=["softmax", "linear", "retention", "local", "linformer"], options={"local": {"window": 3}})
+    rows = by_key(run(cfg, tmp_path, clock=clock))
+    points = {(p["attention"], p["seq_len"]): p for p in read_points(tmp_path / "results.jsonl")}
+    steps = 1 + cfg.warmup + cfg.runs  # one for the peak memory, then warm-up and timed ones
+    for name in ("softmax", "linear", "retention", "local"):
+        for L in (8, 16):
+            r, p = rows[name, L], points[name, L]
+            assert r["status"] == "ok" and r["mode"] == "decode" and r["causal"] is True, r["reason"]
+            assert p["key"] == point_key(name, "cpu", L, 1, 32, 4, "fp32", "decode", True)
+            assert r["median_ms"] == pytest.approx(1.0, abs=1e-6) and r["runs"] == cfg.runs  # per token (float clock sums: 1e-6)
+            assert r["prefill_ms"] == pytest.approx(float(L), abs=1e-6)  # one step call over the whole context
+            # prefill: one warm-up and one timed call; then the steps
+            assert r["elapsed_s"] == pytest.approx((2 * L + steps) / 1e3, abs=1e-9)
+            assert r["flops_flagged"] is None and r["analytic_gflop"] is None and r["achieved_gflops"] is None  # no FLOPs here
+            attn, state = built_state(name, L, cfg.options.get(name))
+            assert r["state_bytes"] == attn.state_bytes(state) and r["decoding_state"] == attn.decoding_state
+            assert r["state_mib"] == r["state_bytes"] / 2**20
+            assert p["decode"]["steps"] == steps
+            attn, state = built_state(name, L + steps, cfg.options.get(name))
+            assert p["decode"]["state_bytes_after_steps"] == attn.state_bytes(state)
+    # a KV cache grows with the context: 2 (k, v) x heads 4 x L x head dim 8 x 4 bytes (fp32)
+    assert [rows["softmax", L]["state_bytes"] for L in (8, 16)] == [2 * 4 * L * 8 * 4 for L in (8, 16)]
+    # its one step allocates the new cache of L + 1 positions (the old one freed after it)
+    assert rows["softmax", 16]["peak_mib"] * 2**20 >= rows["softmax", 16]["state_bytes"] * 17 / 16
+    # constant states do not: linear's sum_j phi(k_j)^T [v_j, 1] is heads 4 x 8 x 9 numbers of 4 bytes
+    assert rows["linear", 8]["state_bytes"] == rows["linear", 16]["state_bytes"] == 4 * 8 * 9 * 4
+    assert rows["retention", 8]["state_bytes"] == rows["retention", 16]["state_bytes"] > 0
+    # a window of 3 keeps the same few positions at both lengths
+    assert rows["local", 8]["decoding_state"] == "window" and rows["local", 8]["state_bytes"] == rows["local", 16]["state_bytes"]
+    # no decoding: skipped with the reason, in the rows and in the summary
+    for L in (8, 16):
+        assert rows["linformer", L]["status"] == "unsupported" and rows["linformer", L]["median_ms"] is None
+        assert rows["linformer", L]["reason"].startswith("attention 'linformer' has no incremental decoding (supports_decoding is False): it cannot be causal")
+    summary = (tmp_path / "summary.md").read_text()
+    assert "**median ms per token**" in summary and "**state MiB after the prefill**" in summary and "L=16" in summary
+    assert f"- linformer (L=8, 16): {rows['linformer', 8]['reason']}" in summary
+    env = json.loads((tmp_path / "env.json").read_text())
+    assert env["mode"] == "decode" and "state_bytes" in env["mode_note"]
+
+
+def test_decode_mode_options_and_lengths(tmp_path):
+    """A max_seq_len option gets the longest context plus the positions the steps add; one the user sets too
+    short for a context and its steps makes that point unsupported, saying so."""
+    cfg = tiny(mode="decode", attentions=["cosformer"], seq_lens=[8, 16], runs=2, warmup=1)
+    rows = by_key(run(cfg, tmp_path / "generic"))
+    assert {r["status"] for r in rows.values()} == {"ok"}
+    assert all(json.loads(r["options"]) == {"max_seq_len": 16 + 4} for r in rows.values())
+    cfg = tiny(mode="decode", attentions=["cosformer"], seq_lens=[8, 16], options={"cosformer": {"max_seq_len": 12}})
+    rows = by_key(run(cfg, tmp_path / "short"))
+    assert rows["cosformer", 8]["status"] == "ok"  # 8 + 4 steps = 12 positions
+    assert rows["cosformer", 16]["status"] == "unsupported"
+    assert rows["cosformer", 16]["reason"] == ("context 16 plus 4 decoding steps exceeds max_seq_len=12 of attention 'cosformer'; "
+                                               "raise it with --opt cosformer.max_seq_len=N")
+
+
+def test_decode_mode_timeout_names_its_stage(tmp_path, monkeypatch):
+    clock = ManualClock()
+
+    def step(original, self, x, state):
+        if x.shape[1] == 1 and state["pos"] >= 16:
+            clock.advance(10.0)  # a single-token step after a context of 16 "takes" 10 s
+        return original(self, x, state)
+
+    patch_step(monkeypatch, step)
+    rows = by_key(run(tiny(mode="decode", max_seconds=1.0), tmp_path, clock=clock))
+    assert rows["softmax", 8]["status"] == "ok"
+    r = rows["softmax", 16]
+    assert r["status"] == "timeout" and r["median_ms"] is None
+    # the first step measures the peak memory: a shielded stage, stopped right after it
+    assert r["reason"] == "over the --max-seconds-per-point budget of 1 s: stopped during peak-memory measurement after 10.0 s"
+    assert r["state_bytes"] == 2 * 4 * 16 * 8 * 4  # measured before the budget ran out
+
+
+def test_decode_mode_resumes_and_plots(tmp_path, monkeypatch):
+    cfg = tiny(mode="decode", attentions=["softmax", "linear", "linformer"])
+    rows = run(cfg, tmp_path)
+    measured = []
+    real = sw.run_point
+    monkeypatch.setattr(sw, "run_point", lambda spec, c, **kw: measured.append(spec.key(c)) or real(spec, c, **kw))
+    assert len(run(cfg, tmp_path, resume=True)) == 6 and measured == []  # every point finished, unsupported ones too
+    names = {p.name for p in plot_sweep(rows, tmp_path)}
+    assert names == {f"{f}.{ext}" for f in DECODE_FIGURES for ext in ("png", "pdf")}
+    # a fwd and a decode configuration in one folder: each gets its own set, named by its mode
+    both = rows + run(tiny(), tmp_path / "fwd")
+    names = {p.name for p in plot_sweep(both, tmp_path / "both", figures=("state", "time"))}
+    assert names == {f"{f}_d32_h4_b1_fp32_{m}.{ext}" for f, m in (("time", "fwd"), ("time", "decode_causal"), ("state", "decode_causal"))
+                     for ext in ("png", "pdf")}
+
+
+def test_progress_line_of_a_decoding_point(tmp_path):
+    import io
+
+    stream = io.StringIO()
+    run(tiny(mode="decode", seq_lens=[8]), tmp_path, stream=stream)
+    assert "ms per token" in stream.getvalue() and "state 0.002 MiB" in stream.getvalue()  # 2 x 4 x 8 x 8 x 4 B
