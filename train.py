@@ -7,7 +7,11 @@
 Runs land in lightning_logs/<model>-<attention>-<data source>/version_N/; the machinery is in training/."""
 import sys
 
-from training import main
+from training.flags import help_requested, print_help
 
 if __name__ == "__main__":
+    if help_requested(sys.argv[1:]):
+        sys.exit(print_help(sys.argv[1:]))  # before torch and Lightning are imported: instant
+    from training.cli import main  # the run itself: torch, Lightning, the models and the data
+
     sys.exit(main())

@@ -8,6 +8,7 @@ from typing import Optional, Sequence
 from callbacks import NonFiniteLossError, TrainingInterrupted
 from datamodules import DataUnavailableError
 from training.config import UsageError, build_parser, is_study
+from training.flags import help_requested, print_help
 from training.runner import RunFailed, run_args
 from training.study import run_study
 
@@ -16,6 +17,8 @@ EXIT_FAILED = 1
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    if help_requested(sys.argv[1:] if argv is None else argv):
+        return print_help(sys.argv[1:] if argv is None else argv)
     try:
         args = build_parser().parse_args(argv)
         if is_study(args.attention):

@@ -1,181 +1,46 @@
 """From command-line flags and an optional YAML file to one validated run config.
 
-Precedence, lowest first: the task's recipe (training/tasks.py) < the checkpoint's saved config
+The flags themselves are in flags.py (light, for an instant --help). Precedence, lowest first: the task's recipe
+(training/recipes.py) < the checkpoint's saved config
 (when resuming or generating) < `--config FILE.yaml` < flags given on the command line. Every problem
 found here is a UsageError: one sentence, exit code 2, before any data is read or any training starts.
 """
 from __future__ import annotations
 
 import argparse
-import typing
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import yaml
-from lightning.fabric.connector import _PRECISION_INPUT_STR
 from lightning.pytorch.accelerators import AcceleratorRegistry
 
-from datamodules.common import DATA_SOURCES
-from models.attention import attention_options, build_attention, get_attention, list_attentions
+from models.attention import attention_options, build_attention, get_attention
 from models.attention.base import causal_alternatives
 from profiling.sweep import is_oom
-from training.settings import POSITIVE, PROBABILITY, S, Setting, UsageError
+from training.flags import (  # noqa: F401 - the flags' names, re-exported for the runner, the study and tests
+    ALL,
+    CORE_SETTINGS,
+    FLAGS,
+    KEYS,
+    NO_ATTENTION,
+    SETTING,
+    SETTINGS,
+    build_parser,
+    is_study,
+)
+from training.settings import UsageError
 from training.tasks import get_task, list_tasks
 from utils.checks import parse_value
 
-NO_ATTENTION = "none"
-ALL = "all"  # --attention all: the comparison study (training/study.py)
-
-
-def is_study(attention: Optional[str]) -> bool:
-    """--attention all, or a comma-separated list of mechanisms: the comparison study (training/study.py)."""
-    return attention is not None and (attention == ALL or "," in attention)
-
-
-SEED_MAX = 2**32 - 1  # numpy's seeds are 32-bit
-PRECISIONS = typing.get_args(_PRECISION_INPUT_STR)  # Lightning's own list (its short aliases are deprecated)
+# Lightning's accelerators: the choices of --accelerator (flags.py leaves them open so that --help needs no Lightning)
 ACCELERATORS = ("auto", "gpu", *sorted(AcceleratorRegistry.available_accelerators()))
-# The keys every task's run config can hold; a task adds its own (Task.settings). Those with help text are
-# also command-line flags, in this order.
-CORE_SETTINGS: List[Setting] = [
-    # data
-    S("data_source", "str", "auto | local | hub | synthetic (default auto: a local copy, else the hub)",
-      choices=DATA_SOURCES),
-    S("data_dir", "str", "folder holding the data set (e.g. ../shared/data/cifar10-jpg)", nullable=True),
-    S("cache_dir", "str", "tokenizer / image caches (default $ATTENTION_SUITE_CACHE or ~/.cache/attention-suite)",
-      nullable=True),
-    S("num_workers", "int", "DataLoader worker processes", lo=0),
-    S("tokenizer", "str", "imdb: bpe | byte; wikitext: word | bpe"),
-    S("augment", "str", "images: none | standard | strong"),
-    S("image_size", "int", "image side in pixels (32 for CIFAR-10)", lo=1),
-    # network
-    S("dim", "int", "model width", lo=1),
-    S("depth", "int", "transformer blocks", lo=1),
-    S("heads", "int", "attention heads", lo=1),
-    S("mlp_ratio", "float", "MLP hidden width / model width", **POSITIVE),
-    S("patch_size", "int", "ViT / transformer inpainting patch side", lo=1),
-    S("seq_len", "int", "text: tokens per example (IMDB truncation, LM context)", lo=1),
-    S("dropout", "float", "dropout rate", **PROBABILITY),
-    S("drop_path", "float", "stochastic depth rate of the last block", **PROBABILITY),
-    # optimisation
-    S("batch_size", "int", "samples per step (per device)", lo=1),
-    S("lr", "float", "peak learning rate (AdamW)", **POSITIVE),
-    S("weight_decay", "float", "AdamW weight decay (not on biases, norms, positions)", lo=0),
-    S("warmup", "float", "warm-up: a fraction of the steps (< 1) or a number of steps", lo=0),
-    S("label_smoothing", "float", "classification label smoothing", **PROBABILITY),
-    S("gradient_clip_val", "float", "gradient norm clipping (0 turns it off)", lo=0),
-    S("accumulate_grad_batches", "int", "batches per optimiser step", lo=1),
-    S("lr_schedule", "str", "after the warm-up: cosine | linear (to min_lr_ratio) | rsqrt (the LRA paper's text tasks)",
-      choices=("cosine", "linear", "rsqrt")),
-    S("recipe", "str", "a task's named recipe (the LRA tasks: small, the PyTorch reproductions' | paper, LRA's "
-      "released configurations)"),
-    # budget and hardware
-    S("max_epochs", "int", "epochs to train (-1: no limit, with --max-steps)", lo=1, special=(-1,)),
-    S("max_steps", "int", "optimiser steps to train (-1: no limit; stops before max-epochs if reached)",
-      lo=1, special=(-1,)),
-    S("limit_train_batches", "int|float", "batches per training epoch (int) or a fraction", lo=1),
-    S("limit_val_batches", "int|float", "batches per validation (int) or a fraction; 0 skips validation", lo=0),
-    S("limit_test_batches", "int|float", "batches of the final test (int) or a fraction", lo=1),
-    S("val_check_interval", "int|float", "validate every N steps (int) or fraction of an epoch", lo=1),
-    S("log_every_n_steps", "int", "training scalars every N steps", lo=1),
-    S("precision", "str", "32-true | bf16-mixed | 16-mixed | ...", choices=PRECISIONS),
-    S("accelerator", "str", "auto | cpu | gpu | ...", choices=ACCELERATORS),
-    S("devices", "devices", "auto, a count, or a list such as 0,1"),
-    S("strategy", "str", "auto | ddp | ddp_spawn | fsdp | deepspeed ... (Lightning's)"),
-    S("seed", "int", "random seed (data order, initialisation, dropout)", lo=0, hi=SEED_MAX),
-    S("deterministic", "bool", "deterministic algorithms where PyTorch has them (default on; "
-      "--no-deterministic may be faster on GPU)"),
-    S("compile", "bool", "torch.compile the network"),
-    S("profiler", "str", "Lightning's profiler: simple | advanced | pytorch (per-hook times at the end)",
-      choices=("simple", "advanced", "pytorch"), nullable=True),
-    S("efficiency_callbacks", "bool", "log latency, data wait, peak memory, FLOPs, throughput and MFU "
-      "per step and write efficiency.json (default on)"),
-    S("progress_bar", "bool", "show Lightning's progress bar (--no-progress-bar for logs and pipes)"),
-    # recipe keys without a flag (settable in a --config file)
-    S("min_lr_ratio", "float", lo=0, hi=1),
-    S("betas", "any"),
-    S("model", "str"),
-    S("attention", "str", nullable=True),
-    S("attention_options", "any"),
-]
-
-
-def all_settings() -> List[Setting]:
-    """The core settings, then every registered task's own (a key two tasks declare must be the same Setting)."""
-    out: Dict[str, Setting] = {s.key: s for s in CORE_SETTINGS}
-    for name in list_tasks():
-        for s in get_task(name).settings:
-            if s.key in out and out[s.key] != s:
-                raise ValueError(f"task {name!r} declares setting {s.key!r} differently from an earlier declaration")
-            out[s.key] = s
-    return list(out.values())
-
-
-SETTINGS = all_settings()
-SETTING = {s.key: s for s in SETTINGS}
-FLAGS = [s for s in SETTINGS if s.help is not None]
+SETTING["accelerator"] = replace(SETTING["accelerator"], choices=ACCELERATORS)
+SETTINGS[:] = [SETTING[s.key] for s in SETTINGS]
+FLAGS[:] = [SETTING[s.key] for s in FLAGS]
 TRAINER_DEFAULTS = dict(precision="32-true", accelerator="auto", devices="auto", strategy="auto", compile=False,
                         progress_bar=True, profiler=None, efficiency_callbacks=True,
                         deterministic=True)
-KEYS = {s.key for s in CORE_SETTINGS}  # what every task takes; a task adds its own (Task.settings)
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse that reports a bad flag as a UsageError (one line, exit 2 in main) instead of usage + error."""
-
-    def error(self, message: str):
-        for kind, expected in (("int", "an integer"), ("float", "a number"), ("_number", "a number")):
-            if f"invalid {kind} value" in message:
-                message += f" (expected {expected})"
-        raise UsageError(message.replace("invalid _number value", "invalid value"))
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = Parser(
-        prog="train.py",
-        description="Train a task model with a chosen attention mechanism; logs, checkpoints and the test result "
-                    "land in lightning_logs/<model>-<attention>-<data source>/version_N/.",
-        epilog="Example: python train.py --model vit --attention linformer --attention-opt k=32",
-    )
-    p.add_argument("--model", help=f"one of: {', '.join(list_tasks())}")
-    p.add_argument("--attention", help=f"one of: {', '.join(list_attentions())} (default softmax); "
-                                       f"'{ALL}': the comparison study of every mechanism the model supports")
-    p.add_argument("--attention-opt", action="append", default=[], metavar="KEY=VALUE",
-                   help="an option of the attention mechanism (repeatable), e.g. features=128; in a study "
-                        "NAME.KEY=VALUE, e.g. linformer.k=32")
-    p.add_argument("--seeds", type=int, default=1, metavar="N",
-                   help="study: train every mechanism with N seeds (seed, seed + 1, ...); mean +- std in the table")
-    p.add_argument("--study-dir", metavar="DIR", help="study: where the table, plots and report go "
-                                                      "(default <logdir>/study-<model>)")
-    p.add_argument("--study-sweep", action=argparse.BooleanOptionalAction, default=True,
-                   help="study: also sweep the mechanisms with profile.py at the model's width around its "
-                        "sequence length and link the plots (default on)")
-    p.add_argument("--config", help="a YAML file of settings (keys as the flags, with _ for -); flags override it")
-    p.add_argument("--logdir", default="lightning_logs", help="where runs are written (default lightning_logs)")
-    p.add_argument("--ckpt-path", help="resume: 'last' (this run's latest last.ckpt) or a checkpoint file")
-    p.add_argument("--fast-dev-run", nargs="?", const=1, type=int, default=0, metavar="N",
-                   help="run N (default 1) batches of train / val / test, write nothing")
-    p.add_argument("--no-test", action="store_true", help="skip testing the best checkpoint after fitting")
-    p.add_argument("--verbose", action="store_true", help="show every message of Lightning and PyTorch (by default "
-                                                           "their adverts and routine notes are left out)")
-    p.add_argument("--generate", metavar="PROMPT", help="wikitext: sample a continuation from --ckpt-path and exit")
-    p.add_argument("--max-new-tokens", type=int, default=50, help="--generate: tokens to sample")
-    p.add_argument("--temperature", type=float, default=0.8, help="--generate: sampling temperature (0 = greedy)")
-    p.add_argument("--top-k", type=int, default=40, help="--generate: keep the k most likely tokens (0 = all)")
-    for s in FLAGS:
-        if s.kind == "bool":
-            p.add_argument(s.flag, dest=s.key, action=argparse.BooleanOptionalAction, default=None, help=s.help)
-        else:
-            kind = {"int|float": _number, "int": int, "float": float}.get(s.kind, str)
-            p.add_argument(s.flag, dest=s.key, type=kind, default=None, help=s.help)
-    return p
-
-
-def _number(text: str):
-    try:
-        return int(text)
-    except ValueError:
-        return float(text)
 
 
 def parse_attention_opts(items: List[str]) -> Dict[str, Any]:
