@@ -24,11 +24,8 @@ from .sweep_config import DTYPES, SweepConfig, decode_steps
 
 
 def no_decoding_reason(cls: Type[Attention]) -> Optional[str]:
-    """Why `cls` cannot be swept in the decoding mode (in the words of Attention.step's refusal), or None."""
-    if cls.supports_decoding:
-        return None
-    why = cls.not_decoding_reason or ("" if cls.supports_causal else f"it cannot be causal ({cls.not_causal_reason})")
-    return f"attention '{cls.name}' has no incremental decoding (supports_decoding is False)" + (f": {why}" if why else "")
+    """Why `cls` cannot be swept in the decoding mode (Attention.step's refusal), or None."""
+    return cls.decoding_refusal()
 
 
 def measure_decode(point: dict, cfg: SweepConfig, attn: Attention, budget: Budget) -> None:

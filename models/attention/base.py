@@ -234,9 +234,7 @@ class Attention(nn.Module):
             rounding, and the new state (the old one may be reused in place; do not step it twice).
         """
         if not self.supports_decoding:
-            reason = self.not_decoding_reason or ("" if self.supports_causal else f"it cannot be causal ({self.not_causal_reason})")
-            raise ValueError(f"attention '{self.name}' has no incremental decoding (supports_decoding is False)"
-                             + (f": {reason}" if reason else ""))
+            raise ValueError(self.decoding_refusal())
         self.check_input(x, None)
         if state is None:
             state = {"pos": 0}
@@ -249,6 +247,14 @@ class Attention(nn.Module):
         state["pos"] += x.shape[1]
         state["batch"] = x.shape[0]
         return self.out_drop(y), state
+
+    @classmethod
+    def decoding_refusal(cls) -> Optional[str]:
+        """The sentence `step` raises for a mechanism without incremental decoding (None when it has it)."""
+        if cls.supports_decoding:
+            return None
+        why = cls.not_decoding_reason or ("" if cls.supports_causal else f"it cannot be causal ({cls.not_causal_reason})")
+        return f"attention '{cls.name}' has no incremental decoding (supports_decoding is False)" + (f": {why}" if why else "")
 
     def _step(self, x: Tensor, state: Dict[str, Any]) -> Tuple[Tensor, Dict[str, Any]]:
         """(B, t, d) new positions and the state after state["pos"] positions -> (B, t, d) outputs
