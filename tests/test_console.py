@@ -68,6 +68,9 @@ def test_announce_if_slow_speaks_only_for_slow_blocks(capsys):
         time.sleep(0.3)
     err = capsys.readouterr().err.splitlines()
     assert err[0].startswith("train.py: encoding the data (") and err[-1].startswith("train.py: encoding the data: done in ")
+    with announce_if_slow("importing", after_s=0.05, terminal_only=True):  # pytest's capture is not a terminal
+        time.sleep(0.3)
+    assert capsys.readouterr().err == ""
 
 
 def test_a_run_prints_its_lines_once_and_no_noise(tmp_path):

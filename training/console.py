@@ -67,10 +67,15 @@ def quiet_lightning(verbose: bool = False) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def announce_if_slow(what: str, after_s: float = 3.0, every_s: float = 30.0, stream=None) -> Iterator[None]:
+def announce_if_slow(what: str, after_s: float = 3.0, every_s: float = 30.0, stream=None,
+                     terminal_only: bool = False) -> Iterator[None]:
     """If the block takes more than `after_s` seconds, say `what` it is doing then (and every `every_s` seconds),
-    and how long it took at its end; a quick block prints nothing."""
+    and how long it took at its end; a quick block prints nothing. `terminal_only`: say nothing when the stream
+    is not a terminal (a pipe, a log file, a test)."""
     out = stream or sys.stderr
+    if terminal_only and not (hasattr(out, "isatty") and out.isatty()):
+        yield
+        return
     start = time.perf_counter()
     done = threading.Event()
     said = threading.Event()
