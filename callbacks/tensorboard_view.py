@@ -4,18 +4,23 @@
   use (the optimiser steps taken, as in the checkpoint names), and a Custom Scalars layout puts the training
   curves first and the efficiency scalars last;
 - `log_run_summary`: the run's settings and final figures in the HParams tab, one row per run, with the same
-  columns for every task and mechanism so that `tensorboard --logdir lightning_logs` compares them in one table.
+  columns for every task and mechanism so that `tensorboard --logdir lightning_logs` compares them in one table
+  (TensorBoardView writes it at the end of the test, into the test's own event file).
 
-    trainer = L.Trainer(callbacks=[TensorBoardView()]); ...; log_run_summary(writer, cfg, results, efficiency)
+    trainer = L.Trainer(callbacks=[TensorBoardView(config=cfg)])
 """
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 from torch.utils.tensorboard.summary import hparams
+
+from .efficiency import EFFICIENCY_FILE
 
 # The HParams table's columns, the same for every run (a run without a value leaves its cell empty).
 # TensorBoard takes the columns from one run's experiment summary, so each run declares them all.
@@ -62,8 +67,13 @@ class TensorBoardView(Callback):
     10 steps), while `self.global_step`, which the images, the text and the checkpoint names use, is already 10:
     logging the metric `step` (Lightning's documented override of the logging step) puts the scalars at 10 too."""
 
-    def __init__(self, fixed: bool = False, points: int = 50):
+    def __init__(self, fixed: bool = False, points: int = 50, config: Optional[Dict[str, Any]] = None,
+                 tokens: Optional[int] = None, tested: bool = True):
+        """`config` (the run config): write the HParams row (log_run_summary) at the end of the test, or of the
+        fit when no test follows (`tested` False), into the event file open then; `tokens`: what the attention
+        sees, for the row."""
         self.fixed, self.points = fixed, points
+        self.config, self.tokens, self.tested = config, tokens, tested
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.fixed and trainer.log_every_n_steps:
@@ -76,6 +86,29 @@ class TensorBoardView(Callback):
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking and trainer.state.fn == "fit":
             pl_module.log("step", float(trainer.global_step), on_step=False, on_epoch=True, sync_dist=True)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.tested:
+            self._summarise(trainer, pl_module)
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.tested:
+            self._summarise(trainer, pl_module)
+
+    def _summarise(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """The row from what the trainer holds: the test's metrics, the best checkpoint's score, efficiency.json."""
+        writer = _writer(trainer)
+        if writer is None or self.config is None:
+            return
+        cb = trainer.checkpoint_callback
+        best = getattr(cb, "best_model_score", None)
+        net = getattr(pl_module, "net", pl_module)
+        results = {"monitor": getattr(cb, "monitor", None), "best_val": float(best) if best is not None else None,
+                   "test": {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")},
+                   "parameters": sum(p.numel() for p in net.parameters()), "steps": trainer.global_step}
+        path = Path(writer.get_logdir()) / EFFICIENCY_FILE
+        efficiency = json.loads(path.read_text()) if path.is_file() else None
+        log_run_summary(writer, self.config, results, efficiency, self.tokens)
 
 
 def log_interval(asked: int, steps: float, points: int = 50) -> int:

@@ -2,7 +2,15 @@
 its hparams plugin's parser: the HParams row with the same columns for every task, its metric values, the
 training-log interval that adapts to the run's length, validation's scalars at the step of its images, and
 the Custom Scalars layout."""
+import json
 import math
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -43,6 +51,7 @@ def test_hparams_row_curves_and_one_step_per_validation(tmp_path):
     r = run(["--model", "vit", "--attention", "linformer", "--attention-opt", "k=8", "--image-size", "16", *SMALL,
              "--max-steps", str(steps), "--val-check-interval", "10", "--logdir", str(tmp_path)])
     ea = events(r["log_dir"])
+    assert len(list(Path(r["log_dir"]).glob("events.out.tfevents.*"))) == 2  # the fit's and the test's, as before
 
     # the HParams table: every column declared, this run's values in its row, the metrics as scalars
     experiment, start = hparams_of(ea)
@@ -80,8 +89,73 @@ def test_given_log_interval_is_kept(tmp_path):
     assert [e.step for e in ea.Scalars("efficiency/train_latency_ms")] == [4, 9]  # the same steps as the loss
 
 
+def test_without_a_test_the_row_is_written_at_the_end_of_the_fit(tmp_path):
+    r = run(["--model", "vit", "--attention", "softmax", "--image-size", "16", *SMALL, "--max-steps", "6",
+             "--val-check-interval", "3", "--no-test", "--logdir", str(tmp_path)])
+    ea = events(r["log_dir"])
+    _, start = hparams_of(ea)
+    assert start.hparams["attention"].string_value == "softmax"
+    assert SUMMARY + "test_metric" not in ea.Tags()["scalars"]  # an empty cell
+    assert ea.Scalars(SUMMARY + "best_val_metric")[-1].value == pytest.approx(r["best_val"], abs=1e-6)
+
+
 def test_images_share_the_validation_step(tmp_path):
     r = run(["--model", "imdb", "--attention", "softmax", "--tokenizer", "byte", "--seq-len", "16", *SMALL,
              "--max-steps", "6", "--val-check-interval", "3", "--logdir", str(tmp_path)])
     ea = events(r["log_dir"])
     assert [i.step for i in ea.Images("val/attention_maps")] == [e.step for e in ea.Scalars("val/loss")] == [3, 6]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def post(url, body):
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())
+
+
+@pytest.mark.slow
+def test_a_real_tensorboard_server_shows_one_table(tmp_path):
+    """`tensorboard --logdir` over two runs of different tasks, read through its HTTP API on 127.0.0.1: one
+    HParams table with a row per run (its attention, its metric values), and curves of more than one point."""
+    logs = tmp_path / "logs"
+    run(["--model", "vit", "--attention", "linformer", "--image-size", "16", *SMALL, "--max-steps", "20",
+         "--val-check-interval", "10", "--logdir", str(logs)])
+    run(["--model", "wikitext", "--attention", "linear", "--seq-len", "16", *SMALL, "--max-steps", "20",
+         "--val-check-interval", "10", "--logdir", str(logs)])
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", str(logs), "--host", "127.0.0.1",
+                               "--port", str(port), "--load_fast", "false"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):  # a hang guard (60 s), not a timing claim
+            try:
+                with urllib.request.urlopen(base + "/data/runs", timeout=5) as r:
+                    if len(json.loads(r.read())) >= 2:
+                        break
+            except OSError:
+                pass
+            time.sleep(0.1)
+        groups = post(base + "/data/plugin/hparams/session_groups",
+                      {"experimentName": "", "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS"], "colParams": [],
+                       "startIndex": 0, "sliceSize": 10})["sessionGroups"]
+        rows = {g["name"]: g for g in groups}
+        assert set(rows) == {"vit-linformer-synthetic/version_0", "wikitext-linear-synthetic/version_0"}
+        assert rows["vit-linformer-synthetic/version_0"]["hparams"]["attention"] == "linformer"
+        assert rows["wikitext-linear-synthetic/version_0"]["hparams"]["metric"] == "val/ppl"
+        for g in groups:
+            shown = {m["name"]["tag"] for m in g["metricValues"]}
+            assert {SUMMARY + "test_metric", SUMMARY + "latency_ms_p50"} <= shown
+        experiment = post(base + "/data/plugin/hparams/experiment", {"experimentName": "", "includeMetrics": True})
+        assert {h["name"] for h in experiment["hparamInfos"]} == set(HPARAM_STRINGS + HPARAM_NUMBERS)  # sorted by it
+        query = urllib.parse.urlencode({"tag": "train/loss_step", "run": "vit-linformer-synthetic/version_0"})
+        with urllib.request.urlopen(f"{base}/data/plugin/scalars/scalars?{query}", timeout=30) as r:
+            assert len(json.loads(r.read())) == 20  # a curve: a point per step of the 20
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -8,7 +8,6 @@ same run name in place; `--generate PROMPT` samples from a language-model checkp
 from __future__ import annotations
 
 import errno
-import json
 import math
 import os
 import re
@@ -28,7 +27,6 @@ from lightning.pytorch.callbacks.progress.rich_progress import _RICH_AVAILABLE
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from callbacks import (
-    EFFICIENCY_FILE,
     BudgetProgressBar,
     EfficiencyMonitor,
     FiniteLossGuard,
@@ -36,7 +34,6 @@ from callbacks import (
     NonFiniteLossError,
     TensorBoardView,
     TrainingInterrupted,
-    log_run_summary,
     truncate_events,
 )
 from profiling.sweep import is_oom, one_line
@@ -200,7 +197,9 @@ def build_trainer(cfg: Dict[str, Any], args, task, logger_version: Optional[int]
     fast = int(args.fast_dev_run or 0)
     logger = False if fast else TensorBoardLogger(args.logdir, name=run_name(cfg), version=logger_version,
                                                    default_hp_metric=False)
-    callbacks = [FiniteLossGuard(), TensorBoardView(fixed=log_interval_given(args)), *extra_callbacks]
+    callbacks = [FiniteLossGuard(), *extra_callbacks,
+                 TensorBoardView(fixed=log_interval_given(args), config=cfg, tested=not args.no_test,
+                                 tokens=task.sequence_length(cfg) if task.sequence_length else None)]
     if cfg["efficiency_callbacks"]:  # last: its timed span starts after the other callbacks' batch-start work
         callbacks.append(EfficiencyMonitor(hold_allocator_note=not getattr(args, "verbose", False), run_info={
             "run": run_name(cfg), "model": cfg["model"], "attention": cfg["attention"],
@@ -340,10 +339,6 @@ def _run_args(args, extra_callbacks: Sequence = ()) -> Dict[str, Any]:
     if trainer.is_global_zero:
         if results["log_dir"]:
             write_json(Path(results["log_dir"]) / "results.json", results)
-            efficiency = Path(results["log_dir"]) / EFFICIENCY_FILE
-            log_run_summary(trainer.logger.experiment, cfg, results,
-                            json.loads(efficiency.read_text()) if efficiency.is_file() else None,
-                            task.sequence_length(cfg) if task.sequence_length else None)
             (Path(results["log_dir"]) / FAILED_FILE).unlink(missing_ok=True)  # an earlier failure, resumed
         print(summary_line(results))
     return results
