@@ -153,9 +153,11 @@ def test_a_real_tensorboard_server_shows_one_table(tmp_path):
             assert {SUMMARY + "test_metric", SUMMARY + "latency_ms_p50"} <= shown
         experiment = post(base + "/data/plugin/hparams/experiment", {"experimentName": "", "includeMetrics": True})
         assert {h["name"] for h in experiment["hparamInfos"]} == set(HPARAM_STRINGS + HPARAM_NUMBERS)  # sorted by it
-        query = urllib.parse.urlencode({"tag": "train/loss_step", "run": "vit-linformer-synthetic/version_0"})
-        with urllib.request.urlopen(f"{base}/data/plugin/scalars/scalars?{query}", timeout=30) as r:
-            assert len(json.loads(r.read())) == 20  # a curve: a point per step of the 20
+        for tag in ("train/loss_step", "lr-AdamW/pg1", "efficiency/train_latency_ms"):
+            query = urllib.parse.urlencode({"tag": tag, "run": "vit-linformer-synthetic/version_0"})
+            with urllib.request.urlopen(f"{base}/data/plugin/scalars/scalars?{query}", timeout=30) as r:
+                points = json.loads(r.read())  # [wall time, step, value] each
+            assert [p[1] for p in points] == list(range(20)) and all(p[2] > 0 for p in points), tag  # a curve
     finally:
         server.terminate()
         server.wait(timeout=30)
