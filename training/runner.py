@@ -198,7 +198,7 @@ def build_trainer(cfg: Dict[str, Any], args, task, logger_version: Optional[int]
     logger = False if fast else TensorBoardLogger(args.logdir, name=run_name(cfg), version=logger_version,
                                                    default_hp_metric=False)
     callbacks = [FiniteLossGuard(), *extra_callbacks,
-                 TensorBoardView(fixed=log_interval_given(args), config=cfg, tested=not args.no_test,
+                 TensorBoardView(fixed=log_interval_given(args), config=cfg, tested=not getattr(args, "no_test", False),
                                  tokens=task.sequence_length(cfg) if task.sequence_length else None)]
     if cfg["efficiency_callbacks"]:  # last: its timed span starts after the other callbacks' batch-start work
         callbacks.append(EfficiencyMonitor(hold_allocator_note=not getattr(args, "verbose", False), run_info={
@@ -236,8 +236,12 @@ def build_trainer(cfg: Dict[str, Any], args, task, logger_version: Optional[int]
 
 def log_interval_given(args) -> bool:
     """--log-every-n-steps, or log_every_n_steps in the --config file: used as given; the recipe's adapts to
-    the run's length (TensorBoardView)."""
-    return args.log_every_n_steps is not None or bool(args.config and "log_every_n_steps" in load_yaml(args.config))
+    the run's length (TensorBoardView). Arguments that are not train.py's flags (the benchmarks build a trainer
+    from a config alone) keep the config's interval."""
+    if not hasattr(args, "log_every_n_steps"):
+        return True
+    config = getattr(args, "config", None)
+    return args.log_every_n_steps is not None or bool(config and "log_every_n_steps" in load_yaml(config))
 
 
 def parse_devices(devices):
