@@ -69,13 +69,24 @@ class _StoreTrue(_Once, argparse._StoreTrueAction):
     pass
 
 
+class _DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's "(default: X)" only where it says something: not when the help already names its default, nor
+    for a default of None, False or [] (an unset flag)."""
+
+    def _get_help_string(self, action):
+        help_text = action.help or ""
+        if "(default" in help_text or action.default is None or action.default is False or action.default == []:
+            return help_text
+        return super()._get_help_string(action)
+
+
 def build_parser(suppress: bool = False) -> argparse.ArgumentParser:
     """The flags; with `suppress`, defaults are left out, so parsing shows which flags were given."""
     p = _Parser(
         prog=PROG,
         description="Sequence-length sweep of the registered attention mechanisms: time, peak memory, FLOPs "
                     "(with --mode decode: time per generated token and cache/state size against the context length).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_DefaultsHelp,
     )
     p.seen, p.flag_of = set(), {}
     for name in (None, "store"):
@@ -99,7 +110,8 @@ def build_parser(suppress: bool = False) -> argparse.ArgumentParser:
     add("--runs", type=int, default=10, help="timed runs per point")
     add("--warmup", type=int, default=3, help="untimed warm-up runs per point")
     add("--max-seconds-per-point", dest="max_seconds", type=float, default=120.0, help="time budget per point; over it the point is recorded as timeout")
-    add("--threads", type=int, default=os.cpu_count(), help="CPU threads (torch.set_num_threads), recorded with every point")
+    add("--threads", type=int, default=os.cpu_count(), help="CPU threads (torch.set_num_threads), recorded with every point "
+        "(default: this machine's cores, os.cpu_count())")
     add("--opt", action="append", default=[], metavar="NAME.KEY=VALUE", help="a mechanism option, e.g. linformer.k=64 (repeatable)")
     add("--out", default=None, metavar="DIR", help="output folder (default: a new results/sweep-YYYYmmdd-HHMMSS/)")
     add("--resume", default=None, metavar="DIR", help="finish the sweep in DIR: its saved config, overridden by flags given now; finished points are skipped")

@@ -5,6 +5,7 @@ is one warning, a killed sweep resumes, and the file does not break the standard
 import csv
 import json
 import os
+import re
 import runpy
 import signal
 import subprocess
@@ -332,6 +333,15 @@ def test_profile_py_help():
     r = cli("--help")
     assert r.returncode == 0 and "--seq-lens" in r.stdout and "--compare-builtin" in r.stdout and "--breakdown" in r.stdout
     assert "decode" in r.stdout
+    # each default said once, where it says something: no "(default: None)" for an unset flag, no option whose
+    # help already names its default gets argparse's second one, and no machine-dependent thread count
+    text = " ".join(r.stdout.split())
+    assert "(default: None)" not in text and "(default: False)" not in text and "(default: [])" not in text
+    options = re.split(r"\n  (?=-)", r.stdout.split("options:", 1)[1])  # one chunk per option's entry
+    assert len(options) > 15
+    assert all(o.count("(default") <= 1 for o in options), [o for o in options if o.count("(default") > 1]
+    assert "(default: this machine's cores, os.cpu_count())" in text and f"(default: {os.cpu_count()})" not in text
+    assert "(default: 512)" in text  # a real default is still shown
 
 
 def test_import_profile_gives_the_standard_library_module():
