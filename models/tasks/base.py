@@ -106,7 +106,9 @@ class TaskModule(L.LightningModule):
         """Images / text for TensorBoard at the end of each validation epoch (rank 0 only)."""
         if self._map_batch is not None and getattr(self.net, "has_attention_maps", False):
             maps = self.net.attention_maps(*self.map_inputs(self._map_batch))
-            self.log_image("val/attention_maps", attention_grid(maps))
+            attention = (self.hparams.get("config") or {}).get("attention") or "attention"
+            title = f"{attention}: the first validation input, step {self.global_step}"
+            self.log_image("val/attention_maps", attention_figure(maps, title=title))
 
     def tensorboard(self):
         """The TensorBoard SummaryWriter on rank 0, None elsewhere or without a TensorBoard logger."""
@@ -234,19 +236,54 @@ def warmup_cosine(warmup: int, total: int, min_ratio: float = 0.0):
 SCHEDULES = {"cosine": warmup_cosine, "linear": warmup_linear, "rsqrt": warmup_rsqrt}
 
 
-def attention_grid(maps: List[Tensor], sample: int = 0, pad: int = 2, max_heads: int = 8) -> Tensor:
-    """One sample's attention matrices as a (1, H, W) image: a row per layer, a column per head, each
-    matrix scaled to [0, 1] on its own (white = most attention)."""
-    tiles = []
-    for w in maps:  # (B, h, n, n)
-        w = w[sample, :max_heads].float()  # (h, n, n)
-        lo = w.amin(dim=(-2, -1), keepdim=True)
-        hi = w.amax(dim=(-2, -1), keepdim=True)
-        tiles.append((w - lo) / (hi - lo).clamp_min(1e-12))
-    layers, heads, n = len(tiles), tiles[0].shape[0], tiles[0].shape[-1]
-    grid = torch.ones(layers * (n + pad) + pad, heads * (n + pad) + pad)
+def attention_scale(arrays) -> Tuple[str, float, float, str]:
+    """One colour scale for a figure of attention matrices (numpy arrays): (colour map, vmin, vmax, colour-bar
+    label). Weights that are distributions start at 0 (viridis, 0 to the largest weight); where any weight is
+    negative (diff's difference of two maps, Nystrom's approximation) a diverging map centred on 0 (-m to m, m the
+    largest magnitude), said in the label."""
+    arrays = [np.asarray(a, dtype=np.float64) for a in arrays]
+    finite = [a[np.isfinite(a)] for a in arrays]
+    lo = min((float(a.min()) for a in finite if a.size), default=0.0)
+    hi = max((float(np.abs(a).max()) for a in finite if a.size), default=0.0) or 1.0
+    if lo < 0:
+        return "RdBu_r", -hi, hi, "attention weight (signed, 0 = white)"
+    return "viridis", 0.0, hi, "attention weight"
+
+
+def attention_figure(maps: List[Tensor], sample: int = 0, max_heads: int = 8, max_layers: int = 6,
+                     title: Optional[str] = None, panel_in: float = 2.2, dpi: int = 100) -> Tensor:
+    """One sample's attention matrices as a labelled figure, returned as a (3, H, W) float image in [0, 1]: a
+    panel per (layer, head), up to max_layers x max_heads, titled "layer i, head j", rows the query positions
+    and columns the key positions, every panel on one colour scale (attention_scale) with one colour bar, so
+    that brightness compares across layers and heads. matplotlib is imported here, with the Agg backend: only
+    runs that log images need it."""
+    import matplotlib
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    tiles = [w[sample, :max_heads].detach().float().cpu().numpy() for w in maps[:max_layers]]  # (h, n, n) each
+    layers, heads = len(tiles), max(t.shape[0] for t in tiles)
+    cmap, vmin, vmax, label = attention_scale(tiles)
+    fig, axes = plt.subplots(layers, heads, figsize=(panel_in * heads + 1.2, panel_in * layers + 0.6 + (0.3 if title else 0)),
+                             squeeze=False, dpi=dpi, constrained_layout=True)
+    im = None
     for i, t in enumerate(tiles):
-        for j in range(t.shape[0]):
-            top, left = pad + i * (n + pad), pad + j * (n + pad)
-            grid[top : top + n, left : left + n] = t[j].cpu()
-    return grid.unsqueeze(0)  # (1, H, W)
+        for j in range(heads):
+            ax = axes[i][j]
+            if j >= t.shape[0]:
+                ax.axis("off")
+                continue
+            im = ax.imshow(t[j], cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+            ax.set_title(f"layer {i + 1}, head {j + 1}", fontsize=9)
+            ax.tick_params(labelsize=7)
+            if j == 0:
+                ax.set_ylabel("query position", fontsize=8)
+            if i == layers - 1:
+                ax.set_xlabel("key position", fontsize=8)
+    fig.colorbar(im, ax=axes, shrink=0.8, label=label)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.canvas.draw()
+    rgba = np.asarray(fig.canvas.buffer_rgba())
+    plt.close(fig)
+    return torch.from_numpy(rgba[..., :3].copy()).permute(2, 0, 1).float() / 255.0  # (3, H, W)
