@@ -1,7 +1,9 @@
 """Figures of a sweep (time, memory, flops, throughput, speedup, combined; PNG at 200 dpi and PDF) from flat
 result rows (profiling/results.py). "ok" rows only; one panel per device, one line per mechanism in the same
-colour and marker in every figure; log-log axes; error bars are standard errors (sem_ms), carried into throughput
-and speed-up as relative errors. Each configuration in the rows gets its own set of figures. A decoding sweep
+colour and marker in every figure; log-log axes; error bars are +-1 standard error of the mean over the timed runs
+(sem_ms), carried into throughput and speed-up as relative errors, and the legend says so. A point over the time
+budget or out of memory ("timeout" / "oom" rows) is not left out silently: it is marked at the top edge of every
+panel, in its mechanism's colour (x: over the time budget, +: out of memory). Each configuration in the rows gets its own set of figures. A decoding sweep
 (mode "decode") gets time per token, cache/state size, one step's peak memory and speed-up per token against the
 context length L (DECODE_FIGURES).
 
@@ -19,13 +21,17 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter, NullLocator  # noqa: E402
+from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, MaxNLocator, NullFormatter, NullLocator  # noqa: E402
+from matplotlib.transforms import blended_transform_factory  # noqa: E402
 
 from models.attention import list_attentions  # noqa: E402
 
 BASELINE = "softmax"
 FIGURES = ("time", "memory", "flops", "throughput", "speedup", "combined")
 DECODE_FIGURES = ("time", "state", "memory", "speedup", "combined")
+# statuses of a point that was tried and did not fit: (marker, legend label); marked at a panel's top edge
+FAILED_MARKS = {"timeout": ("x", "over the time budget (at the top edge)"), "oom": ("+", "out of memory (at the top edge)")}
+ERRORBAR_NOTE = "error bars: ±1 s.e.m. over the timed runs"
 CONFIG_FIELDS = ("batch", "dim", "heads", "dtype", "mode", "causal")
 
 STYLE = {
@@ -181,23 +187,62 @@ def _plain(v: float, _=None) -> str:
     return f"$10^{{{exp}}}$" if abs(mant - 1) < 1e-9 else f"${mant:.2g}\\times10^{{{exp}}}$"
 
 
-def _format_log_y(ax) -> None:
-    """Log y axis; up to ~2.5 decades the ticks are plain numbers in 1-2-5 steps (0.5, 1, 2, 5, ...;
-    every integer step when that leaves fewer than 3), which reads better than 6x10^-1 labels;
-    wider ranges keep decade ticks only."""
-    ax.set_yscale("log")
-    lo, hi = ax.get_ylim()
+def format_log_axis(ax, which: str = "y") -> None:
+    """A log axis ("x" or "y") that reads: up to ~2.5 decades the ticks are plain numbers in 1-2-5 steps (0.5, 1,
+    2, 5, ...; every integer step when that leaves fewer than 3), which reads better than 6x10^-1 labels; wider
+    ranges keep decade ticks only. On x, where labels sit side by side, at most 5 are kept (every other one)."""
+    axis = ax.yaxis if which == "y" else ax.xaxis
+    (ax.set_yscale if which == "y" else ax.set_xscale)("log")
+    lo, hi = (ax.get_ylim if which == "y" else ax.get_xlim)()
+
+    def inside() -> List[float]:
+        return [t for t in axis.get_majorticklocs() if lo <= t <= hi]
+
     if hi / lo < 10**2.5:
-        ax.yaxis.set_major_formatter(FuncFormatter(_plain))
-        ax.yaxis.set_minor_formatter(NullFormatter())
-        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-        ax.yaxis.set_minor_locator(LogLocator(base=10, subs=(1.5, 3.0, 4.0, 6.0, 7.0, 8.0, 9.0)))
-        if len([t for t in ax.get_yticks() if lo <= t <= hi]) < 3:
-            ax.yaxis.set_major_locator(LogLocator(base=10, subs=tuple(range(1, 10))))
-            ax.yaxis.set_minor_locator(NullLocator())
+        axis.set_major_formatter(FuncFormatter(_plain))
+        axis.set_minor_formatter(NullFormatter())
+        axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        axis.set_minor_locator(LogLocator(base=10, subs=(1.5, 3.0, 4.0, 6.0, 7.0, 8.0, 9.0)))
+        if len(inside()) < 3:
+            axis.set_major_locator(LogLocator(base=10, subs=tuple(range(1, 10))))
+            axis.set_minor_locator(NullLocator())
+        ticks = inside()
+        if which == "x" and len(ticks) > 5:
+            axis.set_major_locator(FixedLocator(ticks[:: math.ceil(len(ticks) / 5)]))
+            axis.set_minor_locator(NullLocator())
     else:
-        ax.yaxis.set_minor_formatter(NullFormatter())
-    ax.set_ylim(lo, hi)
+        axis.set_minor_formatter(NullFormatter())
+    (ax.set_ylim if which == "y" else ax.set_xlim)(lo, hi)
+
+
+def format_linear_axis(ax, which: str = "y", ticks: int = 5) -> None:
+    """A linear axis with at most `ticks` + 1 round ticks in plain numbers (0.025, 0.03, 0.035; no offset or
+    trailing zeros), so the labels of a narrow range do not run into each other."""
+    axis = ax.yaxis if which == "y" else ax.xaxis
+    axis.set_major_locator(MaxNLocator(nbins=ticks, steps=[1, 2, 2.5, 5, 10]))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.4g}"))
+    axis.set_minor_locator(NullLocator())
+
+
+def overlapping_tick_labels(fig) -> List[str]:
+    """The tick labels of a figure's axes that run into a neighbour on the same axis, as "label|label" (empty
+    when every label reads): drawn first, then the labels' boxes compared pairwise."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    clashes = []
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            labels = [t for t in axis.get_ticklabels() if t.get_visible() and t.get_text()]
+            boxes = [t.get_window_extent(renderer) for t in labels]
+            for i in range(len(labels)):
+                for j in range(i + 1, len(labels)):
+                    if boxes[i].overlaps(boxes[j]):
+                        clashes.append(f"{labels[i].get_text()}|{labels[j].get_text()}")
+    return clashes
+
+
+def _format_log_y(ax) -> None:
+    format_log_axis(ax, "y")
 
 
 def _counted_differs(r: Dict) -> bool:
@@ -216,8 +261,30 @@ def _series(rows: Sequence[Dict], metric: str, device: str) -> Dict[str, List[Di
     return out
 
 
+def failed_rows(rows: Iterable[Dict]) -> List[Dict]:
+    """The points that were tried and did not fit: over the time budget or out of memory."""
+    return [r for r in rows if r.get("status") in FAILED_MARKS]
+
+
+def _mark_failed(ax, failed: Sequence[Dict], device: str, styles: Dict[str, Tuple[str, str]]) -> List[Line2D]:
+    """A marker per failed point of `device` at the panel's top edge (x: its length; y: axes fraction), in
+    its mechanism's colour, points at one length stacked downwards; labelled with the status for tests."""
+    trans = blended_transform_factory(ax.transData, ax.transAxes)
+    marks, at = [], defaultdict(int)
+    for r in sorted((r for r in failed if r.get("device") == device), key=lambda r: (r["seq_len"], r["attention"])):
+        marker, label = FAILED_MARKS[r["status"]]
+        k = at[r["seq_len"]]
+        at[r["seq_len"]] += 1
+        (mark,) = ax.plot([r["seq_len"]], [0.97 - 0.07 * k], transform=trans, linestyle="none", marker=marker, markersize=7,
+                          markeredgewidth=1.6, color=styles[r["attention"]][0], clip_on=False, zorder=5,
+                          label=f"_{r['attention']} {r['status']}")
+        mark.set_gid(f"{r['status']}:{r['attention']}:{r['seq_len']}")
+        marks.append(mark)
+    return marks
+
+
 def _draw_panel(ax, rows: Sequence[Dict], metric: str, device: str, styles: Dict[str, Tuple[str, str]], seq_lens: Sequence[int],
-                mode: str = "fwd") -> None:
+                mode: str = "fwd", failed: Sequence[Dict] = ()) -> None:
     ylabel, _, y, yerr = metric_spec(metric, mode)
     for name, series in sorted(_series(rows, metric, device).items()):
         color, marker = styles[name]
@@ -236,11 +303,19 @@ def _draw_panel(ax, rows: Sequence[Dict], metric: str, device: str, styles: Dict
     ax.set_yscale("log")
     _format_log_y(ax)
     _format_x(ax, seq_lens, mode)
+    _mark_failed(ax, failed, device, styles)
     ax.set_ylabel(ylabel)
 
 
-def _legend_handles(names: Sequence[str], styles: Dict[str, Tuple[str, str]], metric: Optional[str] = None, counted: bool = True) -> List[Line2D]:
+def _legend_handles(names: Sequence[str], styles: Dict[str, Tuple[str, str]], metric: Optional[str] = None, counted: bool = True,
+                    statuses: Iterable[str] = ()) -> List[Line2D]:
     handles = [Line2D([], [], color=styles[n][0], marker=styles[n][1], label=n) for n in names]
+    if metric is None or METRICS[metric][3] is not None:
+        handles.append(Line2D([], [], color="0.35", marker="|", markersize=9, linestyle="none", label=ERRORBAR_NOTE))
+    statuses = set(statuses)
+    for status in (s for s in FAILED_MARKS if s in statuses):
+        marker, label = FAILED_MARKS[status]
+        handles.append(Line2D([], [], color="0.25", marker=marker, markersize=7, markeredgewidth=1.6, linestyle="none", label=label))
     if metric in ("flops", None) and counted:
         handles.append(Line2D([], [], color="0.35", marker="o", linestyle="none", markerfacecolor="none", markersize=7, label="counted (where ≠ analytic)"))
     if metric in ("speedup", None):
@@ -271,27 +346,37 @@ def _metric_rows(rows: Sequence[Dict], metric: str) -> List[Dict]:
     return out
 
 
-def _single_figure(rows: Sequence[Dict], metric: str, devices: Sequence[str], styles, title: str, stem: Path, mode: str = "fwd") -> List[Path]:
+def sweep_figure(rows: Sequence[Dict], metric: str, devices: Sequence[str], styles, title: str, mode: str = "fwd",
+                 failed: Sequence[Dict] = ()):
+    """One metric's figure (a panel per device) of one configuration's "ok" rows, its failed points marked."""
     mrows = _metric_rows(rows, metric)
-    seq_lens = sorted({r["seq_len"] for r in rows})
+    seq_lens = sorted({r["seq_len"] for r in [*rows, *failed]})
     fig, axes = plt.subplots(1, len(devices), figsize=(max(4.6, 3.9 * len(devices)), 3.4), squeeze=False)
     for ax, dev in zip(axes[0], devices):
-        _draw_panel(ax, mrows, metric, dev, styles, seq_lens, mode)
+        _draw_panel(ax, mrows, metric, dev, styles, seq_lens, mode, failed)
         ax.set_title(_device_title(dev, rows))
-    names = sorted({r["attention"] for r in mrows})
+    names = sorted({r["attention"] for r in mrows} | {r["attention"] for r in failed})
     name = metric_spec(metric, mode)[1]
     fig.suptitle(f"{name}\n{title}" if len(devices) == 1 else f"{name} — {title}", fontsize=10.5)
     fig.tight_layout()
-    fig.legend(handles=_legend_handles(names, styles, metric, any(map(_counted_differs, rows))), loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, title="mechanism")
+    handles = _legend_handles(names, styles, metric, any(map(_counted_differs, rows)), (r["status"] for r in failed))
+    fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, title="mechanism")
+    return fig
+
+
+def _single_figure(rows: Sequence[Dict], metric: str, devices: Sequence[str], styles, title: str, stem: Path, mode: str = "fwd",
+                   failed: Sequence[Dict] = ()) -> List[Path]:
+    fig = sweep_figure(rows, metric, devices, styles, title, mode, failed)
     paths = save_figure(fig, stem)
     plt.close(fig)
     return paths
 
 
-def _combined_figure(rows: Sequence[Dict], devices: Sequence[str], styles, title: str, stem: Path, mode: str = "fwd") -> List[Path]:
+def _combined_figure(rows: Sequence[Dict], devices: Sequence[str], styles, title: str, stem: Path, mode: str = "fwd",
+                     failed: Sequence[Dict] = ()) -> List[Path]:
     metrics = [m for m in figures_of(mode) if m in METRICS]
-    seq_lens = sorted({r["seq_len"] for r in rows})
-    names = sorted({r["attention"] for r in rows})
+    seq_lens = sorted({r["seq_len"] for r in [*rows, *failed]})
+    names = sorted({r["attention"] for r in [*rows, *failed]})
     if len(devices) == 1:  # 2 x 3 grid, the cell after the metrics holds the legend
         fig, grid = plt.subplots(2, 3, figsize=(11.0, 6.4))
         cells = [(grid.flat[i], m, devices[0]) for i, m in enumerate(metrics)]
@@ -303,7 +388,7 @@ def _combined_figure(rows: Sequence[Dict], devices: Sequence[str], styles, title
         cells = [(grid[i, j], m, d) for i, d in enumerate(devices) for j, m in enumerate(metrics)]
         legend_ax = None
     for ax, metric, dev in cells:
-        _draw_panel(ax, _metric_rows(rows, metric), metric, dev, styles, seq_lens, mode)
+        _draw_panel(ax, _metric_rows(rows, metric), metric, dev, styles, seq_lens, mode, failed)
         ax.set_title(metric_spec(metric, mode)[1])
     if len(devices) > 1:
         for i, d in enumerate(devices):
@@ -313,7 +398,7 @@ def _combined_figure(rows: Sequence[Dict], devices: Sequence[str], styles, title
                                 ma="center", fontsize=9.5, fontweight="bold")
     fig.suptitle(f"{title}" + (f" — {_device_title(devices[0], rows)}" if len(devices) == 1 else ""), fontsize=11)
     fig.tight_layout()
-    handles = _legend_handles(names, styles, None, "flops" in metrics and any(map(_counted_differs, rows)))
+    handles = _legend_handles(names, styles, None, "flops" in metrics and any(map(_counted_differs, rows)), (r["status"] for r in failed))
     if legend_ax is not None:
         legend_ax.legend(handles=handles, loc="center", frameon=False, title="mechanism", ncol=1 if len(handles) <= 12 else 2)
     else:
@@ -330,12 +415,15 @@ def plot_sweep(rows: List[Dict], out_dir: Path, figures: Optional[Sequence[str]]
     unknown = sorted(set(figures or ()) - set(known))
     if unknown:
         raise ValueError(f"unknown figure(s) {', '.join(unknown)}; choose from {', '.join(known)}")
+    failed_by_cfg: Dict[Tuple, List[Dict]] = defaultdict(list)
+    for r in failed_rows(rows):
+        failed_by_cfg[config_of(r)].append(r)
     rows = ok_rows(rows)
     if not rows:
         return []
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    styles = mechanism_styles(r["attention"] for r in rows)
+    styles = mechanism_styles([r["attention"] for r in rows] + [r["attention"] for fs in failed_by_cfg.values() for r in fs])
     by_cfg: Dict[Tuple, List[Dict]] = defaultdict(list)
     for r in rows:
         by_cfg[config_of(r)].append(r)
@@ -348,8 +436,9 @@ def plot_sweep(rows: List[Dict], out_dir: Path, figures: Optional[Sequence[str]]
             title = config_title(cfg)
             mode = dict(zip(CONFIG_FIELDS, cfg))["mode"]
             wanted = [f for f in figures_of(mode) if figures is None or f in figures]
+            failed = [r for r in failed_by_cfg.get(cfg, []) if r["device"] in devices]
             for metric in (m for m in wanted if m in METRICS):
-                paths += _single_figure(cfg_rows, metric, devices, styles, title, out_dir / f"{metric}{suffix}", mode)
+                paths += _single_figure(cfg_rows, metric, devices, styles, title, out_dir / f"{metric}{suffix}", mode, failed)
             if "combined" in wanted:
-                paths += _combined_figure(cfg_rows, devices, styles, title, out_dir / f"combined{suffix}", mode)
+                paths += _combined_figure(cfg_rows, devices, styles, title, out_dir / f"combined{suffix}", mode, failed)
     return paths
