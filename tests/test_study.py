@@ -19,9 +19,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from profiling.plots import overlapping_tick_labels, plt
 from training.cli import main
 from training.study import STUDY_FILE, scoped_options
-from training.study_report import pareto
+from training.study_report import COST_AXES, attention_maps_figure, pareto, tradeoff_figure, write_report
 
 pytestmark = pytest.mark.usefixtures("training_isolated")
 
@@ -174,6 +175,81 @@ def test_pareto_front():
     pts = [("a", 1.0, 0.5), ("b", 2.0, 0.7), ("c", 3.0, 0.6), ("d", 1.5, 0.5)]
     assert sorted(pareto(pts, maximize=True)) == ["a", "b"]  # c costs more for less; d ties a's metric at more cost
     assert sorted(pareto(pts, maximize=False)) == ["a"]  # lower metric better: a is cheapest and lowest
+
+
+def test_pareto_front_within_the_error_bars():
+    """(name, cost, metric, cost std, metric std): a point leaves the front only where another is no worse on both
+    axes and better on one, each gap larger than the two stds added."""
+    overlapping = [("a", 1.0, 0.40, 0.1, 0.05), ("b", 2.0, 0.35, 0.1, 0.05)]  # metric gap 0.05 < 0.05 + 0.05
+    assert sorted(pareto(overlapping, maximize=True)) == ["a", "b"]  # the data do not rank them: both stay
+    assert sorted(pareto([p[:3] for p in overlapping], maximize=True)) == ["a"]  # without the bars, a would win
+    clear = [("a", 1.0, 0.40, 0.1, 0.05), ("b", 2.0, 0.20, 0.1, 0.05)]  # metric gap 0.2 > 0.1, cost gap 1 > 0.2
+    assert pareto(clear, maximize=True) == ["a"]
+    close_cost = [("a", 1.0, 0.40, 0.6, 0.05), ("b", 2.0, 0.20, 0.6, 0.05)]  # cost bars overlap (gap 1 < 1.2)
+    assert sorted(pareto(close_cost, maximize=True)) == ["a", "b"]
+    same_flops = [("a", 3.0, 0.40, None, 0.05), ("b", 3.0, 0.20, None, 0.05)]  # no spread on cost: equal is no worse
+    assert pareto(same_flops, maximize=True) == ["a"]
+    assert sorted(pareto([("a", 3.0, 0.40, None, 0.1), ("b", 3.0, 0.30, None, 0.1)], maximize=True)) == ["a", "b"]
+
+
+def _table_rows(stds):
+    """Finished study rows: three mechanisms, metric stds as given."""
+    out = []
+    for (name, lat, mem, gflop, acc), std in zip([("softmax", 42.0, 28.7, 0.03284, 0.35), ("linear", 44.5, 37.6, 0.02805, 0.34),
+                                                 ("local", 65.5, 58.5, 0.03225, 0.10)], stds):
+        out.append({"attention": name, "status": "finished", "seeds": 3, "metric": acc, "metric_std": std,
+                    "latency_ms_p50": lat, "latency_ms_p50_std": 3.0, "step_alloc_peak_mib": mem, "step_alloc_peak_mib_std": 0.0,
+                    "gflop_per_sample": gflop, "gflop_per_sample_std": None})
+    return out
+
+
+def test_tradeoff_figure_rings_only_what_the_error_bars_support_and_says_so():
+    study_ = {"task": "vit", "mode": "max", "monitor": "val/acc"}
+    fig = tradeoff_figure(study_, _table_rows([0.05, 0.08, 0.02]))
+    rings = [{c.get_gid() for c in ax.collections if (c.get_gid() or "").startswith("pareto:")} for ax in fig.axes[:3]]
+    # softmax and linear overlap (0.01 apart, bars 0.05 and 0.08): neither is ringed as beating the other on any
+    # axis; local is worse than softmax by far more than the bars (0.25 > 0.07) and costs more: off the front
+    assert rings == [{"pareto:softmax", "pareto:linear"}] * 3
+    caption = fig._suptitle.get_text()
+    assert "error bars: ±1 std over 3 seeds" in caption and "Pareto front within the error bars" in caption
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert "error bars:\n±1 std over 3 seeds" in legend and "Pareto front within\nthe error bars" in legend
+    assert [ax.get_xlabel() for ax in fig.axes[:3]] == [label for _, label in COST_AXES]
+    assert all(ax.get_ylabel() == "test/acc" for ax in fig.axes[:3])
+    assert overlapping_tick_labels(fig) == []  # the narrow GFLOP range (0.028 to 0.033) reads
+    assert len([t for t in fig.axes[2].get_xticklabels() if t.get_text()]) >= 2
+    plt.close(fig)
+    fig = tradeoff_figure(study_, _table_rows([0.001, 0.001, 0.001]))  # tight bars: the usual ranking comes back
+    assert {c.get_gid() for c in fig.axes[1].collections if c.get_gid()} == {"pareto:softmax"}  # cheapest, best
+    plt.close(fig)
+
+
+def test_attention_maps_figure_one_scale_colour_bar_labels_and_a_note_for_linformer():
+    maps = {"softmax": [torch.softmax(torch.randn(8, 8), -1) for _ in range(2)],
+            "nystromformer": [torch.randn(8, 8) * 0.1, torch.randn(8, 8) * 0.3]}  # signed: a diverging scale for all
+    fig = attention_maps_figure("vit", maps, without=["linformer"])
+    images = [im for ax in fig.axes for im in ax.get_images()]
+    assert len(images) == 4 and len({im.get_clim() for im in images}) == 1  # one colour scale for every panel
+    lo, hi = images[0].get_clim()
+    assert lo == -hi and hi == pytest.approx(max(float(m.abs().max()) for v in maps.values() for m in v))
+    assert {im.get_cmap().name for im in images} == {"RdBu_r"}
+    colorbars = [ax for ax in fig.axes if ax.get_ylabel().startswith("attention weight")]
+    assert len(colorbars) == 1
+    panels = [ax for ax in fig.axes if ax.get_images()]
+    assert {ax.get_ylabel() for ax in panels if ax.get_ylabel()} == {"query position"}
+    assert {ax.get_xlabel() for ax in panels if ax.get_xlabel()} == {"key position"}
+    assert "linformer" in fig._supxlabel.get_text() and "no attention weights" in fig._supxlabel.get_text()
+    plt.close(fig)
+
+
+def test_report_redrawn_from_study_json_keeps_the_drawn_maps(tmp_path):
+    study_ = {"task": "vit", "mode": "max", "monitor": "val/acc", "command": "train.py --study", "seeds": [0, 1, 2],
+              "machine": {}, "recipe": {}, "runs": [], "skipped": [], "sweep_dir": None}
+    for name in ("attention_maps.png", "attention_maps.pdf"):
+        (tmp_path / name).write_bytes(b"kept")
+    write_report(study_, tmp_path, maps=False)
+    assert (tmp_path / "attention_maps.png").read_bytes() == b"kept"
+    assert "![attention maps](attention_maps.png)" in (tmp_path / "report.md").read_text()
 
 
 def test_scoped_options_parse():

@@ -5,10 +5,14 @@ trade-off plots with the Pareto front, the attention maps side by side, report.m
     write_report(json.loads(Path("lightning_logs/study-vit/study.json").read_text()), Path("lightning_logs/study-vit"))
 
 Files: table.md, table.csv, tradeoff.png/.pdf (metric vs latency p50, vs a step's tensor memory, vs FLOPs per sample;
-Pareto-optimal mechanisms ringed and joined), attention_maps.png/.pdf (same validation input, every
-mechanism that has attention weights: a row per mechanism, a column per layer, heads averaged),
-report.md. The headline metric is the test score of each run's best checkpoint (the best validation
+error bars +-1 standard deviation over seeds; ringed: the Pareto front within the error bars, see `pareto`),
+attention_maps.png/.pdf (same validation input, every mechanism that has attention weights: a row per mechanism, a
+column per layer, heads averaged, one colour scale with a colour bar; the mechanisms without weights named in a
+note), report.md. The headline metric is the test score of each run's best checkpoint (the best validation
 score when a run was not tested); with several seeds, mean +- standard deviation over seeds.
+
+The report can be drawn again from a committed study.json without the checkpoints (`write_report(study, out_dir,
+maps=False)`): everything but the attention maps, which are kept as they were drawn.
 """
 from __future__ import annotations
 
@@ -17,13 +21,15 @@ import io
 import math
 import os
 import statistics
+import textwrap
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
-from matplotlib.ticker import FuncFormatter, NullFormatter
+from matplotlib.lines import Line2D
 
-from profiling.plots import STYLE, mechanism_styles, plt
+from models.tasks.base import attention_scale
+from profiling.plots import STYLE, format_linear_axis, format_log_axis, mechanism_styles, plt
 from training.runner import prepare
 from training.tasks import get_task
 from utils.io import write_text
@@ -85,18 +91,55 @@ def rows(study: Dict[str, Any]) -> List[Dict[str, Any]]:
     return out
 
 
-def pareto(points: Sequence[Tuple[str, float, float]], maximize: bool) -> List[str]:
-    """Names of the points (name, cost, metric) that no other point beats on both (lower cost, better
-    metric; ties on one axis need a strict gain on the other)."""
-    def better_or_equal(a: float, b: float) -> bool:
-        return a >= b if maximize else a <= b
+PARETO_RULE = ("ringed: the Pareto front within the error bars (a mechanism is off it only where another is cheaper "
+               "and better, each by more than the two ±1 std bars together)")
 
+
+def pareto(points: Sequence[Tuple], maximize: bool) -> List[str]:
+    """Names of the points on the Pareto front within their error bars. A point is (name, cost, metric) or
+    (name, cost, metric, cost_std, metric_std) (a std None or absent counts as 0). Another point q beats p on an
+    axis when it is better by more than the two stds added (gap > s_p + s_q), and is no worse on it when it beats
+    it or, with no spread on that axis (s_p + s_q = 0), is better or equal. p is off the front only where some q
+    is no worse on both axes and beats it on one: where error bars overlap on an axis, neither point beats the
+    other there, so the front holds every mechanism the data cannot rank. Without stds this is the usual front
+    (lower cost, better metric; ties on one axis need a strict gain on the other)."""
+    def full(p: Tuple) -> Tuple[str, float, float, float, float]:
+        name, c, m, *std = p
+        sc, sm = (list(std) + [None, None])[:2]
+        return name, float(c), float(m), float(sc or 0.0), float(sm or 0.0)
+
+    def no_worse(gap: float, err: float) -> bool:
+        return gap > err or (err == 0 and gap >= 0)
+
+    pts = [full(p) for p in points]
     front = []
-    for name, c, m in points:
-        dominated = any(c2 <= c and better_or_equal(m2, m) and (c2 < c or m2 != m) for n2, c2, m2 in points if n2 != name)
+    for name, c, m, sc, sm in pts:
+        dominated = False
+        for n2, c2, m2, sc2, sm2 in pts:
+            if n2 == name:
+                continue
+            gap_c, err_c = c - c2, sc + sc2
+            gap_m, err_m = (m2 - m if maximize else m - m2), sm + sm2
+            if no_worse(gap_c, err_c) and no_worse(gap_m, err_m) and (gap_c > err_c or gap_m > err_m):
+                dominated = True
+                break
         if not dominated:
             front.append(name)
     return front
+
+
+def cost_points(done: Sequence[Dict[str, Any]], key: str) -> List[Tuple]:
+    """(name, cost, metric, cost std, metric std) of the finished rows that have this cost."""
+    return [(r["attention"], r[key], r["metric"], r.get(f"{key}_std"), r.get("metric_std")) for r in done if r.get(key)]
+
+
+def seeds_phrase(done: Sequence[Dict[str, Any]]) -> str:
+    """What the error bars are: "±1 std over 3 seeds" (or "2-3 seeds" when mechanisms differ)."""
+    counts = sorted({int(r.get("seeds") or 0) for r in done})
+    if not counts or counts[-1] < 2:
+        return "no error bars: one seed per mechanism"
+    span = str(counts[-1]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+    return f"error bars: ±1 std over {span} seeds"
 
 
 # ------------------------------------------------------------------ table
@@ -156,41 +199,54 @@ def save_figure(fig, out_dir: Path, stem: str) -> List[Path]:
     return paths
 
 
-def plot_tradeoffs(study: Dict[str, Any], table_rows: List[Dict[str, Any]], out_dir: Path) -> List[Path]:
+def tradeoff_figure(study: Dict[str, Any], table_rows: List[Dict[str, Any]]):
+    """The trade-off figure (None without a finished row): a panel per cost axis, each mechanism's mean with
+    +-1 std bars over its seeds, the Pareto front within the error bars ringed (rings carry the gid
+    "pareto:<name>"), the bars and the ring rule said in the legend and the caption."""
     done = [r for r in table_rows if r["status"] == "finished" and r.get("metric") is not None]
     if not done:
-        return []
+        return None
     maximize = study["mode"] == "max"
     styles = mechanism_styles([r["attention"] for r in done])
     with plt.rc_context(STYLE):
-        fig, axes = plt.subplots(1, len(COST_AXES), figsize=(3.3 * len(COST_AXES), 3.0), constrained_layout=True)
+        fig, axes = plt.subplots(1, len(COST_AXES), figsize=(3.4 * len(COST_AXES) + 1.6, 3.4), constrained_layout=True)
         for ax, (key, label) in zip(axes, COST_AXES):
-            pts = [(r["attention"], r[key], r["metric"]) for r in done if r.get(key)]
+            pts = cost_points(done, key)
             front = set(pareto(pts, maximize))
             for r in done:
                 if not r.get(key):
                     continue
                 color, marker = styles[r["attention"]]
                 ax.errorbar(r[key], r["metric"], xerr=r.get(f"{key}_std"), yerr=r.get("metric_std"), fmt=marker,
-                            color=color, label=r["attention"], markersize=6, zorder=3)
+                            color=color, label=r["attention"], markersize=6, elinewidth=0.9, zorder=3)
                 if r["attention"] in front:
-                    ax.scatter([r[key]], [r["metric"]], s=160, facecolors="none", edgecolors="black", linewidths=1.0, zorder=4)
-            line = sorted((c, m) for n, c, m in pts if n in front)
-            if len(line) > 1:
-                xs, ys = zip(*line)
-                ax.step(xs, ys, where="post", color="black", linewidth=0.8, linestyle="--", zorder=2)
-            xs = [c for _, c, _ in pts]
+                    ring = ax.scatter([r[key]], [r["metric"]], s=170, facecolors="none", edgecolors="black", linewidths=1.0, zorder=4)
+                    ring.set_gid(f"pareto:{r['attention']}")
+            xs = [c for _, c, *_ in pts]
             if xs and max(xs) / max(min(xs), 1e-12) > 5:  # log only where the costs span orders of magnitude
-                ax.set_xscale("log")
-                ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-                ax.xaxis.set_minor_formatter(NullFormatter())
+                format_log_axis(ax, "x")
+            else:
+                format_linear_axis(ax, "x")
+            format_linear_axis(ax, "y")
             ax.set_xlabel(label)
             ax.set_ylabel(headline_metric(study))
         handles, labels = axes[0].get_legend_handles_labels()
         uniq = dict(zip(labels, handles))
-        fig.legend(uniq.values(), uniq.keys(), loc="outside right center", frameon=False)
-        fig.suptitle(f"{study['task']}: {headline_metric(study)} ({'higher' if maximize else 'lower'} is better) "
-                     f"against cost; ringed: Pareto front", fontsize=9)
+        note = seeds_phrase(done)
+        extra = [Line2D([], [], color="0.35", marker="|", markersize=10, linestyle="none", label=note.replace("error bars: ", "error bars:\n")),
+                 Line2D([], [], color="black", marker="o", markersize=10, markerfacecolor="none", linestyle="none",
+                        label="Pareto front within\nthe error bars")]
+        fig.legend([*uniq.values(), *extra], [*uniq.keys(), *(h.get_label() for h in extra)], loc="outside right center", frameon=False)
+        fig.suptitle(f"{study['task']}: {headline_metric(study)} ({'higher' if maximize else 'lower'} is better) against cost; "
+                     f"{note}\n{PARETO_RULE}", fontsize=9)
+    return fig
+
+
+def plot_tradeoffs(study: Dict[str, Any], table_rows: List[Dict[str, Any]], out_dir: Path) -> List[Path]:
+    fig = tradeoff_figure(study, table_rows)
+    if fig is None:
+        return []
+    with plt.rc_context(STYLE):
         return save_figure(fig, out_dir, "tradeoff")
 
 
@@ -207,11 +263,13 @@ def attention_maps(study: Dict[str, Any], out_dir: Path, max_layers: int = 4) ->
         return []
     task = get_task(study["task"])
     maps: Dict[str, List[torch.Tensor]] = {}
+    without: List[str] = []
     batch = None
     for name, rec in firsts.items():
         cfg = dict(rec["results"]["config"])
         _, dm, net = prepare(cfg)
         if not getattr(net, "has_attention_maps", False):
+            without.append(name)
             continue
         state = torch.load(rec["results"]["best_checkpoint"], map_location="cpu", weights_only=False)["state_dict"]
         net.load_state_dict({k[len("net."):]: v for k, v in state.items() if k.startswith("net.")})
@@ -224,24 +282,43 @@ def attention_maps(study: Dict[str, Any], out_dir: Path, max_layers: int = 4) ->
         maps[name] = [m[0].float().mean(0).cpu() for m in layer_maps[:max_layers]]  # (n, n) per layer
     if not maps:
         return []
-    layers = max(len(v) for v in maps.values())
+    fig = attention_maps_figure(study["task"], maps, without)
     with plt.rc_context(STYLE):
-        fig, axes = plt.subplots(len(maps), layers, figsize=(1.9 * layers + 0.6, 1.9 * len(maps)), squeeze=False,
+        return save_figure(fig, out_dir, "attention_maps")
+
+
+def attention_maps_figure(task: str, maps: Dict[str, List[torch.Tensor]], without: Sequence[str] = ()):
+    """A row per mechanism (head-averaged (n, n) maps, a column per layer) on one colour scale for the whole
+    figure (models.tasks.base.attention_scale: 0 to the largest weight, or centred on 0 where any is negative)
+    with one colour bar, query / key position axes, and a note naming the mechanisms in `without` (no weights)."""
+    layers = max(len(v) for v in maps.values())
+    cmap, vmin, vmax, label = attention_scale([m.numpy() for per_layer in maps.values() for m in per_layer])
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(len(maps), layers, figsize=(2.0 * layers + 1.6, 2.0 * len(maps) + 0.9), squeeze=False,
                                  constrained_layout=True)
+        im = None
         for i, (name, per_layer) in enumerate(sorted(maps.items())):
             for j in range(layers):
                 ax = axes[i][j]
-                ax.set_xticks([])
-                ax.set_yticks([])
                 ax.grid(False)
-                if j < len(per_layer):
-                    ax.imshow(per_layer[j].numpy(), cmap="viridis", interpolation="nearest")
-                if i == 0:
-                    ax.set_title(f"layer {j + 1}")
+                ax.tick_params(labelsize=6.5)
+                if j >= len(per_layer):
+                    ax.axis("off")
+                    continue
+                im = ax.imshow(per_layer[j].numpy(), cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+                ax.set_title(f"{name}, layer {j + 1}", fontsize=8.5)
                 if j == 0:
-                    ax.set_ylabel(name)
-        fig.suptitle(f"{study['task']}: one validation input, heads averaged", fontsize=9)
-        return save_figure(fig, out_dir, "attention_maps")
+                    ax.set_ylabel("query position", fontsize=8)
+                if i == len(maps) - 1:
+                    ax.set_xlabel("key position", fontsize=8)
+        fig.colorbar(im, ax=axes, shrink=0.8, label=label)
+        width = max(30, int(fig.get_figwidth() * 13))  # characters of 8-9 pt text across the figure
+        fig.suptitle(textwrap.fill(f"{task}: one validation input through each mechanism, heads averaged, one colour scale",
+                                   width), fontsize=9)
+        if without:
+            fig.supxlabel(textwrap.fill(f"Not shown, no attention weights to draw: {', '.join(sorted(without))} (the "
+                                        "mechanism never forms the n x n matrix of weights).", width), fontsize=8, style="italic")
+    return fig
 
 
 # ------------------------------------------------------------------ report
@@ -253,19 +330,27 @@ def _rel(path: Path, start: Path) -> str:
     return os.path.relpath(path, start)
 
 
-def write_report(study: Dict[str, Any], out_dir: Path) -> Path:
-    """Write table.md, table.csv, the plots and report.md into out_dir; returns report.md's path."""
+def write_report(study: Dict[str, Any], out_dir: Path, maps: bool = True) -> Path:
+    """Write table.md, table.csv, the plots and report.md into out_dir; returns report.md's path. With
+    maps=False the attention maps are not drawn (they need the runs' checkpoints): attention_maps.png / .pdf
+    already in out_dir are kept and linked, so a report re-drawn from a committed study.json keeps them."""
     out_dir.mkdir(parents=True, exist_ok=True)
     table_rows = rows(study)
     md_table = table_markdown(study, table_rows)
     write_text(out_dir / "table.md", md_table + "\n")
     write_text(out_dir / "table.csv", table_csv(study, table_rows))
     plots = plot_tradeoffs(study, table_rows, out_dir)
-    try:
-        maps = attention_maps(study, out_dir)
-        maps_note = "" if maps else "No finished mechanism has attention weights to show."
-    except Exception as e:  # noqa: BLE001 - the table and plots are already written
-        maps, maps_note = [], f"Attention maps could not be drawn ({type(e).__name__}: {e})."
+    draw_maps = maps
+    if not draw_maps:
+        kept = [out_dir / f"attention_maps.{ext}" for ext in ("png", "pdf")]
+        maps = kept if all(p.is_file() for p in kept) else []
+        maps_note = "" if maps else "Attention maps not drawn (the report was re-drawn without the runs' checkpoints)."
+    else:
+        try:
+            maps = attention_maps(study, out_dir)
+            maps_note = "" if maps else "No finished mechanism has attention weights to show."
+        except Exception as e:  # noqa: BLE001 - the table and plots are already written
+            maps, maps_note = [], f"Attention maps could not be drawn ({type(e).__name__}: {e})."
     done = [r for r in table_rows if r["status"] == "finished" and r.get("metric") is not None]
     maximize = study["mode"] == "max"
     lines = [f"# Comparison study: `{study['task']}`", "",
@@ -279,9 +364,20 @@ def write_report(study: Dict[str, Any], out_dir: Path) -> Path:
              f"(latency p50 of a training step; step memory: the tensor memory a training step allocates above "
              f"its start, by the allocator, as profile.py measures it; FLOPs per sample of forward + backward).", "",
              "## Results", "", md_table, ""]
+    if max((int(r.get("seeds") or 0) for r in done), default=0) < 2:
+        lines.append("Pareto front (one seed per mechanism, so no error bars: the usual front, lower cost and better "
+                     "metric; a second seed may well reorder it).")
+    else:
+        lines.append(f"Pareto front within the error bars ({seeds_phrase(done)}): a mechanism is off it only where another "
+                     f"is cheaper and better, each by more than the two ±1 std bars together; where bars overlap the data "
+                     f"do not rank the two, and both stay on the front.")
+    lines.append("")
     for key, label in COST_AXES:
-        front = pareto([(r["attention"], r[key], r["metric"]) for r in done if r.get(key)], maximize)
-        lines.append(f"- Pareto front, {headline_metric(study)} against {label}: {', '.join(sorted(front)) or '–'}")
+        pts = cost_points(done, key)
+        front = pareto(pts, maximize)
+        off = sorted({n for n, *_ in pts} - set(front))
+        lines.append(f"- {headline_metric(study)} against {label}: on the front {', '.join(sorted(front)) or '–'}"
+                     + (f"; off it {', '.join(off)}" if off else "; every mechanism (none is beaten beyond the error bars)"))
     lines.append("")
     if plots:
         lines += ["## Trade-offs", "", f"![trade-offs]({_rel(plots[0], out_dir)}) ([PDF]({_rel(plots[1], out_dir)}))", ""]
