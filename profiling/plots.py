@@ -58,8 +58,11 @@ STYLE = {
     "ps.fonttype": 42,
 }
 
-# Okabe-Ito (colour-blind safe) first, then darker tab colours; markers differ too, for greyscale print
-PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#8C564B", "#7F7F7F", "#BCBD22", "#17BECF", "#9467BD"]
+# Okabe-Ito (colour-blind safe) first, then darker tab colours, then Paul Tol's muted ones: a colour of its own for
+# each of the registry's 20 mechanisms (two mechanisms in one colour read as one in a legend); markers differ too,
+# for greyscale print
+PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#8C564B", "#7F7F7F", "#BCBD22", "#17BECF", "#9467BD",
+           "#332288", "#882255", "#117733", "#44AA99", "#999933", "#AA4499", "#661100", "#6699CC"]
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">", "p", "h", "*"]
 
 
@@ -189,7 +192,7 @@ def _plain(v: float, _=None) -> str:
 
 def format_log_axis(ax, which: str = "y") -> None:
     """A log axis ("x" or "y") that reads: up to ~2.5 decades the ticks are plain numbers in 1-2-5 steps (0.5, 1,
-    2, 5, ...; every integer step when that leaves fewer than 3), which reads better than 6x10^-1 labels; wider
+    2, 5, ...; 1-1.5-2-3-5-7 when that leaves fewer than 3), which reads better than 6x10^-1 labels; wider
     ranges keep decade ticks only. On x, where labels sit side by side, at most 5 are kept (every other one)."""
     axis = ax.yaxis if which == "y" else ax.xaxis
     (ax.set_yscale if which == "y" else ax.set_xscale)("log")
@@ -204,7 +207,7 @@ def format_log_axis(ax, which: str = "y") -> None:
         axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
         axis.set_minor_locator(LogLocator(base=10, subs=(1.5, 3.0, 4.0, 6.0, 7.0, 8.0, 9.0)))
         if len(inside()) < 3:
-            axis.set_major_locator(LogLocator(base=10, subs=tuple(range(1, 10))))
+            axis.set_major_locator(LogLocator(base=10, subs=(1.0, 1.5, 2.0, 3.0, 5.0, 7.0)))  # not 0.9 beside 1
             axis.set_minor_locator(NullLocator())
         ticks = inside()
         if which == "x" and len(ticks) > 5:
@@ -275,7 +278,7 @@ def _mark_failed(ax, failed: Sequence[Dict], device: str, styles: Dict[str, Tupl
         marker, label = FAILED_MARKS[r["status"]]
         k = at[r["seq_len"]]
         at[r["seq_len"]] += 1
-        (mark,) = ax.plot([r["seq_len"]], [0.97 - 0.07 * k], transform=trans, linestyle="none", marker=marker, markersize=7,
+        (mark,) = ax.plot([r["seq_len"]], [0.96 - 0.06 * k], transform=trans, linestyle="none", marker=marker, markersize=7,
                           markeredgewidth=1.6, color=styles[r["attention"]][0], clip_on=False, zorder=5,
                           label=f"_{r['attention']} {r['status']}")
         mark.set_gid(f"{r['status']}:{r['attention']}:{r['seq_len']}")
@@ -301,6 +304,9 @@ def _draw_panel(ax, rows: Sequence[Dict], metric: str, device: str, styles: Dict
     if metric == "speedup":
         ax.axhline(1.0, color="0.3", linestyle="--", linewidth=0.9, zorder=2)
     ax.set_yscale("log")
+    if any(r.get("device") == device for r in failed):  # headroom: the marks sit in a band above every value
+        lo, hi = ax.get_ylim()
+        ax.set_ylim(lo, hi * (hi / lo) ** 0.18)
     _format_log_y(ax)
     _format_x(ax, seq_lens, mode)
     _mark_failed(ax, failed, device, styles)

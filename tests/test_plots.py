@@ -82,6 +82,8 @@ def test_mechanism_styles_are_fixed():
     a, b = mechanism_styles(["softmax"]), mechanism_styles(["performer", "softmax", "linformer"])
     assert a["softmax"] == b["softmax"]  # the mapping does not depend on which mechanisms a sweep holds
     assert len({b[n] for n in b}) == len(b)
+    registry = mechanism_styles([])
+    assert len({color for color, _ in registry.values()}) == len(registry)  # a colour of its own for each registered one
 
 
 def test_several_configs_get_their_own_figures(tmp_path):
@@ -120,10 +122,12 @@ def test_points_over_budget_or_out_of_memory_are_marked_not_dropped():
 def test_committed_sweep_rows_mark_naive_over_budget(tmp_path):
     """The committed CPU sweep: naive at n = 10,000 ran over the 120 s budget and is marked in every figure."""
     rows = read_csv_rows(Path(__file__).resolve().parents[1] / "benchmarks/results/sweep-cpu-default/results.csv")
-    fig = _sweep_figure(rows, "time", ("cpu",))
-    assert [ln.get_gid() for ln in fig.axes[0].lines if (ln.get_gid() or "").startswith("timeout:")] == ["timeout:naive:10000"]
-    assert fig.axes[0].get_xlabel() == "sequence length $n$" and fig.axes[0].get_ylabel()
-    plt.close(fig)
+    for metric in ("time", "memory", "flops", "throughput", "speedup"):
+        fig = _sweep_figure(rows, metric, ("cpu",))
+        assert [ln.get_gid() for ln in fig.axes[0].lines if (ln.get_gid() or "").startswith("timeout:")] == ["timeout:naive:10000"]
+        assert fig.axes[0].get_xlabel() == "sequence length $n$" and fig.axes[0].get_ylabel()
+        assert overlapping_tick_labels(fig) == [], metric
+        plt.close(fig)
 
 
 def test_tick_labels_do_not_run_into_each_other():

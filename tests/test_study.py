@@ -23,6 +23,7 @@ from profiling.plots import overlapping_tick_labels, plt
 from training.cli import main
 from training.study import STUDY_FILE, scoped_options
 from training.study_report import COST_AXES, attention_maps_figure, pareto, tradeoff_figure, write_report
+from training.study_report import rows as study_rows
 
 pytestmark = pytest.mark.usefixtures("training_isolated")
 
@@ -221,6 +222,15 @@ def test_tradeoff_figure_rings_only_what_the_error_bars_support_and_says_so():
     plt.close(fig)
     fig = tradeoff_figure(study_, _table_rows([0.001, 0.001, 0.001]))  # tight bars: the usual ranking comes back
     assert {c.get_gid() for c in fig.axes[1].collections if c.get_gid()} == {"pareto:softmax"}  # cheapest, best
+    plt.close(fig)
+
+
+@pytest.mark.parametrize("task", ["vit", "imdb", "wikitext", "inpaint-transformer"])
+def test_committed_studies_tradeoff_ticks_read(task):
+    """The committed studies' trade-off figures, drawn from their study.json: every tick label reads."""
+    data = json.loads((Path(__file__).resolve().parents[1] / f"benchmarks/results/study-cpu-{task}/study.json").read_text())
+    fig = tradeoff_figure(data, study_rows(data))
+    assert overlapping_tick_labels(fig) == []
     plt.close(fig)
 
 
