@@ -72,15 +72,28 @@ def scaling_exponent(rows: Iterable[Dict], metric: str = "time") -> Optional[flo
     return loglog_slope(ns, [vals[n] for n in ns])
 
 
+def _sems(rows: Iterable[Dict], metric: str) -> Dict[int, float]:
+    """seq_len -> standard error of the metric's median where the rows carry one (time), else nothing."""
+    if _column(metric) != _column("time"):
+        return {}
+    return {int(r["seq_len"]): float(r["sem_ms"]) for r in rows
+            if r.get("status") == "ok" and isinstance(r.get("sem_ms"), (int, float)) and r.get("seq_len")}
+
+
 def crossover(rows: Iterable[Dict], baseline_rows: Iterable[Dict], metric: str = "time") -> Crossover:
     """Over the lengths both measured ("ok"), the length from which `rows` stay below `baseline_rows` on `metric`
     up to the longest one, interpolated log-log where log(metric / baseline) changes sign: a float, "always"
-    (below at every compared length), "never" (not below at the longest) or "n/a" (nothing to compare)."""
+    (below at every compared length), "never" (not below at the longest) or "n/a" (nothing to compare).
+    For time, "below" means below by more than two standard errors of the difference (the runs' s.e.m. of both
+    sides combined), so a lead within the noise is not called one."""
+    rows, baseline_rows = list(rows), list(baseline_rows)
     mine, base = _ok_values(rows, metric), _ok_values(baseline_rows, metric)
+    sem_m, sem_b = _sems(rows, metric), _sems(baseline_rows, metric)
     lens = sorted(set(mine) & set(base))
     if not lens:
         return "n/a"
-    r = [math.log(mine[n] / base[n]) for n in lens]  # < 0: below the baseline
+    margin = {n: 2 * math.hypot(sem_m.get(n, 0.0), sem_b.get(n, 0.0)) for n in lens}
+    r = [math.log((mine[n] + margin[n]) / base[n]) for n in lens]  # < 0: below the baseline beyond the noise
     if r[-1] >= 0:
         return "never"
     last_not_below = max((i for i, v in enumerate(r) if v >= 0), default=None)
@@ -235,7 +248,7 @@ def print_summary(rows: Iterable[Dict], console=None) -> None:
 NOTES = (
     "Exponent: least-squares log-log slope over the top decade of the measured lengths (\"ok\" points with "
     "n >= max_n/10). Crossover: the length from which the mechanism stays below `softmax` up to the longest "
-    "compared length, interpolated log-log; \"always\" = below at every compared length, \"never\" = not below "
+    "compared length (for time: below by more than two standard errors of the difference), interpolated log-log; \"always\" = below at every compared length, \"never\" = not below "
     "at the longest one. Cells: oom / timeout / unsup. (unsupported) / error = the point's status "
     "(reasons in results.csv); — = not measured. Memory: peak bytes allocated during one call above the level "
     "before it (parameters and input excluded; see env.json for the method)."

@@ -284,6 +284,24 @@ def test_crossover_interpolates_log_log():
     assert crossover(linear, base_oom, "time") == "never"
 
 
+def test_crossover_needs_a_lead_beyond_the_noise():
+    """A time lead within two standard errors of the difference is not a lead: the committed default sweep's
+    n = 10 'linear always faster' rested on one slow softmax point."""
+    def with_sem(rows, sem):
+        return [dict(r, sem_ms=sem[r["seq_len"]]) for r in rows]
+
+    base = with_sem(rows_of("softmax", {10: 1.6, 100: 2.0, 1000: 30.0}), {10: 0.25, 100: 0.01, 1000: 0.5})
+    lin = rows_of("lin", {10: 0.7, 100: 1.5, 1000: 18.0})  # faster than softmax's median everywhere
+    # small noise: 0.7 + 2 * hypot(0.2, 0.25) = 1.34 < 1.6 and 1.5 + 2 * hypot(0.01, 0.01) < 2.0: a lead throughout
+    assert crossover(with_sem(lin, {10: 0.2, 100: 0.01, 1000: 0.5}), base, "time") == "always"
+    # the n = 10 lead within the noise (0.7 + 2 * hypot(0.6, 0.25) = 2.0 > 1.6): the lead starts between 10 and 100
+    c = crossover(with_sem(lin, {10: 0.6, 100: 0.01, 1000: 0.5}), base, "time")
+    assert isinstance(c, float) and 10 < c < 100
+    # without s.e.m. (memory, or rows that lack it) medians decide
+    assert crossover(lin, rows_of("softmax", {10: 1.6, 100: 2.0, 1000: 30.0}), "time") == "always"
+    assert crossover(rows_of("m", {10: 1.0, 100: 1.0}, "peak_mib"), rows_of("b", {10: 2.0, 100: 2.0}, "peak_mib"), "memory") == "always"
+
+
 def test_summary_tables_show_statuses_and_flags():
     common = dict(device="cpu", device_name="cpu", batch=1, dim=32, heads=4, dtype="fp32", mode="fwd", causal=False, threads=2)
     rows = []
