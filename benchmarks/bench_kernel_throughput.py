@@ -5,7 +5,7 @@ the same interleaved rounds, so a shared machine's load falls on both alike.
     python benchmarks/bench_kernel_throughput.py [--seq-len 10000 --dim 512 --heads 8 --batch 1 --threads 2
         --rounds 7 --warmup 2 --out benchmarks/results/kernel_throughput]
 
-CPU, fp32, forward under no_grad, eval mode, each mechanism with its default options (linformer's max_seq_len set
+CPU, fp32, forward under no_grad, eval mode, each mechanism with its default options (a fixed-length mechanism's max_seq_len set
 to the sequence length). The matmul: (batch * n, dim) x (dim, 3 dim), the size of the mechanisms' QKV projection.
 Per round, fraction = (F_mech / t_mech) / (F_matmul / t_matmul); the table gives the median over rounds, its
 range and a 95 % bootstrap interval over rounds. Target (issue 15): performer at least 0.80.
@@ -22,6 +22,7 @@ from typing import Dict, Optional, Sequence
 import torch
 
 from models.attention import build_attention, list_attentions
+from models.encoder import sized_attention_options
 from profiling.harness import bootstrap_ci, command_line, finish, int_arg, machine, write_results
 from profiling.machine import git_commit
 from profiling.timing import time_interleaved
@@ -34,8 +35,7 @@ BOOTSTRAP = 2000
 
 
 def build(name: str, n: int, dim: int, heads: int) -> torch.nn.Module:
-    opts = {"max_seq_len": n} if name == "linformer" else {}
-    return build_attention(name, dim, heads, **opts).eval()
+    return build_attention(name, dim, heads, **sized_attention_options(name, None, n)).eval()
 
 
 def measure(names: Sequence[str], n: int, dim: int, heads: int, batch: int, threads: int, rounds: int, warmup: int,
@@ -79,7 +79,7 @@ def render_markdown(report: Dict) -> str:
              f"{m['load_avg_start']} at the start, {m['load_avg_end']} at the end (1, 5, 15 min; the machine is "
              f"shared with other agents' work). Command: `{m['command']}`.", "",
              f"CPU, fp32, forward under no_grad, batch {c['batch']}, n = {c['seq_len']:,}, dim {c['dim']}, "
-             f"{c['heads']} heads, default options (linformer's max_seq_len = n); {c['rounds']} interleaved rounds "
+             f"{c['heads']} heads, default options (max_seq_len = n where a mechanism has one); {c['rounds']} interleaved rounds "
              f"after {c['warmup']} warm-up. FLOPs are each mechanism's analytic count (= the counted figure). The "
              f"matmul is torch.matmul of ({c['batch'] * c['seq_len']:,}, {c['dim']}) by ({c['dim']}, {3 * c['dim']}). "
              "Fraction = the mechanism's FLOP/s over the matmul's in the same round; median over rounds, range, "
