@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from utils.checks import check_int
+
 # --------------------------------------------------------------------------- small helpers
 
 
@@ -28,6 +30,15 @@ def default(x, d):
 
 
 # --------------------------------------------------------------------------- heads
+
+
+def check_kv_heads(kv_heads: Optional[int], heads: int) -> int:
+    """The K/V head count of grouped-query attention: `heads` when None (plain multi-head attention), else a
+    positive int dividing `heads` (1 = multi-query)."""
+    kv = heads if kv_heads is None else check_int("kv_heads", kv_heads)
+    if heads % kv:
+        raise ValueError(f"kv_heads must divide heads ({heads}), got {kv}")
+    return kv
 
 
 def split_heads(x: Tensor, heads: int) -> Tensor:

@@ -14,10 +14,16 @@ from typing import Dict, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from utils.checks import check_int
-
 from .base import Attention
-from .functional import append_cache, attention_mask, exact_attention_flops, masked_softmax, merge_heads, split_heads
+from .functional import (
+    append_cache,
+    attention_mask,
+    check_kv_heads,
+    exact_attention_flops,
+    masked_softmax,
+    merge_heads,
+    split_heads,
+)
 from .registry import register_attention
 
 
@@ -45,9 +51,7 @@ class NaiveAttention(Attention):
         super().__init__(dim, heads, causal=causal, dropout=dropout, bias=bias)
 
     def _build_projections(self, bias: bool) -> None:
-        kv = self.heads if self._kv_heads_option is None else check_int("kv_heads", self._kv_heads_option)
-        if self.heads % kv:
-            raise ValueError(f"kv_heads must divide heads ({self.heads}), got {kv}")
+        kv = check_kv_heads(self._kv_heads_option, self.heads)
         self.kv_heads = kv
         self.to_q = nn.Linear(self.dim, self.dim, bias=bias)
         self.to_k = nn.Linear(self.dim, kv * self.head_dim, bias=bias)

@@ -21,12 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from utils.checks import check_int
-
 from .base import Attention
 from .functional import (
     append_cache,
     attention_mask,
+    check_kv_heads,
     exact_attention_flops,
     key_padding_mask,
     masked_softmax,
@@ -60,9 +59,7 @@ class SoftmaxAttention(Attention):
         super().__init__(dim, heads, causal=causal, dropout=dropout, bias=bias)
 
     def _build_projections(self, bias: bool) -> None:
-        kv = self.heads if self._kv_heads_option is None else check_int("kv_heads", self._kv_heads_option)
-        if self.heads % kv:
-            raise ValueError(f"kv_heads must divide heads ({self.heads}), got {kv}")
+        kv = check_kv_heads(self._kv_heads_option, self.heads)
         self.kv_heads, self.kv_dim = kv, kv * self.head_dim
         self.qkv = nn.Linear(self.dim, self.dim + 2 * self.kv_dim, bias=bias)
         self.out = nn.Linear(self.dim, self.dim, bias=bias)
