@@ -77,12 +77,14 @@ class Budget:
             self._armed = False
         return False
 
-    def timed(self, fn: Callable[[], object], *, warmup: int, runs: int, device, threads: Optional[int]) -> TimingStats:
+    def timed(self, fn: Callable[[], object], *, warmup: int, runs: int, device, threads: Optional[int],
+              target_seconds: Optional[float] = None) -> TimingStats:
         """timing.time_fn within what is left of the budget, on the budget's clock; running out is this
-        budget's TimeBudgetExceeded (naming the stage, and the part of time_fn it stopped in)."""
+        budget's TimeBudgetExceeded (naming the stage, and the part of time_fn it stopped in). target_seconds:
+        time_fn's early stop for slow calls (None: every run)."""
         try:
             return time_fn(fn, warmup=warmup, runs=runs, device=device, threads=threads,
-                           max_seconds=max(self.remaining(), 1e-6), clock=self.clock)
+                           max_seconds=max(self.remaining(), 1e-6), target_seconds=target_seconds, clock=self.clock)
         except TimeBudgetExceeded as e:
             m = re.search(r"during (.*)$", str(e))
             raise self.exceeded(m.group(1) if m else "") from None

@@ -110,6 +110,9 @@ def build_parser(suppress: bool = False) -> argparse.ArgumentParser:
     add("--runs", type=int, default=10, help="timed runs per point")
     add("--warmup", type=int, default=3, help="untimed warm-up runs per point")
     add("--max-seconds-per-point", dest="max_seconds", type=float, default=120.0, help="time budget per point; over it the point is recorded as timeout")
+    add("--target-seconds-per-point", dest="target_seconds", type=float, default=20.0,
+        help="a slow point's warm-up stops after a quarter of this and its timed runs after the rest, once 3 runs are "
+        "done (fewer runs, wider error bars, recorded); 0 = always every run")
     add("--threads", type=int, default=os.cpu_count(), help="CPU threads (torch.set_num_threads), recorded with every point "
         "(default: this machine's cores, os.cpu_count())")
     add("--opt", action="append", default=[], metavar="NAME.KEY=VALUE", help="a mechanism option, e.g. linformer.k=64 (repeatable)")
@@ -199,6 +202,7 @@ def _config(args, saved: dict, given: set) -> SweepConfig:
         runs=pick("runs", lambda: args.runs),
         warmup=pick("warmup", lambda: args.warmup),
         max_seconds=pick("max_seconds", lambda: args.max_seconds),
+        target_seconds=pick("target_seconds", lambda: args.target_seconds),
         threads=pick("threads", lambda: args.threads),
         options=pick("options", lambda: parse_opts(args.opt)),
     )

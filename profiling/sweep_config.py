@@ -44,6 +44,7 @@ class SweepConfig:
     runs: int = 10
     warmup: int = 3
     max_seconds: float = 120.0
+    target_seconds: float = 20.0  # a slow point's warm-up and runs stop early past this (>= 3 runs); 0 = all runs
     threads: int = field(default_factory=lambda: os.cpu_count() or 1)
     options: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # as the user gave them, per attention
 
@@ -229,6 +230,11 @@ def validate(cfg: SweepConfig) -> SweepConfig:
         check_number("--max-seconds-per-point", cfg.max_seconds, low=0, low_open=True)
     except ValueError:
         raise ConfigError(f"--max-seconds-per-point {cfg.max_seconds!r} is out of range; expected a positive, finite number of seconds") from None
+    try:
+        check_number("--target-seconds-per-point", cfg.target_seconds, low=0)
+    except ValueError:
+        raise ConfigError(f"--target-seconds-per-point {cfg.target_seconds!r} is out of range; expected a finite number of "
+                          f"seconds >= 0 (0: always every run)") from None
     cpus = os.cpu_count() or 1
     _int_in("--threads", cfg.threads, 1, cpus, f"an integer from 1 to {cpus} (this machine's logical CPUs)")
     for name, opts in cfg.options.items():
@@ -281,3 +287,8 @@ def resolved_options(name: str, cfg: SweepConfig) -> Dict[str, Any]:
     out = _generic_options(name, cfg)
     out.update(cfg.options.get(name, {}))
     return out
+
+
+def target_seconds(cfg: SweepConfig) -> Optional[float]:
+    """The early-stop target a point's timing gets (None: every run)."""
+    return cfg.target_seconds or None

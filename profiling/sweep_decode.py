@@ -20,7 +20,7 @@ from models.attention import Attention
 
 from .budget import Budget
 from .memory import measure_peak_memory
-from .sweep_config import DTYPES, SweepConfig, decode_steps
+from .sweep_config import DTYPES, SweepConfig, decode_steps, target_seconds
 
 
 def no_decoding_reason(cls: Type[Attention]) -> Optional[str]:
@@ -61,5 +61,6 @@ def measure_decode(point: dict, cfg: SweepConfig, attn: Attention, budget: Budge
         with budget.in_stage("peak-memory measurement", shielded=True):
             point["memory"] = measure_peak_memory(step, attn, dev).to_dict()
         with budget.in_stage("timing"):
-            point["time"] = budget.timed(step, warmup=cfg.warmup, runs=cfg.runs, device=dev, threads=threads).to_dict()
+            point["time"] = budget.timed(step, warmup=cfg.warmup, runs=cfg.runs, device=dev, threads=threads,
+                                         target_seconds=target_seconds(cfg)).to_dict()
         point["decode"]["state_bytes_after_steps"] = int(attn.state_bytes(held["state"]))  # L + steps positions

@@ -20,7 +20,7 @@ from .flops import counted_flops, flop_report, ptflops_macs
 from .machine import device_name
 from .memory import free_memory, measure_peak_memory
 from .results import point_key
-from .sweep_config import DTYPES, SweepConfig, decode_steps, resolved_options, run_causal
+from .sweep_config import DTYPES, SweepConfig, decode_steps, resolved_options, run_causal, target_seconds
 from .sweep_decode import measure_decode, no_decoding_reason
 from .timing import Clock, TimeBudgetExceeded
 
@@ -131,7 +131,8 @@ def _measure(point: dict, spec: PointSpec, cfg: SweepConfig, attn, x, budget: Bu
     with budget.in_stage("peak-memory measurement", shielded=True):
         point["memory"] = measure_peak_memory(call, attn, dev).to_dict()
     with budget.in_stage("timing"):
-        stats = budget.timed(call, warmup=cfg.warmup, runs=cfg.runs, device=dev, threads=cfg.threads if dev.type == "cpu" else None)
+        stats = budget.timed(call, warmup=cfg.warmup, runs=cfg.runs, device=dev, threads=cfg.threads if dev.type == "cpu" else None,
+                             target_seconds=target_seconds(cfg))
         point["time"] = stats.to_dict()
     if stats.median_ms > 0:
         point["achieved_gflops"] = analytic / (stats.median_ms / 1e3) / 1e9

@@ -113,11 +113,17 @@ def time_fn(
     device="cpu",
     threads: Optional[int] = None,
     max_seconds: Optional[float] = None,
+    target_seconds: Optional[float] = None,
+    min_runs: int = 3,
     clock: Clock = time.perf_counter,
 ) -> TimingStats:
     """Time `fn()` after `warmup` untimed calls. Raises TimeBudgetExceeded once warm-up plus timed
     runs have taken longer than `max_seconds` by `clock` (checked after every call, so one call may
-    overrun). On CUDA the runs are timed by events, and `clock` only keeps the budget."""
+    overrun). On CUDA the runs are timed by events, and `clock` only keeps the budget.
+
+    `target_seconds` bounds the work on slow calls without losing the point: warm-up stops once it has
+    taken a quarter of it (after one call at least), and the timed runs stop once they have taken the rest
+    and `min_runs` of them are done (fewer runs, wider error bars; the stats say how many)."""
     if runs < 1:
         raise ValueError(f"runs must be >= 1, got {runs}")
     if warmup < 0:
@@ -139,27 +145,39 @@ def time_fn(
             if cuda:
                 torch.cuda.synchronize(device)
             check_budget("warm-up", i + 1)
+            if target_seconds is not None and clock() - start > target_seconds / 4:
+                break
+        timed_start = clock()
+
+        def enough(done: int) -> bool:
+            return target_seconds is not None and done >= min(min_runs, runs) and clock() - timed_start > target_seconds * 3 / 4
         gc.collect()
         gc.disable()
         times: List[float] = []
         if cuda:
             torch.cuda.synchronize(device)
             events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(runs)]
+            done = 0
             for i, (a, b) in enumerate(events):
                 a.record()
                 fn()
                 b.record()
-                if max_seconds is not None:
+                done = i + 1
+                if max_seconds is not None or target_seconds is not None:
                     torch.cuda.synchronize(device)
-                    check_budget("timed runs", i + 1)
+                    check_budget("timed runs", done)
+                    if enough(done):
+                        break
             torch.cuda.synchronize(device)
-            times = [a.elapsed_time(b) for a, b in events]
+            times = [a.elapsed_time(b) for a, b in events[:done]]
         else:
             for i in range(runs):
                 t0 = clock()
                 fn()
                 times.append((clock() - t0) * 1e3)
                 check_budget("timed runs", i + 1)
+                if enough(i + 1):
+                    break
     finally:
         if gc_was_enabled:
             gc.enable()

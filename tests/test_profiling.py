@@ -57,6 +57,25 @@ def test_timer_measures_each_call_on_a_manual_clock():
     assert s.clock == "manual clock" and s.device == "cpu"
 
 
+def test_timer_stops_early_on_slow_calls_only():
+    """target_seconds: warm-up stops after a quarter of it (one call at least), timed runs after the other three
+    quarters once min_runs are done; fast calls still get every run."""
+    clock = ManualClock()
+    slow = time_fn(lambda: clock.advance(7.0), warmup=3, runs=10, target_seconds=20.0, clock=clock)
+    assert slow.runs == 3 and clock.now == pytest.approx(7.0 * (1 + 3))  # 1 warm-up (7 s > 5 s), 3 runs (21 s > 15 s)
+    clock = ManualClock()
+    mid = time_fn(lambda: clock.advance(2.0), warmup=3, runs=10, target_seconds=20.0, clock=clock)
+    assert mid.runs == 8  # warm-up 3 calls (6 s > 5 s after the third), runs until > 15 s: the 8th (16 s)
+    clock = ManualClock()
+    fast = time_fn(lambda: clock.advance(0.01), warmup=3, runs=10, target_seconds=20.0, clock=clock)
+    assert fast.runs == 10 and clock.now == pytest.approx(0.13)
+    clock = ManualClock()
+    off = time_fn(lambda: clock.advance(7.0), warmup=3, runs=10, clock=clock)
+    assert off.runs == 10  # no target: every run
+    clock = ManualClock()
+    assert time_fn(lambda: clock.advance(7.0), warmup=0, runs=2, target_seconds=1.0, clock=clock).runs == 2  # runs < min_runs
+
+
 @pytest.mark.slow
 def test_timer_measures_a_known_sleep():
     """A real 20 ms sleep on time.perf_counter: at least 20 ms (less 0.5 ms of clock granularity), median
